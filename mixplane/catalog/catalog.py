@@ -1,0 +1,507 @@
+"""The catalog: one embedded DuckDB database under the mixplane home.
+
+``Catalog.open(home)`` opens (or creates) ``<home>/catalog.duckdb``; the home defaults to
+``$MIXPLANE_HOME`` or ``~/.mixplane``. Only one process may open the file: it owns registration,
+property computation and queries, and other processes talk to it (later through the server).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
+
+from mixplane.catalog.files import FileIdentity, check_unchanged, discover
+from mixplane.catalog.formats import FormatName, OnError, get_format
+from mixplane.catalog.ingest import DatasetInfo, FileReport, register_files
+from mixplane.catalog.properties import (
+    BatchFunction,
+    ConstantSource,
+    FieldSource,
+    PropertyType,
+    check_name,
+    infer_type,
+    preset_sources,
+    unify,
+)
+from mixplane.catalog.schema import ensure_schema
+from mixplane.errors import (
+    CatalogError,
+    DatasetExistsError,
+    DatasetNotFoundError,
+    PropertyError,
+    QueryError,
+    RegistrationError,
+)
+from mixplane.query.compile import Column, compile_filter
+from mixplane.query.expr import Expr
+from mixplane.query.result import QueryResult, build_result
+
+DB_NAME = "catalog.duckdb"
+ADD_PROPERTY_BATCH = 65_536
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("MIXPLANE_HOME") or Path.home() / ".mixplane").expanduser()
+
+
+class Catalog:
+    """Datasets, files, properties and samples, with registration and queries."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, home: Path) -> None:
+        self._con = con
+        self.home = home
+
+    @classmethod
+    def open(cls, home: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> Self:
+        root = Path(home).expanduser() if home is not None else default_home()
+        root.mkdir(parents=True, exist_ok=True)
+        path = root / DB_NAME
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            msg = (
+                f"cannot open catalog {path} ({exc}); another process may hold it open: "
+                "stop it or talk to it through its server"
+            )
+            raise CatalogError(msg) from exc
+        ensure_schema(con, str(path))
+        return cls(con, root)
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- registration -----------------------------------------------------------------------
+
+    def register(
+        self,
+        name: str,
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        *,
+        format: FormatName | None = None,
+        properties: Mapping[str, str] | None = None,
+        constants: Mapping[str, str | int | float | bool] | None = None,
+        preset: str | None = None,
+        function: BatchFunction | None = None,
+        text_field: str | None = None,
+        on_error: OnError = "raise",
+        replace: bool = False,
+        progress: bool | None = None,
+    ) -> DatasetInfo:
+        """Register files as dataset ``name``: all of it, or nothing (one transaction).
+
+        ``properties`` maps property names to dotted field paths in each record
+        (``{"language": "meta.language"}``); ``constants`` gives per-dataset values;
+        ``preset`` adds the field paths of a known corpus (``slimpajama``, ``pile``,
+        ``fineweb``); ``function`` computes properties from batches of records (an Arrow table)
+        and returns ``{name: values}``. ``on_error='skip'`` counts malformed records instead of
+        raising.
+        """
+        if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
+            msg = f"invalid dataset name {name!r}; use letters, digits, '_', '-' or '.'"
+            raise RegistrationError(msg)
+        if on_error not in ("raise", "skip"):
+            msg = f"on_error must be 'raise' or 'skip', got {on_error!r}"
+            raise RegistrationError(msg)
+        fields = [FieldSource(name=check_name(k), path=v) for k, v in (properties or {}).items()]
+        if preset is not None:
+            taken = {f.name for f in fields}
+            fields += [f for f in preset_sources(preset) if f.name not in taken]
+        consts = [ConstantSource(name=check_name(k), value=v) for k, v in (constants or {}).items()]
+        clash = {f.name for f in fields} & {c.name for c in consts}
+        if clash:
+            msg = f"properties {sorted(clash)} are given both as fields and as constants; keep one"
+            raise PropertyError(msg)
+        files = discover([paths] if isinstance(paths, (str, os.PathLike)) else paths, format)
+        formats = sorted({fmt for _, fmt in files})
+        total = sum(p.stat().st_size for p, _ in files)
+        con = self._con
+        with tqdm(
+            total=total,
+            unit="B",
+            unit_scale=True,
+            desc=f"register {name}",
+            disable=not progress if progress is not None else None,
+            leave=False,
+        ) as bar:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                existing = con.execute(
+                    "SELECT dataset_id FROM datasets WHERE name = ?", [name]
+                ).fetchall()
+                if existing:
+                    if not replace:
+                        msg = f"dataset {name!r} is already registered; pass replace=True to re-register it"
+                        raise DatasetExistsError(msg)
+                    self._delete(int(existing[0][0]))
+                dataset_id = int(con.execute("SELECT nextval('dataset_ids')").fetchall()[0][0])
+                reports = register_files(
+                    con,
+                    dataset_id=dataset_id,
+                    files=files,
+                    fields=fields,
+                    constants=consts,
+                    function=function,
+                    text_field=text_field,
+                    on_error=on_error,
+                    progress=bar.update,
+                )
+                samples = sum(r.samples for r in reports)
+                skipped = sum(r.skipped for r in reports)
+                con.execute(
+                    "INSERT INTO datasets (dataset_id, name, format, text_field, samples, skipped) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [dataset_id, name, ",".join(formats), text_field, samples, skipped],
+                )
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        info = self.dataset(name)
+        return DatasetInfo(**{**_fields(info), "file_reports": tuple(reports)})
+
+    def _delete(self, dataset_id: int) -> None:
+        self._con.execute(
+            "DELETE FROM samples WHERE file_id IN (SELECT file_id FROM files WHERE dataset_id = ?)",
+            [dataset_id],
+        )
+        self._con.execute("DELETE FROM files WHERE dataset_id = ?", [dataset_id])
+        self._con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
+
+    def unregister(self, name: str) -> None:
+        """Remove a dataset and its samples from the catalog (files are not touched)."""
+        dataset_id = self._dataset_id(name)
+        self._con.execute("BEGIN TRANSACTION")
+        try:
+            self._delete(dataset_id)
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+
+    # -- inspection ------------------------------------------------------------------------
+
+    def datasets(self) -> list[DatasetInfo]:
+        rows = self._con.execute(
+            """SELECT d.name, d.format, count(f.file_id), d.samples, d.skipped,
+                      (SELECT coalesce(sum(bytes), 0) FROM samples s
+                        WHERE s.file_id IN (SELECT file_id FROM files WHERE dataset_id = d.dataset_id))
+               FROM datasets d LEFT JOIN files f USING (dataset_id)
+               GROUP BY d.dataset_id, d.name, d.format, d.samples, d.skipped ORDER BY d.name"""
+        ).fetchall()
+        props = self._dataset_properties()
+        return [
+            DatasetInfo(
+                name=r[0],
+                format=r[1],
+                files=int(r[2]),
+                samples=int(r[3]),
+                skipped=int(r[4]),
+                bytes=int(r[5]),
+                properties=props.get(r[0], ()),
+            )
+            for r in rows
+        ]
+
+    def dataset(self, name: str) -> DatasetInfo:
+        for info in self.datasets():
+            if info.name == name:
+                return info
+        known = [d.name for d in self.datasets()]
+        msg = f"unknown dataset {name!r}; registered datasets: {known}"
+        raise DatasetNotFoundError(msg)
+
+    def _dataset_id(self, name: str) -> int:
+        rows = self._con.execute(
+            "SELECT dataset_id FROM datasets WHERE name = ?", [name]
+        ).fetchall()
+        if not rows:
+            self.dataset(name)  # raises with the list of known names
+        return int(rows[0][0])
+
+    def _dataset_properties(self) -> dict[str, tuple[str, ...]]:
+        names = list(self.properties())
+        if not names:
+            return {}
+        counts = ", ".join(f'count("{n}")' for n in names)
+        rows = self._con.execute(
+            f"SELECT d.name, {counts} FROM samples s JOIN files f USING (file_id) "
+            "JOIN datasets d USING (dataset_id) GROUP BY d.name"
+        ).fetchall()
+        return {r[0]: tuple(n for n, c in zip(names, r[1:], strict=True) if c) for r in rows}
+
+    def properties(self) -> dict[str, PropertyType]:
+        rows = self._con.execute("SELECT name, type FROM properties ORDER BY name").fetchall()
+        return {r[0]: PropertyType(r[1]) for r in rows}
+
+    def columns(self) -> dict[str, Column]:
+        """What a filter may name: every property, plus ``dataset`` (the dataset's name)."""
+        cols = {n: Column(sql=f's."{n}"', type=t) for n, t in self.properties().items()}
+        cols["dataset"] = Column(sql="d.name", type=PropertyType.STRING)
+        return cols
+
+    def files(self, dataset: str | None = None) -> pa.Table:
+        """Registered files: id, dataset, path, format, size, mtime_ns, fingerprint, samples."""
+        sql = (
+            "SELECT f.file_id, d.name AS dataset, f.path, f.format, f.compression, f.size, "
+            "f.mtime_ns, f.fingerprint, f.samples, f.skipped, d.text_field "
+            "FROM files f JOIN datasets d USING (dataset_id)"
+        )
+        params: list[Any] = []
+        if dataset is not None:
+            self._dataset_id(dataset)
+            sql += " WHERE d.name = ?"
+            params.append(dataset)
+        return self._con.sql(sql + " ORDER BY f.file_id", params=params).to_arrow_table()
+
+    def check_files(self, dataset: str | None = None) -> None:
+        """Raise FileChangedError if any registered file was modified or removed."""
+        for row in self.files(dataset).to_pylist():
+            identity = FileIdentity(
+                size=row["size"], mtime_ns=row["mtime_ns"], fingerprint=row["fingerprint"]
+            )
+            check_unchanged(Path(row["path"]), identity, row["dataset"])
+
+    def read(self, file_id: int, ordinals: Sequence[int] | np.ndarray) -> pa.Table:
+        """The records of one file at the given ordinals, read by pointer (never a rescan)."""
+        rows = self._con.execute(
+            "SELECT f.path, f.format, f.size, f.mtime_ns, f.fingerprint, d.name, d.text_field "
+            "FROM files f JOIN datasets d USING (dataset_id) WHERE f.file_id = ?",
+            [file_id],
+        ).fetchall()
+        if not rows:
+            msg = f"unknown file id {file_id}"
+            raise CatalogError(msg)
+        path, fmt, size, mtime_ns, fingerprint, dataset, text_field = rows[0]
+        check_unchanged(
+            Path(path), FileIdentity(size=size, mtime_ns=mtime_ns, fingerprint=fingerprint), dataset
+        )
+        wanted_ordinals = np.asarray(ordinals, dtype=np.int64)
+        wanted = pa.table(
+            {
+                "ordinal": pa.array(wanted_ordinals),
+                "position": pa.array(np.arange(len(wanted_ordinals))),
+            }
+        )
+        self._con.register("_mixplane_wanted", wanted)
+        pointers = self._con.sql(
+            'SELECT w.ordinal, s."offset", s.length, s.row_group, s."row" FROM _mixplane_wanted w '
+            "LEFT JOIN samples s ON s.file_id = ? AND s.ordinal = w.ordinal ORDER BY w.position",
+            params=[file_id],
+        ).to_arrow_table()
+        self._con.unregister("_mixplane_wanted")
+        return get_format(fmt).read(Path(path), pointers, text_field or "text")
+
+    # -- adding properties -------------------------------------------------------------------
+
+    def add_property(
+        self,
+        name: str,
+        function: Callable[[pa.Table], Sequence[Any] | pa.Array | np.ndarray],
+        *,
+        datasets: Sequence[str] | None = None,
+        replace: bool = False,
+        batch_size: int = ADD_PROPERTY_BATCH,
+        progress: bool | None = None,
+    ) -> int:
+        """Compute property ``name`` with ``function`` over batches of registered records.
+
+        ``function`` receives an Arrow table of records (read through the catalog's pointers)
+        and returns one value per record. All of it is stored, or nothing. Returns the number of
+        samples that received a value.
+        """
+        check_name(name)
+        names = list(datasets) if datasets is not None else [d.name for d in self.datasets()]
+        files = [f for n in names for f in self.files(n).to_pylist()]
+        known = self.properties().get(name)
+        if known is not None and not replace:
+            ids = [f["file_id"] for f in files]
+            taken = self._con.execute(
+                f'SELECT count("{name}") FROM samples WHERE list_contains(?, file_id)', [ids]
+            ).fetchall()
+            if taken[0][0]:
+                msg = (
+                    f"property {name!r} already has values in datasets {names}; "
+                    "pass replace=True to recompute it"
+                )
+                raise PropertyError(msg)
+        for n in names:
+            self.check_files(n)
+        total = sum(f["samples"] for f in files)
+        ptype = known
+        parts: list[pa.Table] = []
+        with tqdm(
+            total=total,
+            unit="samples",
+            desc=f"add-property {name}",
+            leave=False,
+            disable=not progress if progress is not None else None,
+        ) as bar:
+            for f in files:
+                for start in range(0, f["samples"], batch_size):
+                    ordinals = np.arange(
+                        start, min(start + batch_size, f["samples"]), dtype=np.int64
+                    )
+                    records = self.read(f["file_id"], ordinals)
+                    values = _values(name, function, records, f["path"])
+                    ptype = unify(name, ptype, infer_type(values.type), f"file {f['path']}")
+                    parts.append(
+                        pa.table(
+                            {
+                                "file_id": pa.array(np.full(len(ordinals), f["file_id"], np.int32)),
+                                "ordinal": pa.array(ordinals),
+                                "value": values,
+                            }
+                        )
+                    )
+                    bar.update(len(ordinals))
+        if ptype is None:
+            msg = (
+                f"the function returned only null values for {name!r}; its type cannot be inferred"
+            )
+            raise PropertyError(msg)
+        table = pa.concat_tables(
+            [
+                p.cast(
+                    pa.schema(
+                        [("file_id", pa.int32()), ("ordinal", pa.int64()), ("value", ptype.arrow)]
+                    )
+                )
+                for p in parts
+            ]
+        )
+        con = self._con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            if known is None:
+                con.execute(f'ALTER TABLE samples ADD COLUMN "{name}" {ptype.sql}')
+            elif ptype is not known:
+                con.execute(f'ALTER TABLE samples ALTER COLUMN "{name}" TYPE {ptype.sql}')
+            con.register("_mixplane_values", table)
+            con.execute(
+                f'UPDATE samples SET "{name}" = v.value FROM _mixplane_values v '
+                "WHERE samples.file_id = v.file_id AND samples.ordinal = v.ordinal"
+            )
+            con.unregister("_mixplane_values")
+            con.execute(
+                "INSERT INTO properties VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET type = excluded.type",
+                [name, ptype.value],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return int(table.num_rows)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def components(self, where: Expr | str | None = None, by: Sequence[str] = ()) -> QueryResult:
+        """Execute a filter and group the selected samples by the ``by`` properties."""
+        by = tuple(by)
+        columns = self.columns()
+        for prop in by:
+            if prop not in columns:
+                msg = f"unknown property {prop!r} in by; known: {sorted(columns)}"
+                raise QueryError(msg)
+            if columns[prop].type is PropertyType.LIST:
+                msg = f"cannot group by list property {prop!r}; group by scalar properties"
+                raise QueryError(msg)
+        condition, params = compile_filter(where, columns)
+        keys_sql = ", ".join(f"{columns[p].sql} AS g{i}" for i, p in enumerate(by))
+        group = ", ".join(f"g{i}" for i in range(len(by)))
+        selected = (
+            f"SELECT {keys_sql + ', ' if by else ''}s.file_id, s.ordinal, s.bytes "
+            "FROM samples s JOIN files f USING (file_id) JOIN datasets d USING (dataset_id) "
+            f"WHERE {condition}"
+        )
+        partition = f"PARTITION BY {group}, file_id" if by else "PARTITION BY file_id"
+        rank = f"DENSE_RANK() OVER (ORDER BY {group}) - 1" if by else "0"
+        sql = (
+            f"WITH selected AS ({selected}),\n"
+            f"islands AS (SELECT *, ordinal - row_number() OVER ({partition} ORDER BY ordinal) AS island FROM selected)\n"
+            f"SELECT {rank} AS component, {group + ', ' if by else ''}file_id, min(ordinal) AS start, "
+            "count(*) AS count, sum(bytes) AS bytes\n"
+            f"FROM islands GROUP BY {group + ', ' if by else ''}file_id, island\n"
+            "ORDER BY component, file_id, start"
+        )
+        table = self._con.sql(sql, params=params).to_arrow_table()
+        keys: list[tuple[Any, ...]] = []
+        if table.num_rows:
+            comp = table.column("component").to_numpy()
+            firsts = np.flatnonzero(np.diff(comp, prepend=-1))
+            firsts_table = table.take(pa.array(firsts))
+            keys = [
+                tuple(firsts_table.column(f"g{i}")[j].as_py() for i in range(len(by)))
+                for j in range(len(firsts))
+            ]
+        runs = table.select(["component", "file_id", "start", "count", "bytes"])
+        file_ids = np.unique(runs.column("file_id").to_numpy()).tolist()
+        fingerprints = (
+            dict(
+                self._con.execute(
+                    "SELECT file_id, fingerprint FROM files WHERE list_contains(?, file_id)",
+                    [file_ids],
+                ).fetchall()
+            )
+            if file_ids
+            else {}
+        )
+        return build_result(
+            sql=sql, params=params, by=by, keys=keys, runs=runs, file_fingerprints=fingerprints
+        )
+
+    def explain(self, where: Expr | str | None = None, by: Sequence[str] = ()) -> QueryResult:
+        """The SQL and the components (samples and bytes each) a filter and grouping give."""
+        return self.components(where, by)
+
+
+def _values(name: str, function: Callable[..., Any], records: pa.Table, path: str) -> pa.Array:
+    try:
+        values = function(records)
+    except Exception as exc:
+        msg = f"the function for {name!r} failed on a batch of {path}: {type(exc).__name__}: {exc}"
+        raise RegistrationError(msg) from exc
+    array = (
+        values
+        if isinstance(values, (pa.Array, pa.ChunkedArray))
+        else pa.array(values if isinstance(values, np.ndarray) else list(values))
+    )
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    if len(array) != records.num_rows:
+        msg = (
+            f"the function for {name!r} returned {len(array)} values for {records.num_rows} "
+            f"records of {path}; return one value per record"
+        )
+        raise PropertyError(msg)
+    return array
+
+
+def _fields(info: DatasetInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "format": info.format,
+        "files": info.files,
+        "samples": info.samples,
+        "skipped": info.skipped,
+        "bytes": info.bytes,
+        "properties": info.properties,
+    }
+
+
+__all__ = ["Catalog", "DatasetInfo", "FileReport", "default_home"]

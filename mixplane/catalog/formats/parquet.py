@@ -1,0 +1,99 @@
+"""Parquet: one sample per row.
+
+Scan: row group by row group, reading only the columns that hold requested properties and the
+text column (for its UTF-8 lengths); other columns are never decoded. A sample's pointer is
+(row group, row inside it); reading back decodes only the row groups a request names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mixplane.catalog.formats import (
+    ScanBatch,
+    ScanRequest,
+    filter_fields,
+    get_path,
+    reject_missing,
+    take,
+)
+from mixplane.errors import MalformedRecordError
+
+
+def open_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        msg = f"not a readable Parquet file ({exc}); is it truncated? replace or remove it"
+        raise MalformedRecordError(msg, path=str(path)) from exc
+
+
+def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
+    pf = open_file(path)
+    top = {f.split(".")[0] for f in [*request.fields, request.text_field]}
+    available = set(pf.schema_arrow.names)
+    columns = None if request.want_table else sorted(top & available)
+    meta = pf.metadata
+    first_row = 0
+    for group in range(meta.num_row_groups):
+        try:
+            table = pf.read_row_group(group, columns=columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            msg = (
+                f"cannot read row group {group} ({exc}); the file is corrupt, replace or remove it"
+            )
+            raise MalformedRecordError(msg, path=str(path)) from exc
+        n = table.num_rows
+        rows = np.arange(n, dtype=np.int32)
+        fields = {
+            dotted: (v if (v := get_path(table, dotted)) is not None else pa.nulls(n))
+            for dotted in request.fields
+        }
+        text = get_path(table, request.text_field)
+        if text is None:
+            text = pa.nulls(n, pa.string())
+        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+            msg = (
+                f"text column {request.text_field!r} has type {text.type}, expected strings; "
+                "pass text_field= naming the text column"
+            )
+            raise MalformedRecordError(msg, path=str(path))
+        fields_and_text = {**fields, request.text_field: text}
+        keep = reject_missing(fields_and_text, first_row + rows, request, str(path), "row")
+        text_bytes = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+        yield ScanBatch(
+            fields=filter_fields(fields, keep),
+            text_bytes=np.asarray(take(text_bytes, keep)),
+            row_group=np.full(n if keep is None else int(keep.sum()), group, dtype=np.int32),
+            row=take(rows, keep),
+            table=(table.filter(pa.array(keep)) if keep is not None else table)
+            if request.want_table
+            else None,
+            scanned_bytes=meta.row_group(group).total_byte_size,
+        )
+        first_row += n
+
+
+def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
+    """Records at the given pointers (columns ``row_group``, ``row``), in pointer order."""
+    del text_field
+    pf = open_file(path)
+    groups = pointers.column("row_group").to_numpy()
+    rows = pointers.column("row").to_numpy()
+    parts: list[pa.Table] = []
+    positions: list[np.ndarray] = []
+    for group in np.unique(groups).tolist():
+        where = np.flatnonzero(groups == group)
+        parts.append(pf.read_row_group(group).take(pa.array(rows[where])))
+        positions.append(where)
+    table = pa.concat_tables(parts)
+    order = np.argsort(np.concatenate(positions), kind="stable")
+    return table.take(pa.array(order))

@@ -1,0 +1,279 @@
+"""Registration: scan a dataset's files and store samples and properties in one transaction.
+
+For each file, the format's scanner yields large batches (pointers, text byte lengths, requested
+field values); properties are derived per batch (field paths, constants, a user batch function),
+their types inferred and unified with the catalog's, and each batch is appended to ``samples``
+with one Arrow-backed INSERT. Everything happens inside one DuckDB transaction: any error rolls
+back, so the catalog is exactly as before. Cost is dominated by the format's parser (JSONL: Arrow's
+JSON reader; Parquet: decoding only the needed columns).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from mixplane.catalog.files import identify
+from mixplane.catalog.formats import (
+    RESTART,
+    FormatName,
+    OnError,
+    ScanBatch,
+    ScanRequest,
+    get_format,
+)
+from mixplane.catalog.properties import (
+    BatchFunction,
+    ConstantSource,
+    FieldSource,
+    PropertyType,
+    check_name,
+    infer_type,
+    unify,
+)
+from mixplane.errors import MalformedRecordError, PropertyError, RegistrationError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileReport:
+    path: str
+    samples: int
+    skipped: int
+    messages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetInfo:
+    """What the catalog holds about one dataset."""
+
+    name: str
+    format: str
+    files: int
+    samples: int
+    skipped: int
+    bytes: int
+    properties: tuple[str, ...] = ()
+    file_reports: tuple[FileReport, ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "format": self.format,
+            "files": self.files,
+            "samples": self.samples,
+            "skipped": self.skipped,
+            "bytes": self.bytes,
+            "properties": list(self.properties),
+            "skipped_by_file": {r.path: r.skipped for r in self.file_reports if r.skipped},
+        }
+
+
+@dataclass(slots=True, kw_only=True)
+class PropertyTypes:
+    """Property types during a registration: known from the catalog, or found in this dataset."""
+
+    con: duckdb.DuckDBPyConnection
+    types: dict[str, PropertyType | None]
+    columns: set[str]
+
+    def accept(self, name: str, values: pa.Array, where: str) -> pa.Array:
+        found = infer_type(values.type)
+        known = self.types.get(name)
+        merged = unify(name, known, found, where)
+        self.types[name] = merged
+        if merged is None:
+            return values
+        if name not in self.columns:
+            self.con.execute(f'ALTER TABLE samples ADD COLUMN "{name}" {merged.sql}')
+            self.columns.add(name)
+        elif known is not None and merged is not known:
+            self.con.execute(f'ALTER TABLE samples ALTER COLUMN "{name}" TYPE {merged.sql}')
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
+        return values.cast(merged.arrow)
+
+
+def register_files(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    dataset_id: int,
+    files: Sequence[tuple[Path, FormatName]],
+    fields: Sequence[FieldSource],
+    constants: Sequence[ConstantSource],
+    function: BatchFunction | None,
+    text_field: str | None,
+    on_error: OnError,
+    progress: Callable[[int], object],
+) -> list[FileReport]:
+    """Insert a dataset's samples; the caller owns the transaction and the dataset row."""
+    known = {
+        r[0]: PropertyType(r[1])
+        for r in con.execute("SELECT name, type FROM properties").fetchall()
+    }
+    columns = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'samples'"
+        ).fetchall()
+    }
+    types = PropertyTypes(con=con, types=dict(known), columns=columns)
+    reports = []
+    for path, fmt in files:
+        identity = identify(path)
+        file_id = int(con.execute("SELECT nextval('file_ids')").fetchall()[0][0])
+        field_text = text_field or ("txt" if fmt == "webdataset" else "text")
+        request = ScanRequest(
+            fields={f.path: types.types.get(f.name) for f in fields},
+            text_field=field_text,
+            on_error=on_error,
+            want_table=function is not None,
+        )
+        count = 0
+        for batch in get_format(fmt).scan(path, request):
+            if batch is RESTART:
+                con.execute("DELETE FROM samples WHERE file_id = ?", [file_id])
+                count = 0
+                continue
+            rows = _rows(batch, file_id, count, fields, constants, function, types, str(path))
+            if rows.num_rows:
+                con.register("_mixplane_batch", rows)
+                con.execute("INSERT INTO samples BY NAME SELECT * FROM _mixplane_batch")
+                con.unregister("_mixplane_batch")
+            count += rows.num_rows
+            for f in fields:  # the slow path checks later batches against found types
+                request.fields[f.path] = types.types.get(f.name)
+            progress(batch.scanned_bytes)
+        if count == 0 and request.skipped == 0:
+            if on_error == "raise":
+                msg = "file holds no samples; remove it from the paths or register with on_error='skip'"
+                raise MalformedRecordError(msg, path=str(path))
+            request.messages.append(f"{path}: file holds no samples")
+        if identify(path) != identity:
+            msg = f"file {path} changed while it was being registered; register again when it is stable"
+            raise RegistrationError(msg)
+        con.execute(
+            "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                file_id,
+                dataset_id,
+                str(path),
+                fmt,
+                _compression(path),
+                identity.size,
+                identity.mtime_ns,
+                identity.fingerprint,
+                count,
+                request.skipped,
+            ],
+        )
+        reports.append(
+            FileReport(
+                path=str(path),
+                samples=count,
+                skipped=request.skipped,
+                messages=tuple(request.messages),
+            )
+        )
+        for message in request.messages:
+            log.warning("skipped: %s", message)
+    unresolved = [n for n, t in types.types.items() if t is None]
+    if unresolved:
+        msg = f"properties {unresolved} hold only null values; their type cannot be inferred"
+        raise PropertyError(msg)
+    for prop, ptype in types.types.items():
+        assert ptype is not None
+        con.execute(
+            "INSERT INTO properties VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET type = excluded.type",
+            [prop, ptype.value],
+        )
+    return reports
+
+
+def _compression(path: Path) -> str | None:
+    from mixplane.catalog.formats import compression_of
+
+    return compression_of(path)
+
+
+def _rows(
+    batch: ScanBatch,
+    file_id: int,
+    first: int,
+    fields: Sequence[FieldSource],
+    constants: Sequence[ConstantSource],
+    function: BatchFunction | None,
+    types: PropertyTypes,
+    where: str,
+) -> pa.Table:
+    n = batch.num_samples
+    columns: dict[str, pa.Array] = {
+        "file_id": pa.array(np.full(n, file_id, dtype=np.int32)),
+        "ordinal": pa.array(np.arange(first, first + n, dtype=np.int64)),
+        "bytes": pa.array(batch.text_bytes.astype(np.int64)),
+    }
+    for col, values in (
+        ("offset", batch.offset),
+        ("length", batch.length),
+        ("row_group", batch.row_group),
+        ("row", batch.row),
+    ):
+        if values is not None:
+            columns[col] = pa.array(values)
+    for f in fields:
+        columns[f.name] = types.accept(f.name, batch.fields[f.path], f"file {where}")
+    for c in constants:
+        columns[c.name] = types.accept(
+            c.name, pa.array([c.value] * n, c.type.arrow), f"file {where}"
+        )
+    if function is not None and n:
+        assert batch.table is not None
+        for prop, values in _call(function, batch.table, where).items():
+            columns[prop] = types.accept(prop, values, f"the property function on file {where}")
+    return pa.table(columns)
+
+
+def _call(function: BatchFunction, table: pa.Table, where: str) -> dict[str, pa.Array]:
+    """Run a user batch function and check its output: a mapping of names to one value per row."""
+    try:
+        result = function(table)
+    except Exception as exc:
+        msg = f"the property function failed on a batch of {where}: {type(exc).__name__}: {exc}"
+        raise RegistrationError(msg) from exc
+    if not isinstance(result, Mapping):
+        msg = f"the property function returned {type(result).__name__}; return a dict of property name -> values"
+        raise PropertyError(msg)
+    out = {}
+    for prop, values in result.items():
+        check_name(prop)
+        array = (
+            values if isinstance(values, (pa.Array, pa.ChunkedArray)) else _to_array(prop, values)
+        )
+        if isinstance(array, pa.ChunkedArray):
+            array = array.combine_chunks()
+        if len(array) != table.num_rows:
+            msg = (
+                f"the property function returned {len(array)} values for {prop!r} on a batch "
+                f"of {table.num_rows} records; return one value per record"
+            )
+            raise PropertyError(msg)
+        out[prop] = array
+    return out
+
+
+def _to_array(prop: str, values: Any) -> pa.Array:
+    try:
+        return pa.array(list(values) if not isinstance(values, np.ndarray) else values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        msg = (
+            f"values of property {prop!r} have mixed or unsupported types ({exc}); return one type"
+        )
+        raise PropertyError(msg) from exc

@@ -1,0 +1,65 @@
+"""One exception tree for mixplane.
+
+Every error a user can cause is a ``MixplaneError``. Subclasses also inherit the matching builtin
+(``KeyError``, ``ValueError``, ``OSError``) so generic handlers keep working. Messages are
+lower-case, name the offending value, and say what to do.
+"""
+
+from __future__ import annotations
+
+
+class MixplaneError(Exception):
+    """Base class of every error mixplane raises on purpose."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CatalogError(MixplaneError):
+    """A problem with the catalog database or its contents."""
+
+
+class SchemaVersionError(CatalogError, RuntimeError):
+    """The catalog file was written by a newer mixplane, or cannot be migrated."""
+
+
+class DatasetNotFoundError(CatalogError, KeyError):
+    """A dataset name that the catalog does not hold."""
+
+
+class DatasetExistsError(CatalogError, ValueError):
+    """Registering a name that is taken, without ``replace=True``."""
+
+
+class RegistrationError(CatalogError, ValueError):
+    """Registration could not complete; the catalog is left exactly as before."""
+
+
+class MalformedRecordError(RegistrationError):
+    """A record that cannot be read; names the file and the line (JSONL) or row (Parquet)."""
+
+    def __init__(self, message: str, *, path: str, location: str | None = None) -> None:
+        where = f"{path}:{location}" if location else path
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.location = location
+
+
+class PropertyError(CatalogError, ValueError):
+    """An unknown property, or a value of the wrong type for a property."""
+
+
+class FileChangedError(CatalogError, OSError):
+    """A registered file was modified or removed after registration."""
+
+
+class QueryError(MixplaneError, ValueError):
+    """A filter that cannot be compiled: unknown property, type mismatch, bad operator."""
+
+
+class FilterSyntaxError(QueryError):
+    """A filter given as text that does not parse; names the position."""
+
+
+class DependencyError(MixplaneError, ImportError):
+    """An optional dependency is missing; the message says which extra to install."""
