@@ -61,5 +61,17 @@ class FilterSyntaxError(QueryError):
     """A filter given as text that does not parse; names the position."""
 
 
+class MixtureError(MixplaneError, ValueError):
+    """A mixture that is invalid or does not fit the query result."""
+
+
+class PlanError(MixplaneError, ValueError):
+    """A job that cannot be planned: bad topology, budget, schedule or policy."""
+
+
+class StateError(MixplaneError, ValueError):
+    """Saved state that does not fit: other version, job, catalog or query; says what differs."""
+
+
 class DependencyError(MixplaneError, ImportError):
     """An optional dependency is missing; the message says which extra to install."""

@@ -307,6 +307,33 @@ class Catalog:
         self._con.unregister("_mixplane_wanted")
         return get_format(fmt).read(Path(path), pointers, text_field or "text")
 
+    def pointers(self, file_id: int) -> dict[str, np.ndarray]:
+        """Pointer columns of one file's samples, indexed by ordinal (for readers)."""
+        table = self._con.sql(
+            'SELECT "offset", length, row_group, "row" FROM samples WHERE file_id = ? ORDER BY ordinal',
+            params=[file_id],
+        ).to_arrow_table()
+        return {
+            name: table.column(name).to_numpy(zero_copy_only=False)
+            for name in ("offset", "length", "row_group", "row")
+            if table.column(name).null_count < table.num_rows or table.num_rows == 0
+        }
+
+    def sample_bytes(self, runs: pa.Table) -> np.ndarray:
+        """Per-sample text bytes for the samples of ``runs`` (file_id, start, count), in run order."""
+        ordered = runs.select(["file_id", "start", "count"]).append_column(
+            "run", pa.array(np.arange(runs.num_rows, dtype=np.int64))
+        )
+        self._con.register("_mixplane_runs", ordered)
+        try:
+            table = self._con.sql(
+                "SELECT s.bytes FROM _mixplane_runs r JOIN samples s ON s.file_id = r.file_id "
+                "AND s.ordinal >= r.start AND s.ordinal < r.start + r.count ORDER BY r.run, s.ordinal"
+            ).to_arrow_table()
+        finally:
+            self._con.unregister("_mixplane_runs")
+        return table.column("bytes").to_numpy().astype(np.int64)
+
     # -- adding properties -------------------------------------------------------------------
 
     def add_property(
@@ -410,42 +437,72 @@ class Catalog:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def components(self, where: Expr | str | None = None, by: Sequence[str] = ()) -> QueryResult:
-        """Execute a filter and group the selected samples by the ``by`` properties."""
+    def components(
+        self,
+        where: Expr | str | None = None,
+        by: Sequence[str] = (),
+        *,
+        sort_by: str | None = None,
+        descending: bool = False,
+    ) -> QueryResult:
+        """Execute a filter and group the selected samples by the ``by`` properties.
+
+        With ``sort_by``, each component's runs come in the order of that property (ties by
+        file and ordinal), for curricula; otherwise in (file, ordinal) order.
+        """
         by = tuple(by)
         columns = self.columns()
-        for prop in by:
+        for prop in (*by, *([sort_by] if sort_by else [])):
             if prop not in columns:
-                msg = f"unknown property {prop!r} in by; known: {sorted(columns)}"
+                msg = f"unknown property {prop!r}; known: {sorted(columns)}"
                 raise QueryError(msg)
             if columns[prop].type is PropertyType.LIST:
-                msg = f"cannot group by list property {prop!r}; group by scalar properties"
+                msg = f"cannot group or sort by list property {prop!r}; use a scalar property"
                 raise QueryError(msg)
         condition, params = compile_filter(where, columns)
-        keys_sql = ", ".join(f"{columns[p].sql} AS g{i}" for i, p in enumerate(by))
+        keys = [f"{columns[p].sql} AS g{i}" for i, p in enumerate(by)]
+        if sort_by:
+            keys.append(f"{columns[sort_by].sql} AS sk")
         group = ", ".join(f"g{i}" for i in range(len(by)))
+        lead = group + ", " if by else ""
+        partition = f"PARTITION BY {group}" if by else ""
         selected = (
-            f"SELECT {keys_sql + ', ' if by else ''}s.file_id, s.ordinal, s.bytes "
+            f"SELECT {', '.join(keys) + ', ' if keys else ''}s.file_id, s.ordinal, s.bytes "
             "FROM samples s JOIN files f USING (file_id) JOIN datasets d USING (dataset_id) "
             f"WHERE {condition}"
         )
-        partition = f"PARTITION BY {group}, file_id" if by else "PARTITION BY file_id"
         rank = f"DENSE_RANK() OVER (ORDER BY {group}) - 1" if by else "0"
-        sql = (
-            f"WITH selected AS ({selected}),\n"
-            f"islands AS (SELECT *, ordinal - row_number() OVER ({partition} ORDER BY ordinal) AS island FROM selected)\n"
-            f"SELECT {rank} AS component, {group + ', ' if by else ''}file_id, min(ordinal) AS start, "
-            "count(*) AS count, sum(bytes) AS bytes\n"
-            f"FROM islands GROUP BY {group + ', ' if by else ''}file_id, island\n"
-            "ORDER BY component, file_id, start"
-        )
+        if sort_by:
+            direction = "DESC" if descending else "ASC"
+            order = f"sk {direction} NULLS LAST, file_id, ordinal"
+            sql = (
+                f"WITH selected AS ({selected}),\n"
+                f"ranked AS (SELECT *, row_number() OVER (w) AS rn, CASE WHEN lag(file_id) OVER (w) = file_id "
+                f"AND lag(ordinal) OVER (w) = ordinal - 1 THEN 0 ELSE 1 END AS brk FROM selected "
+                f"WINDOW w AS ({partition} ORDER BY {order})),\n"
+                f"islands AS (SELECT *, sum(brk) OVER ({partition} ORDER BY rn) AS island FROM ranked)\n"
+                f"SELECT {rank} AS component, {lead}file_id, min(ordinal) AS start, count(*) AS count, "
+                "sum(bytes) AS bytes, min(rn) AS first\n"
+                f"FROM islands GROUP BY {lead}island, file_id\n"
+                "ORDER BY component, first"
+            )
+        else:
+            sql = (
+                f"WITH selected AS ({selected}),\n"
+                f"islands AS (SELECT *, ordinal - row_number() OVER (PARTITION BY {lead}file_id "
+                "ORDER BY ordinal) AS island FROM selected)\n"
+                f"SELECT {rank} AS component, {lead}file_id, min(ordinal) AS start, "
+                "count(*) AS count, sum(bytes) AS bytes\n"
+                f"FROM islands GROUP BY {lead}file_id, island\n"
+                "ORDER BY component, file_id, start"
+            )
         table = self._con.sql(sql, params=params).to_arrow_table()
-        keys: list[tuple[Any, ...]] = []
+        key_values: list[tuple[Any, ...]] = []
         if table.num_rows:
             comp = table.column("component").to_numpy()
             firsts = np.flatnonzero(np.diff(comp, prepend=-1))
             firsts_table = table.take(pa.array(firsts))
-            keys = [
+            key_values = [
                 tuple(firsts_table.column(f"g{i}")[j].as_py() for i in range(len(by)))
                 for j in range(len(firsts))
             ]
@@ -462,7 +519,12 @@ class Catalog:
             else {}
         )
         return build_result(
-            sql=sql, params=params, by=by, keys=keys, runs=runs, file_fingerprints=fingerprints
+            sql=sql,
+            params=params,
+            by=by,
+            keys=key_values,
+            runs=runs,
+            file_fingerprints=fingerprints,
         )
 
     def explain(self, where: Expr | str | None = None, by: Sequence[str] = ()) -> QueryResult:

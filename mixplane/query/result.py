@@ -41,7 +41,7 @@ class Component:
     @property
     def selector(self) -> str:
         """The component's selector as text, e.g. ``language=en,source=web``."""
-        return ",".join(f"{k}={_fmt(v)}" for k, v in self.properties.items()) or "*"
+        return ",".join(f"{k}={format_value(v)}" for k, v in self.properties.items()) or "*"
 
     def to_dict(self, *, runs: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -56,7 +56,8 @@ class Component:
         return out
 
 
-def _fmt(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A property value in selector text form."""
     if value is None:
         return "null"
     if isinstance(value, bool):

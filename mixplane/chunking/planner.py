@@ -1,0 +1,261 @@
+"""The planner: chunk k from the mixture in force and each component's cursor.
+
+Planning is sequential and pure: chunk k depends only on the planner's state after chunk k-1
+(cursors, what each component was given in the current mixture segment, the weights in force)
+and the seed. Per chunk:
+
+1. the budget (samples or tokens) is apportioned with carry (``apportion_with_carry``): realized
+   cumulative amounts stay within one sample (one sample's tokens) of the exact shares;
+2. each component draws that many samples (or samples until its token quota is reached) from
+   its seeded order, crossing into a new epoch when it runs out (``repeat``), ending the stream
+   after this chunk (``stop``), or leaving the mix so the others share its budget in proportion
+   to their weights (``redistribute``);
+3. the draws become read ranges (runs of consecutive ordinals).
+
+State is O(components): epoch, position and amount given per component, the weights in force,
+the exhausted set and the next chunk index. Restoring it continues the exact sequence with no
+replay. Cost: O(K log K + samples in the chunk) numpy work per chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, TypedDict
+
+import numpy as np
+
+from mixplane.chunking.order import ComponentOrder
+from mixplane.chunking.spec import ChunkSpec, Unit
+from mixplane.errors import PlanError, StateError
+from mixplane.mixture.apportion import apportion_with_carry, largest_remainder
+
+OnExhausted = Literal["repeat", "stop", "redistribute"]
+STATE_VERSION = 1
+
+
+class PlannerState(TypedDict):
+    version: int
+    next_chunk: int
+    epochs: list[int]
+    positions: list[int]
+    given: list[int]
+    weights: list[float]
+    exhausted: list[bool]
+    mixture_version: int
+    ended: bool
+
+
+@dataclass(slots=True, kw_only=True)
+class _Draw:
+    component: int
+    epoch: int
+    first: int
+    count: int
+
+
+class Planner:
+    """Plans chunks one after another over a fixed set of component orders."""
+
+    def __init__(
+        self,
+        components: Sequence[ComponentOrder],
+        weights: np.ndarray,
+        *,
+        unit: Unit = "samples",
+        chunk_size: int = 1000,
+        on_exhausted: OnExhausted = "repeat",
+    ) -> None:
+        if chunk_size <= 0:
+            msg = f"chunk_size must be positive, got {chunk_size}"
+            raise PlanError(msg)
+        if unit == "tokens" and any(c.sizes is None for c in components):
+            msg = "token budgets need per-sample token sizes for every component"
+            raise PlanError(msg)
+        if on_exhausted not in ("repeat", "stop", "redistribute"):
+            msg = f"on_exhausted must be 'repeat', 'stop' or 'redistribute', got {on_exhausted!r}"
+            raise PlanError(msg)
+        self.components = list(components)
+        self.unit: Unit = unit
+        self.chunk_size = chunk_size
+        self.on_exhausted: OnExhausted = on_exhausted
+        k = len(self.components)
+        self._epochs = np.zeros(k, dtype=np.int64)
+        self._positions = np.zeros(k, dtype=np.int64)
+        self._given = np.zeros(k, dtype=np.int64)
+        self._exhausted = np.zeros(k, dtype=bool)
+        self._weights = np.zeros(k)
+        self.next_chunk = 0
+        self.mixture_version = 0
+        self.ended = False
+        self.set_weights(weights, version=0)
+
+    # -- mixture -----------------------------------------------------------------------------
+    def set_weights(self, weights: np.ndarray, *, version: int) -> None:
+        """Weights in force from the next planned chunk on; starts a new mixture segment."""
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(self.components),) or (weights < 0).any() or weights.sum() <= 0:
+            msg = f"weights must be {len(self.components)} non-negative numbers with a positive sum"
+            raise PlanError(msg)
+        sizes = np.array([c.total for c in self.components])
+        if ((weights > 0) & (sizes == 0)).any():
+            empty = [self.components[i].key for i in np.flatnonzero((weights > 0) & (sizes == 0))]
+            msg = f"components {empty} have weight but no samples"
+            raise PlanError(msg)
+        self._weights = weights / weights.sum()
+        self._given[:] = 0
+        self.mixture_version = version
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self._weights.copy()
+
+    def _active(self) -> np.ndarray:
+        w = np.where(self._exhausted, 0.0, self._weights)
+        return w / w.sum() if w.sum() > 0 else w
+
+    # -- planning ----------------------------------------------------------------------------
+    def plan(self) -> ChunkSpec | None:
+        """The next chunk, or None when the stream has ended."""
+        if self.ended:
+            return None
+        k = len(self.components)
+        counts = np.zeros(k, dtype=np.int64)
+        tokens = np.zeros(k, dtype=np.int64)
+        draws: list[_Draw] = []
+        budget = self.chunk_size
+        weights = self._active()
+        amounts = apportion_with_carry(budget, weights, self._given.astype(np.float64))
+        last = False
+        for _round in range(k + 1):
+            shortfall = 0
+            for c in np.flatnonzero(amounts > 0).tolist():
+                drawn, got_samples, got_tokens, ran_out = self._draw(c, int(amounts[c]), draws)
+                counts[c] += got_samples
+                tokens[c] += got_tokens
+                self._given[c] += drawn
+                shortfall += max(int(amounts[c]) - drawn, 0)
+                if ran_out:
+                    if self.on_exhausted == "stop":
+                        last = True
+                    elif self.on_exhausted == "redistribute":
+                        self._exhausted[c] = True
+            if last or shortfall == 0 or self.on_exhausted != "redistribute":
+                break
+            weights = self._active()
+            if weights.sum() <= 0:
+                last = True
+                break
+            amounts = largest_remainder(shortfall, weights)
+        if self.on_exhausted == "redistribute" and self._exhausted.any():
+            if self._active().sum() <= 0:
+                last = True
+        spec = self._spec(counts, tokens, draws, last)
+        self.next_chunk += 1
+        self.ended = last
+        return spec
+
+    def _draw(self, c: int, amount: int, draws: list[_Draw]) -> tuple[int, int, int, bool]:
+        """Draw ``amount`` (samples or tokens) from component c; returns (amount drawn,
+        samples, tokens, whether the component ran out under a non-repeat policy)."""
+        comp = self.components[c]
+        drawn = samples = toks = 0
+        while drawn < amount:
+            epoch, pos = int(self._epochs[c]), int(self._positions[c])
+            left = comp.total - pos
+            if left <= 0:
+                if self.on_exhausted == "repeat":
+                    self._epochs[c] += 1
+                    self._positions[c] = 0
+                    continue
+                return drawn, samples, toks, True
+            need = amount - drawn
+            if self.unit == "samples":
+                n = min(need, left)
+                t = int(comp.token_sizes(epoch, pos, n).sum()) if comp.sizes is not None else 0
+                got = n
+            else:
+                n, t = _take_tokens(comp, epoch, pos, left, need)
+                got = t
+            draws.append(_Draw(component=c, epoch=epoch, first=pos, count=n))
+            self._positions[c] += n
+            drawn += got
+            samples += n
+            toks += t
+        ran_out = self.on_exhausted != "repeat" and self._positions[c] >= comp.total
+        return drawn, samples, toks, bool(ran_out)
+
+    def _spec(
+        self, counts: np.ndarray, tokens: np.ndarray, draws: list[_Draw], last: bool
+    ) -> ChunkSpec:
+        parts = []
+        for d in draws:
+            files, starts, lengths = self.components[d.component].ranges(d.epoch, d.first, d.count)
+            parts.append((np.full(len(files), d.component, dtype=np.int32), files, starts, lengths))
+        if parts:
+            comps, files, starts, lengths = (
+                np.concatenate([p[i] for p in parts]) for i in range(4)
+            )
+        else:
+            comps = files = np.zeros(0, dtype=np.int32)
+            starts = lengths = np.zeros(0, dtype=np.int64)
+        return ChunkSpec(
+            index=self.next_chunk,
+            unit=self.unit,
+            budget=self.chunk_size,
+            counts=counts,
+            tokens=tokens,
+            components=comps.astype(np.int32),
+            files=files.astype(np.int32),
+            starts=starts.astype(np.int64),
+            lengths=lengths.astype(np.int64),
+            mixture_version=self.mixture_version,
+            last=last,
+        )
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> PlannerState:
+        return PlannerState(
+            version=STATE_VERSION,
+            next_chunk=self.next_chunk,
+            epochs=self._epochs.tolist(),
+            positions=self._positions.tolist(),
+            given=self._given.tolist(),
+            weights=self._weights.tolist(),
+            exhausted=self._exhausted.tolist(),
+            mixture_version=self.mixture_version,
+            ended=self.ended,
+        )
+
+    def load_state_dict(self, state: PlannerState) -> None:
+        if state.get("version") != STATE_VERSION:
+            msg = f"planner state version {state.get('version')!r}, expected {STATE_VERSION}"
+            raise StateError(msg)
+        k = len(self.components)
+        if len(state["positions"]) != k:
+            msg = f"planner state has {len(state['positions'])} components, the job has {k}"
+            raise StateError(msg)
+        self.next_chunk = int(state["next_chunk"])
+        self._epochs = np.asarray(state["epochs"], dtype=np.int64)
+        self._positions = np.asarray(state["positions"], dtype=np.int64)
+        self._given = np.asarray(state["given"], dtype=np.int64)
+        self._weights = np.asarray(state["weights"], dtype=np.float64)
+        self._exhausted = np.asarray(state["exhausted"], dtype=bool)
+        self.mixture_version = int(state["mixture_version"])
+        self.ended = bool(state["ended"])
+
+
+def _take_tokens(
+    comp: ComponentOrder, epoch: int, pos: int, left: int, need: int
+) -> tuple[int, int]:
+    """Samples from ``pos`` until their tokens reach ``need`` (or the epoch ends): (n, tokens)."""
+    assert comp.sizes is not None
+    mean = max(float(comp.sizes.mean()) if len(comp.sizes) else 1.0, 1.0)
+    guess = min(left, int(need / mean * 1.5) + 8)
+    while True:
+        sizes = comp.token_sizes(epoch, pos, guess)
+        cum = np.cumsum(sizes)
+        if cum[-1] >= need or guess == left:
+            n = int(np.searchsorted(cum, need, side="left")) + 1 if cum[-1] >= need else guess
+            return n, int(cum[n - 1])
+        guess = min(left, guess * 2)

@@ -1,0 +1,132 @@
+"""The client API: submit jobs, explain them, stream them.
+
+``Client.local(home)`` runs everything in this process over the catalog at ``home`` (no
+server). The remote client (a later issue) has exactly this interface.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal, Self
+
+import numpy as np
+
+from mixplane.catalog.catalog import Catalog
+from mixplane.chunking.assign import Topology
+from mixplane.chunking.planner import OnExhausted
+from mixplane.chunking.spec import Unit
+from mixplane.errors import PlanError
+from mixplane.job import Job, JobSpec, JobState, Sample
+from mixplane.mixture.mixture import Mixture
+from mixplane.query.expr import Expr
+
+
+class Client:
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self._jobs: dict[str, Job] = {}
+
+    @classmethod
+    def local(cls, home: str | os.PathLike[str] | None = None) -> Self:
+        return cls(Catalog.open(home))
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(
+        self,
+        job_id: str,
+        *,
+        where: Expr | str | None = None,
+        mixture: Mixture | Mapping[str, Any],
+        topology: Topology | None = None,
+        seed: int = 0,
+        unit: Unit = "samples",
+        chunk_size: int = 1000,
+        on_exhausted: OnExhausted = "repeat",
+        order: Literal["shuffled", "as-stored", "sorted"] = "shuffled",
+        sort_by: str | None = None,
+        descending: bool = False,
+        block_size: int = 256,
+        bytes_per_token: float = 4.0,
+    ) -> Job:
+        """Create a job (replacing one with the same id in this client)."""
+        if not isinstance(mixture, Mixture):
+            mixture = Mixture.from_json(mixture)
+        spec = JobSpec(
+            job_id=job_id,
+            where=str(where) if where is not None else None,
+            mixture=mixture,
+            seed=seed,
+            unit=unit,
+            chunk_size=chunk_size,
+            on_exhausted=on_exhausted,
+            order=order,
+            sort_by=sort_by,
+            descending=descending,
+            block_size=block_size,
+            bytes_per_token=bytes_per_token,
+        )
+        job = Job(self.catalog, spec, topology or Topology())
+        self._jobs[job_id] = job
+        return job
+
+    def job(self, job_id: str) -> Job:
+        try:
+            return self._jobs[job_id]
+        except KeyError:
+            msg = f"unknown job {job_id!r}; submitted jobs: {sorted(self._jobs)}"
+            raise PlanError(msg) from None
+
+    def stream(
+        self, job_id: str, dp_group: int = 0, rank: int = 0, worker: int = 0
+    ) -> Iterator[Sample]:
+        return iter(self.job(job_id).stream(dp_group, rank, worker))
+
+    def state_dict(self, job_id: str) -> JobState:
+        return self.job(job_id).state_dict()
+
+    def load_state_dict(self, job_id: str, state: JobState) -> None:
+        self.job(job_id).load_state_dict(state)
+
+    def explain(self, job_id: str, *, chunks: int | None = None) -> dict[str, Any]:
+        """Per component: samples, estimated tokens, share, what the job draws, epochs implied."""
+        job = self.job(job_id)
+        weights = job._planner.weights
+        per_chunk = job.spec.chunk_size
+        total_budget = per_chunk * chunks if chunks is not None else None
+        rows = []
+        for c, order, w in zip(job.result.components, job.orders, weights, strict=True):
+            tokens = (
+                int(order.sizes.sum())
+                if order.sizes is not None
+                else int(np.ceil(c.bytes / job.spec.bytes_per_token))
+            )
+            size = tokens if job.spec.unit == "tokens" else c.samples
+            row: dict[str, Any] = {
+                "component": c.selector,
+                "properties": c.properties,
+                "samples": c.samples,
+                "bytes": c.bytes,
+                "tokens": tokens,
+                "weight": float(w),
+            }
+            if total_budget is not None and size:
+                row["draws"] = float(w) * total_budget
+                row["epochs"] = float(w) * total_budget / size
+                if job.spec.on_exhausted == "stop" and w > 0:
+                    row["runs_out_at_chunk"] = int(np.ceil(size / (float(w) * per_chunk))) - 1
+            rows.append(row)
+        return {
+            "job": job.spec.to_json(),
+            "sql": job.result.sql,
+            "components": rows,
+            "query_fingerprint": job.result.fingerprint,
+        }

@@ -1,0 +1,430 @@
+"""Jobs: a filter, a mixture, a seed, a topology and a budget, planned into chunks and streamed.
+
+``Job`` ties the pieces together in one process: it executes the query, builds each component's
+seeded order, resolves the mixture into weights, plans chunks sequentially (caching those some
+consumer still needs, with the planner state before each), and serves consumer streams
+``(dp_group, rank, worker)``. Its state is O(components + consumers): the planner state at the
+lowest unfinished chunk, the mixture log, the assignment segment and each consumer's position.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypedDict
+
+import numpy as np
+
+from mixplane.catalog.catalog import Catalog
+from mixplane.chunking.assign import Assignment, Topology
+from mixplane.chunking.order import (
+    PURPOSE_INTERLEAVE,
+    PURPOSE_SHUFFLE,
+    ComponentOrder,
+    OrderKind,
+    generator,
+)
+from mixplane.chunking.planner import OnExhausted, Planner, PlannerState
+from mixplane.chunking.spec import ChunkSpec, Unit
+from mixplane.client.reader import Reader
+from mixplane.errors import PlanError, StateError
+from mixplane.mixture.mixture import Mixture
+from mixplane.query.result import QueryResult
+
+JOB_STATE_VERSION = 1
+DEFAULT_BYTES_PER_TOKEN = 4.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """Everything that defines a job's stream (together with the catalog snapshot)."""
+
+    job_id: str
+    where: str | None
+    mixture: Mixture
+    seed: int = 0
+    unit: Unit = "samples"
+    chunk_size: int = 1000
+    on_exhausted: OnExhausted = "repeat"
+    order: OrderKind | Literal["sorted"] = "shuffled"
+    sort_by: str | None = None
+    descending: bool = False
+    block_size: int = 256
+    bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "where": self.where,
+            "mixture": self.mixture.to_json(),
+            "seed": self.seed,
+            "unit": self.unit,
+            "chunk_size": self.chunk_size,
+            "on_exhausted": self.on_exhausted,
+            "order": self.order,
+            "sort_by": self.sort_by,
+            "descending": self.descending,
+            "block_size": self.block_size,
+            "bytes_per_token": self.bytes_per_token,
+        }
+
+    def fingerprint(self) -> str:
+        return hashlib.blake2b(
+            json.dumps(self.to_json(), sort_keys=True).encode(), digest_size=16
+        ).hexdigest()
+
+
+class ConsumerState(TypedDict):
+    j: int  # index into the consumer's chunk sequence
+    offset: int  # samples already read from that chunk
+
+
+class JobState(TypedDict):
+    version: int
+    spec: str  # JobSpec fingerprint
+    query: str  # QueryResult fingerprint
+    planner: PlannerState
+    mixture_log: list[dict[str, Any]]
+    topology: dict[str, int]
+    frontier: int
+    carried: list[list[int]]
+    consumers: dict[str, ConsumerState]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sample:
+    """One sample as a consumer receives it."""
+
+    text: str
+    record: dict[str, Any] = field(repr=False)
+    component: int
+    file_id: int
+    ordinal: int
+    chunk: int
+
+
+class Job:
+    def __init__(self, catalog: Catalog, spec: JobSpec, topology: Topology) -> None:
+        self.catalog = catalog
+        self.spec = spec
+        self.topology = topology
+        by = list(spec.mixture.properties)
+        self.result: QueryResult = catalog.components(spec.where, by=by)
+        if spec.order == "sorted":
+            if spec.sort_by is None:
+                msg = "order='sorted' needs sort_by=PROPERTY"
+                raise PlanError(msg)
+            self.result = catalog.components(
+                spec.where, by=by, sort_by=spec.sort_by, descending=spec.descending
+            )
+        self.orders = [self._order(c.selector, c.runs) for c in self.result.components]
+        natural = (
+            np.array(
+                [o.sizes.sum() if o.sizes is not None else o.total for o in self.orders],
+                dtype=np.float64,
+            )
+            if spec.unit == "tokens"
+            else np.array([c.samples for c in self.result.components], dtype=np.float64)
+        )
+        weights = spec.mixture.resolve(self.result, natural)
+        self._planner = Planner(
+            self.orders,
+            weights,
+            unit=spec.unit,
+            chunk_size=spec.chunk_size,
+            on_exhausted=spec.on_exhausted,
+        )
+        self.mixture_log: list[dict[str, Any]] = [
+            {"chunk": 0, "version": 0, "weights": weights.tolist()}
+        ]
+        self.assignment = Assignment(topology=topology)
+        self._chunks: dict[int, ChunkSpec] = {}
+        self._before: dict[int, PlannerState] = {0: self._planner.state_dict()}
+        self._last: int | None = None
+        self._consumers: dict[int, ConsumerState] = {}
+        self._reader: Reader | None = None
+        self._pending: dict[int, dict[str, Any]] = {}
+
+    def _order(self, key: str, runs: Any) -> ComponentOrder:
+        sizes = None
+        if self.spec.unit == "tokens":
+            raw = self.catalog.sample_bytes(runs)
+            sizes = np.maximum(np.ceil(raw / self.spec.bytes_per_token), 1).astype(np.int64)
+        kind: OrderKind = "shuffled" if self.spec.order == "shuffled" else "as-stored"
+        return ComponentOrder(
+            key=key,
+            files=runs.column("file_id").to_numpy().astype(np.int32),
+            starts=runs.column("start").to_numpy(),
+            counts=runs.column("count").to_numpy(),
+            seed=self.spec.seed,
+            kind=kind,
+            block_size=self.spec.block_size,
+            sizes=sizes,
+        )
+
+    # -- chunks ------------------------------------------------------------------------------
+    def chunk(self, index: int) -> ChunkSpec | None:
+        """Chunk ``index`` (planning up to it), or None past the end of the stream."""
+        while self._planner.next_chunk <= index:
+            if self._planner.ended:
+                return None
+            k = self._planner.next_chunk
+            pending = self._pending.pop(k, None)
+            if pending is not None:
+                self._planner.set_weights(
+                    np.asarray(pending["weights"]), version=pending["version"]
+                )
+            self._before[k] = self._planner.state_dict()
+            spec = self._planner.plan()
+            if spec is None:
+                return None
+            self._chunks[k] = spec
+            if spec.last:
+                self._last = k
+        if self._last is not None and index > self._last:
+            return None
+        spec = self._chunks.get(index)
+        if spec is None:  # planned before and pruned: re-plan from the snapshot
+            msg = f"chunk {index} was released; no consumer holds it any more"
+            raise PlanError(msg)
+        return spec
+
+    def plan(self, count: int) -> Iterator[ChunkSpec]:
+        """The first ``count`` chunks in global order (for inspection and the CLI)."""
+        for k in range(count):
+            spec = self.chunk(k)
+            if spec is None:
+                return
+            yield spec
+
+    def set_weights(self, weights: np.ndarray | Mapping[str, float]) -> int:
+        """New weights in force from the next planned chunk; returns that chunk index."""
+        if isinstance(weights, Mapping):
+            weights = Mixture.static(weights).resolve(
+                self.result, np.array([c.samples for c in self.result.components], dtype=np.float64)
+            )
+        version = len(self.mixture_log)
+        at = self._planner.next_chunk
+        self._planner.set_weights(np.asarray(weights, dtype=np.float64), version=version)
+        self.mixture_log.append(
+            {"chunk": at, "version": version, "weights": np.asarray(weights, dtype=float).tolist()}
+        )
+        return at
+
+    # -- consumers ---------------------------------------------------------------------------
+    def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream:
+        consumer = self.topology.consumer(dp_group, worker, rank)
+        state = self._consumers.setdefault(consumer, ConsumerState(j=0, offset=0))
+        return Stream(self, consumer, state)
+
+    def reader(self) -> Reader:
+        if self._reader is None:
+            self._reader = Reader(self.catalog)
+        return self._reader
+
+    def _release(self) -> None:
+        """Drop cached chunks and snapshots that no consumer can still need."""
+        low = self._lowest_unfinished()
+        for k in [k for k in self._chunks if k < low]:
+            del self._chunks[k]
+        for k in [k for k in self._before if k < low]:
+            del self._before[k]
+
+    def _lowest_unfinished(self) -> int:
+        positions = [self.assignment.chunk(c, s["j"])[0] for c, s in self._consumers.items()]
+        carried = [k for k, _ in self.assignment.carried]
+        if len(self._consumers) < self.topology.consumers:
+            positions.append(self.assignment.frontier)
+        return min(positions + carried) if positions + carried else self.assignment.frontier
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> JobState:
+        """Consistent state of the job and all its consumers (O(components + consumers))."""
+        low = min(self._lowest_unfinished(), self._planner.next_chunk)
+        if low not in self._before:
+            msg = f"no planner snapshot for chunk {low}"
+            raise StateError(msg)
+        return JobState(
+            version=JOB_STATE_VERSION,
+            spec=self.spec.fingerprint(),
+            query=self.result.fingerprint,
+            planner=self._before[low],
+            mixture_log=list(self.mixture_log),
+            topology=self.topology.to_json(),
+            frontier=self.assignment.frontier,
+            carried=[[k, o] for k, o in self.assignment.carried],
+            consumers={
+                str(c): ConsumerState(j=s["j"], offset=s["offset"])
+                for c, s in sorted(self._consumers.items())
+            },
+        )
+
+    def load_state_dict(self, state: JobState) -> None:
+        """Continue from a saved state; the topology may differ (elastic restore)."""
+        if state.get("version") != JOB_STATE_VERSION:
+            msg = f"job state version {state.get('version')!r}, expected {JOB_STATE_VERSION}"
+            raise StateError(msg)
+        if state["spec"] != self.spec.fingerprint():
+            msg = (
+                "job state was saved for a different job definition (filter, mixture, seed, "
+                "budget or policy differ); submit the same job to restore it"
+            )
+            raise StateError(msg)
+        if state["query"] != self.result.fingerprint:
+            msg = (
+                "the query result changed since the state was saved (catalog files or "
+                "registrations differ); restore against the same catalog"
+            )
+            raise StateError(msg)
+        self._planner.load_state_dict(state["planner"])
+        self.mixture_log = list(state["mixture_log"])
+        # changes made after the snapshot are applied again when re-planning reaches them
+        self._pending = {
+            e["chunk"]: e for e in self.mixture_log if e["version"] > self._planner.mixture_version
+        }
+        start = self._planner.next_chunk
+        self._chunks.clear()
+        self._before = {start: self._planner.state_dict()}
+        self._last = None
+        saved_topology = Topology(**state["topology"])
+        saved = Assignment(
+            topology=saved_topology,
+            frontier=state["frontier"],
+            carried=tuple((k, o) for k, o in state["carried"]),
+        )
+        consumers = {int(c): s for c, s in state["consumers"].items()}
+        if saved_topology == self.topology:
+            self.assignment = saved
+            self._consumers = {
+                c: ConsumerState(j=s["j"], offset=s["offset"]) for c, s in consumers.items()
+            }
+            return
+        self.assignment, self._consumers = _redeal(saved, consumers, self.topology)
+
+    def end_of_stream(self) -> int | None:
+        return self._last
+
+
+def _redeal(
+    saved: Assignment, consumers: dict[int, ConsumerState], topology: Topology
+) -> tuple[Assignment, dict[int, ConsumerState]]:
+    """A new assignment segment for another topology: unfinished chunks are dealt first."""
+    current = {c: saved.chunk(c, s["j"]) for c, s in consumers.items()}
+    for c in range(saved.topology.consumers):  # consumers that never started
+        current.setdefault(c, saved.chunk(c, 0))
+    frontier = max(k for k, _ in current.values()) + 1
+    unfinished: list[tuple[int, int]] = []
+    for c in range(saved.topology.consumers):
+        j = consumers[c]["j"] if c in consumers else 0
+        offset = consumers[c]["offset"] if c in consumers else 0
+        k, start = saved.chunk(c, j)
+        while k < frontier:
+            unfinished.append((k, start + offset))
+            offset = 0
+            j += 1
+            k, start = saved.chunk(c, j)
+    unfinished.sort()
+    return Assignment(topology=topology, frontier=frontier, carried=tuple(unfinished)), {}
+
+
+class Stream:
+    """One consumer's samples, in order; ``state_dict`` is its position."""
+
+    def __init__(self, job: Job, consumer: int, state: ConsumerState) -> None:
+        self.job = job
+        self.consumer = consumer
+        self._state = state
+
+    def state_dict(self) -> ConsumerState:
+        return ConsumerState(j=self._state["j"], offset=self._state["offset"])
+
+    def chunks(self) -> Iterator[tuple[ChunkSpec, int]]:
+        """(chunk, first sample offset) for this consumer, from its current position."""
+        while True:
+            index, start = self.job.assignment.chunk(self.consumer, self._state["j"])
+            spec = self.job.chunk(index)
+            if spec is None:
+                return
+            yield spec, start
+
+    def __iter__(self) -> Iterator[Sample]:
+        reader = self.job.reader()
+        for spec, start in self.chunks():
+            samples = read_chunk(
+                reader, spec, self.job.spec.seed, shuffle=self.job.spec.order == "shuffled"
+            )
+            begin = start + self._state["offset"]
+            for sample in samples[begin:]:
+                self._state["offset"] += 1
+                yield sample
+            self._state["j"] += 1
+            self._state["offset"] = 0
+            self.job._release()
+
+
+def interleave(counts: np.ndarray, seed: int, index: int) -> np.ndarray:
+    """Component of each position of a chunk: stratified, so every span holds each component
+    close to its share. Component c's i-th sample sits at key (i + u_c) / n_c with u_c drawn
+    from a generator of (seed, chunk index); positions are the sorted keys."""
+    counts = np.asarray(counts, dtype=np.int64)
+    rng = generator(seed, PURPOSE_INTERLEAVE, index)
+    jitter = rng.random(len(counts))
+    comps = np.repeat(np.arange(len(counts)), counts)
+    if len(comps) == 0:
+        return comps
+    within = np.arange(len(comps)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keys = (within + jitter[comps]) / counts[comps]
+    return comps[np.lexsort((comps, keys))]
+
+
+def read_chunk(reader: Reader, spec: ChunkSpec, seed: int, *, shuffle: bool) -> list[Sample]:
+    """All samples of a chunk in interleaved order (reads batched per file); with ``shuffle``
+    each component's samples are first permuted by a generator of (seed, chunk, component)."""
+    per_component: dict[int, list[Sample]] = {}
+    by_file: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for comp, file_id, start, length in zip(
+        spec.components.tolist(),
+        spec.files.tolist(),
+        spec.starts.tolist(),
+        spec.lengths.tolist(),
+        strict=True,
+    ):
+        by_file.setdefault(file_id, []).append((comp, np.arange(start, start + length)))
+    fetched: dict[tuple[int, int], dict[str, Any]] = {}
+    for file_id, parts in by_file.items():
+        ordinals = np.concatenate([o for _, o in parts])
+        for ordinal, record in zip(ordinals.tolist(), reader.read(file_id, ordinals), strict=True):
+            fetched[(file_id, ordinal)] = record
+    for comp, file_id, start, length in zip(
+        spec.components.tolist(),
+        spec.files.tolist(),
+        spec.starts.tolist(),
+        spec.lengths.tolist(),
+        strict=True,
+    ):
+        bucket = per_component.setdefault(comp, [])
+        for ordinal in range(start, start + length):
+            record = fetched[(file_id, ordinal)]
+            bucket.append(
+                Sample(
+                    text=reader.text_of(file_id, record),
+                    record=record,
+                    component=comp,
+                    file_id=file_id,
+                    ordinal=ordinal,
+                    chunk=spec.index,
+                )
+            )
+    if shuffle:
+        for comp, bucket in per_component.items():
+            perm = generator(seed, PURPOSE_SHUFFLE, spec.index, comp).permutation(len(bucket))
+            per_component[comp] = [bucket[i] for i in perm.tolist()]
+    order = interleave(spec.counts, seed, spec.index)
+    cursors = dict.fromkeys(per_component, 0)
+    out = []
+    for comp in order.tolist():
+        out.append(per_component[comp][cursors[comp]])
+        cursors[comp] += 1
+    return out

@@ -1,0 +1,55 @@
+"""Apportionment: integer budgets from real-valued weights, exact over a run.
+
+``largest_remainder(total, quotas)`` gives each party ``floor(quota)`` and hands the remaining
+units to the largest fractional remainders, ties broken by the lower index: the result sums to
+``total`` and each count is within 1 of its exact quota (Hamilton's method).
+
+``CarryApportioner`` applies it chunk after chunk with memory: the quota of component c in a
+chunk is its exact cumulative target minus what it has been given so far, so the realized
+cumulative counts never drift more than one unit (one sample, or one sample's tokens in token
+mode) from the exact shares, however many chunks are planned. Its state is one number per
+component. Cost: O(K log K) per chunk for K components.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def largest_remainder(total: int, quotas: np.ndarray) -> np.ndarray:
+    """Integer counts summing to ``total``, each within 1 of ``quotas`` (which sum to total)."""
+    quotas = np.maximum(np.asarray(quotas, dtype=np.float64), 0.0)
+    if total <= 0 or len(quotas) == 0:
+        return np.zeros(len(quotas), dtype=np.int64)
+    s = quotas.sum()
+    if s <= 0:
+        msg = "cannot apportion a budget over weights that are all zero"
+        raise ValueError(msg)
+    quotas = quotas * (total / s)
+    counts = np.floor(quotas).astype(np.int64)
+    left = int(total - counts.sum())
+    if left > 0:
+        remainders = quotas - counts
+        # stable sort on -remainder: equal remainders keep index order (lower index first)
+        order = np.argsort(-remainders, kind="stable")
+        counts[order[:left]] += 1
+    elif left < 0:  # floating error in a huge budget; take back from the smallest remainders
+        remainders = quotas - counts
+        order = np.argsort(remainders, kind="stable")
+        counts[order[:-left]] -= 1
+    return counts
+
+
+def apportion_with_carry(budget: int, weights: np.ndarray, given: np.ndarray) -> np.ndarray:
+    """Counts for one chunk so that cumulative amounts track ``(given.sum() + budget) * weights``.
+
+    ``given`` is what each component has received so far in the current mixture segment (in
+    token mode it may exceed its quota by part of a sample; the excess is paid back in later
+    chunks). Components with zero weight get nothing.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    target = (float(np.sum(given)) + budget) * weights
+    quotas = np.where(weights > 0, np.maximum(target - given, 0.0), 0.0)
+    if quotas.sum() <= 0:
+        quotas = np.where(weights > 0, weights, 0.0)
+    return largest_remainder(budget, quotas)

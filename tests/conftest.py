@@ -1,0 +1,62 @@
+"""Shared fixtures: a small multi-property JSONL corpus registered in a fresh catalog."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from mixplane.client import Client
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+LANGUAGES = ("en", "de", "fr")
+SOURCES = ("web", "wiki")
+
+
+def write_corpus(root: Path, *, files: int = 3, per_file: int = 400, seed: int = 0) -> list[Path]:
+    """JSONL files whose records carry language, source, quality and a unique id."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    n = 0
+    for f in range(files):
+        path = root / f"part-{f}.jsonl"
+        with path.open("wb") as out:
+            for _ in range(per_file):
+                record = {
+                    "id": n,
+                    "text": f"doc {n} " + "word " * rng.randint(5, 60),
+                    "meta": {
+                        "language": rng.choice(LANGUAGES),
+                        "source": rng.choice(SOURCES),
+                        "quality": round(rng.random(), 4),
+                    },
+                }
+                out.write(orjson.dumps(record) + b"\n")
+                n += 1
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[Client]:
+    """An in-process client over a catalog holding dataset 'corpus' (1200 samples)."""
+    write_corpus(tmp_path / "data")
+    c = Client.local(tmp_path / "home")
+    c.catalog.register(
+        "corpus",
+        tmp_path / "data",
+        properties={
+            "language": "meta.language",
+            "source": "meta.source",
+            "quality": "meta.quality",
+        },
+        progress=False,
+    )
+    yield c
+    c.close()
