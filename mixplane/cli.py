@@ -202,21 +202,225 @@ def add_property(
     click.echo(f"added property {name} to {n} samples")
 
 
+def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--mixture",
+            "mixture",
+            help='Mixture as JSON, e.g. \'{"language=en": 0.7, "language=de": 0.3}\'.',
+        ),
+        click.option(
+            "--mixture-file",
+            type=click.Path(exists=True, dir_okay=False),
+            help="Mixture or schedule as JSON or YAML (hierarchical mixtures, phases).",
+        ),
+        click.option(
+            "--unit", type=click.Choice(["samples", "tokens"]), default="samples", show_default=True
+        ),
+        click.option(
+            "--chunk-size", type=int, default=1000, show_default=True, help="Budget per chunk."
+        ),
+        click.option("--chunks", type=int, default=10, show_default=True, help="How many chunks."),
+        click.option("--dp-groups", type=int, default=1, show_default=True),
+        click.option("--ranks-per-group", type=int, default=1, show_default=True),
+        click.option("--workers", type=int, default=1, show_default=True),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--on-exhausted",
+            type=click.Choice(["repeat", "stop", "redistribute"]),
+            default="repeat",
+            show_default=True,
+        ),
+        click.option(
+            "--bytes-per-token",
+            type=float,
+            default=4.0,
+            show_default=True,
+            help="Token estimate from text bytes (token mode without token counts).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _submit(
+    cat: Any, where: str | None, mixture: str | None, mixture_file: str | None, opts: dict[str, Any]
+) -> Any:
+    from mixplane.chunking.assign import Topology
+    from mixplane.client.client import Client
+    from mixplane.job import Phase
+    from mixplane.mixture.mixture import Mixture
+
+    if (mixture is None) == (mixture_file is None):
+        msg = "give exactly one of --mixture JSON or --mixture-file F"
+        raise MixplaneError(msg)
+    if mixture is not None:
+        try:
+            data = json.loads(mixture)
+        except json.JSONDecodeError as exc:
+            msg = f"--mixture is not valid JSON ({exc}); e.g. '{{\"language=en\": 1.0}}'"
+            raise MixplaneError(msg) from exc
+    else:
+        import yaml
+
+        text = Path(mixture_file).read_text()  # type: ignore[arg-type]
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            msg = f"{mixture_file}: not valid JSON or YAML ({exc})"
+            raise MixplaneError(msg) from exc
+    if not isinstance(data, dict):
+        msg = "a mixture must be a JSON/YAML object mapping selectors to weights"
+        raise MixplaneError(msg)
+    schedule: list[Phase] = []
+    unit: Any = "chunks"
+    if "phases" in data:
+        phases = data["phases"]
+        unit = data.get("unit", "chunks")
+        if unit not in ("chunks", "samples", "tokens"):
+            msg = f"schedule unit must be chunks, samples or tokens, got {unit!r}"
+            raise MixplaneError(msg)
+        first = phases[0]
+        where = first.get("where", where)
+        opts["on_exhausted"] = first.get("on_exhausted", opts["on_exhausted"])
+        data = first["mixture"]
+        schedule = [
+            Phase(
+                start=int(p["start"]),
+                mixture=Mixture.from_json(p["mixture"]),
+                where=p.get("where"),
+                on_exhausted=p.get("on_exhausted", "repeat"),
+            )
+            for p in phases[1:]
+        ]
+    client = Client(cat)
+    topology = Topology(
+        dp_groups=opts["dp_groups"],
+        ranks_per_group=opts["ranks_per_group"],
+        workers=opts["workers"],
+    )
+    return client, client.submit(
+        "cli",
+        where=where,
+        mixture=Mixture.from_json(data),
+        topology=topology,
+        seed=opts["seed"],
+        unit=opts["unit"],
+        chunk_size=opts["chunk_size"],
+        on_exhausted=opts["on_exhausted"],
+        bytes_per_token=opts["bytes_per_token"],
+        schedule=schedule,
+        schedule_unit=unit,
+    )
+
+
+@main.command()
+@click.option("--where", "where", help="Filter, e.g. \"language == 'en' and quality >= 0.5\".")
+@_job_options
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as a JSON list.")
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    /,
+    where: str | None,
+    mixture: str | None,
+    mixture_file: str | None,
+    as_json: bool,
+    **opts: Any,
+) -> None:
+    """Plan a job's first chunks: which ranges each chunk reads and who consumes it."""
+    with _catalog(ctx) as cat:
+        _, job = _submit(cat, where, mixture, mixture_file, opts)
+        selectors = [c.selector for c in job.result.components]
+        out = []
+        for spec in job.plan(opts["chunks"]):
+            group, worker = job.assignment.owner(spec.index)
+            amounts = spec.tokens if spec.unit == "tokens" else spec.counts
+            counts: dict[str, int] = {}
+            for sel, n in zip(selectors, amounts.tolist(), strict=True):
+                if n:
+                    counts[sel] = counts.get(sel, 0) + n
+            out.append(
+                {
+                    "index": spec.index,
+                    "dp_group": group,
+                    "worker": worker,
+                    "unit": spec.unit,
+                    "mixture_version": spec.mixture_version,
+                    "last": spec.last,
+                    "counts": counts,
+                    "samples": spec.num_samples,
+                    "ranges": [
+                        {"component": selectors[c], "file": f, "start": s, "count": n}
+                        for c, f, s, n in zip(
+                            spec.components.tolist(),
+                            spec.files.tolist(),
+                            spec.starts.tolist(),
+                            spec.lengths.tolist(),
+                            strict=True,
+                        )
+                    ],
+                }
+            )
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    for chunk in out:
+        shares = ", ".join(f"{k}: {v}" for k, v in chunk["counts"].items())
+        click.echo(
+            f"chunk {chunk['index']:>5} -> group {chunk['dp_group']} worker {chunk['worker']}"
+            f"  {len(chunk['ranges'])} ranges  {shares}"
+        )
+
+
 @main.command()
 @click.option("--where", "where", help="Filter, e.g. \"language == 'en' and quality >= 0.5\".")
 @click.option("--by", "by", default="", help="Comma-separated grouping properties.")
 @click.option("--runs", is_flag=True, help="With --json: include each component's ranges.")
+@_job_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_context
-def explain(ctx: click.Context, where: str | None, by: str, runs: bool, as_json: bool) -> None:
-    """Show the SQL of a query and its components with sample and byte counts."""
+def explain(
+    ctx: click.Context,
+    /,
+    where: str | None,
+    by: str,
+    runs: bool,
+    mixture: str | None,
+    mixture_file: str | None,
+    as_json: bool,
+    **opts: Any,
+) -> None:
+    """Show the SQL of a query and its components; with --mixture, what a job would draw."""
     props = [p.strip() for p in by.split(",") if p.strip()]
     with _catalog(ctx) as cat:
+        if mixture is not None or mixture_file is not None:
+            client, _ = _submit(cat, where, mixture, mixture_file, opts)
+            report = client.explain("cli", chunks=opts["chunks"])
+            if as_json:
+                click.echo(json.dumps(report, default=str))
+                return
+            click.echo(render_job(report))
+            return
         result = cat.explain(where, by=props)
     if as_json:
         click.echo(json.dumps(result.to_dict(runs=runs), default=str))
         return
     click.echo(render_explain(result))
+
+
+def render_job(report: dict[str, Any]) -> str:
+    lines = [
+        f"{'component':<28} {'samples':>9} {'tokens':>10} {'weight':>7} {'draws':>10} {'epochs':>7}  runs out"
+    ]
+    for row in report["components"]:
+        lines.append(
+            f"{row['component']:<28} {row['samples']:>9} {row['tokens']:>10} {row['weight']:>7.3f} "
+            f"{row.get('draws', 0):>10.0f} {row.get('epochs', 0):>7.2f}  "
+            f"{row.get('runs_out_at_chunk', '-')}"
+        )
+    return "\n".join(lines)
 
 
 def render_explain(result: Any) -> str:

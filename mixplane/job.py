@@ -10,8 +10,9 @@ lowest unfinished chunk, the mixture log, the assignment segment and each consum
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypedDict
 
@@ -31,10 +32,31 @@ from mixplane.chunking.spec import ChunkSpec, Unit
 from mixplane.client.reader import Reader
 from mixplane.errors import PlanError, StateError
 from mixplane.mixture.mixture import Mixture
-from mixplane.query.result import QueryResult
+from mixplane.query.result import QueryResult, combine
 
 JOB_STATE_VERSION = 1
 DEFAULT_BYTES_PER_TOKEN = 4.0
+
+
+ScheduleUnit = Literal["chunks", "samples", "tokens"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Phase:
+    """From ``start`` (in the schedule's unit) on: this filter, mixture and exhaustion policy."""
+
+    start: int
+    mixture: Mixture
+    where: str | None = None
+    on_exhausted: OnExhausted = "repeat"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "start": self.start,
+            "where": self.where,
+            "mixture": self.mixture.to_json(),
+            "on_exhausted": self.on_exhausted,
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,6 +75,30 @@ class JobSpec:
     descending: bool = False
     block_size: int = 256
     bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN
+    schedule: tuple[Phase, ...] = ()  # later phases; the first is (where, mixture, on_exhausted)
+    schedule_unit: ScheduleUnit = "chunks"
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        first = Phase(
+            start=0, mixture=self.mixture, where=self.where, on_exhausted=self.on_exhausted
+        )
+        return (first, *self.schedule)
+
+    def phase_chunks(self) -> list[int]:
+        """The chunk index at which each phase takes effect."""
+        if self.schedule_unit not in ("chunks", self.unit):
+            msg = (
+                f"a schedule in {self.schedule_unit} needs a job budgeted in "
+                f"{self.schedule_unit}; use schedule_unit='chunks' or '{self.unit}'"
+            )
+            raise PlanError(msg)
+        starts = [p.start for p in self.phases]
+        if any(b <= a for a, b in itertools.pairwise(starts)):
+            msg = f"schedule phases must start in increasing order after 0, got {starts}"
+            raise PlanError(msg)
+        per = 1 if self.schedule_unit == "chunks" else self.chunk_size
+        return [-(-p // per) for p in starts]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +114,8 @@ class JobSpec:
             "descending": self.descending,
             "block_size": self.block_size,
             "bytes_per_token": self.bytes_per_token,
+            "schedule": [p.to_json() for p in self.schedule],
+            "schedule_unit": self.schedule_unit,
         }
 
     def fingerprint(self) -> str:
@@ -86,6 +134,7 @@ class JobState(TypedDict):
     spec: str  # JobSpec fingerprint
     query: str  # QueryResult fingerprint
     planner: PlannerState
+    extensions: list[dict[str, Any]]
     mixture_log: list[dict[str, Any]]
     topology: dict[str, int]
     frontier: int
@@ -110,49 +159,63 @@ class Job:
         self.catalog = catalog
         self.spec = spec
         self.topology = topology
-        by = list(spec.mixture.properties)
-        self.result: QueryResult = catalog.components(spec.where, by=by)
-        if spec.order == "sorted":
-            if spec.sort_by is None:
-                msg = "order='sorted' needs sort_by=PROPERTY"
-                raise PlanError(msg)
-            self.result = catalog.components(
-                spec.where, by=by, sort_by=spec.sort_by, descending=spec.descending
-            )
-        self.orders = [self._order(c.selector, c.runs) for c in self.result.components]
-        natural = (
-            np.array(
-                [o.sizes.sum() if o.sizes is not None else o.total for o in self.orders],
-                dtype=np.float64,
-            )
-            if spec.unit == "tokens"
-            else np.array([c.samples for c in self.result.components], dtype=np.float64)
-        )
-        weights = spec.mixture.resolve(self.result, natural)
+        self.phases = spec.phases
+        self.phase_starts = spec.phase_chunks()
+        self.by: list[str] = []
+        for phase in self.phases:
+            self.by += [p for p in phase.mixture.properties if p not in self.by]
+        if spec.order == "sorted" and spec.sort_by is None:
+            msg = "order='sorted' needs sort_by=PROPERTY"
+            raise PlanError(msg)
+        self._results = [self._query(exclude_files=())]
+        self.result = combine(self._results)
+        self.orders = [self._order(c.selector, c.runs, 0) for c in self.result.components]
+        self.extensions: list[dict[str, Any]] = []
+        weights = self._weights(0)
         self._planner = Planner(
             self.orders,
             weights,
             unit=spec.unit,
             chunk_size=spec.chunk_size,
-            on_exhausted=spec.on_exhausted,
+            on_exhausted=self.phases[0].on_exhausted,
         )
         self.mixture_log: list[dict[str, Any]] = [
-            {"chunk": 0, "version": 0, "weights": weights.tolist()}
+            {"chunk": 0, "version": 0, "cause": "phase", "phase": 0, "weights": weights.tolist()}
         ]
         self.assignment = Assignment(topology=topology)
         self._chunks: dict[int, ChunkSpec] = {}
-        self._before: dict[int, PlannerState] = {0: self._planner.state_dict()}
+        self._before: dict[int, PlannerState] = {}
+        self._applied_through = 0  # mixture changes for chunks <= this are in the planner
         self._last: int | None = None
         self._consumers: dict[int, ConsumerState] = {}
         self._reader: Reader | None = None
         self._pending: dict[int, dict[str, Any]] = {}
 
-    def _order(self, key: str, runs: Any) -> ComponentOrder:
+    # -- components --------------------------------------------------------------------------
+    def _query(self, *, exclude_files: Sequence[int]) -> QueryResult:
+        filters = [p.where for p in self.phases]
+        members: list[str | None] = filters if len(filters) > 1 else []
+        where = (
+            None
+            if any(f is None for f in filters)
+            else (" or ".join(f"({f})" for f in filters) if len(filters) > 1 else filters[0])
+        )
+        return self.catalog.components(
+            where,
+            by=self.by,
+            sort_by=self.spec.sort_by if self.spec.order == "sorted" else None,
+            descending=self.spec.descending,
+            members=members,
+            exclude_files=exclude_files,
+        )
+
+    def _order(self, selector: str, runs: Any, generation: int) -> ComponentOrder:
         sizes = None
         if self.spec.unit == "tokens":
             raw = self.catalog.sample_bytes(runs)
             sizes = np.maximum(np.ceil(raw / self.spec.bytes_per_token), 1).astype(np.int64)
         kind: OrderKind = "shuffled" if self.spec.order == "shuffled" else "as-stored"
+        key = selector if generation == 0 else f"{selector}#{generation}"
         return ComponentOrder(
             key=key,
             files=runs.column("file_id").to_numpy().astype(np.int32),
@@ -164,18 +227,89 @@ class Job:
             sizes=sizes,
         )
 
+    def _weights(self, phase: int) -> np.ndarray:
+        """The phase's mixture resolved over the components that pass its filter."""
+        natural = np.array(
+            [o.sizes.sum() if o.sizes is not None else o.total for o in self.orders],
+            dtype=np.float64,
+        )
+        if len(self.phases) > 1:
+            natural *= np.array([c.memberships[phase] for c in self.result.components], dtype=bool)
+        return self.phases[phase].mixture.resolve(self.result, natural)
+
+    def phase_at(self, chunk: int) -> int:
+        return max(i for i, start in enumerate(self.phase_starts) if start <= chunk)
+
+    def extend(self) -> int:
+        """Add components for samples registered since the job started (new files matching the
+        filters); existing cursors are untouched. Returns the chunk from which they are mixed in."""
+        known = sorted(
+            {int(f) for r in self._results for f in r.runs.column("file_id").to_pylist()}
+        )
+        return self._extend(known, at=self._planner.next_chunk, log=True)
+
+    def _extend(self, exclude: list[int], *, at: int, log: bool) -> int:
+        result = self._query(exclude_files=exclude)
+        if not result.components:
+            return at
+        generation = len(self._results)
+        self._results.append(result)
+        self.result = combine(self._results)
+        orders = [self._order(c.selector, c.runs, generation) for c in result.components]
+        self.orders += orders
+        self._planner.add_components(orders)
+        if log:
+            self.extensions.append({"chunk": at, "exclude_files": exclude})
+            self._change(self._weights(self.phase_at(at)), cause="extend")
+        return at
+
     # -- chunks ------------------------------------------------------------------------------
+    def _change(self, weights: np.ndarray, *, cause: str, phase: int | None = None) -> None:
+        version = len(self.mixture_log)
+        at = self._planner.next_chunk
+        if phase is not None:
+            self._planner.start_phase(
+                weights, version=version, on_exhausted=self.phases[phase].on_exhausted
+            )
+        else:
+            self._planner.set_weights(weights, version=version)
+        entry: dict[str, Any] = {
+            "chunk": at,
+            "version": version,
+            "cause": cause,
+            "weights": np.asarray(weights, dtype=float).tolist(),
+        }
+        if phase is not None:
+            entry["phase"] = phase
+        self.mixture_log.append(entry)
+
+    def _apply_changes(self, k: int) -> None:
+        """Mixture changes due at chunk k: a phase start, or a replayed update."""
+        if k <= self._applied_through and k in self._before:
+            return
+        if k > 0 and k in self.phase_starts:
+            phase = self.phase_starts.index(k)
+            logged = [e for e in self.mixture_log if e.get("phase") == phase and e["chunk"] == k]
+            if logged:  # replaying after a restore: same version as before
+                self._planner.start_phase(
+                    np.asarray(logged[0]["weights"]),
+                    version=logged[0]["version"],
+                    on_exhausted=self.phases[phase].on_exhausted,
+                )
+            else:
+                self._change(self._weights(phase), cause="phase", phase=phase)
+        pending = self._pending.pop(k, None)
+        if pending is not None:
+            self._planner.set_weights(np.asarray(pending["weights"]), version=pending["version"])
+        self._applied_through = k
+
     def chunk(self, index: int) -> ChunkSpec | None:
         """Chunk ``index`` (planning up to it), or None past the end of the stream."""
         while self._planner.next_chunk <= index:
             if self._planner.ended:
                 return None
             k = self._planner.next_chunk
-            pending = self._pending.pop(k, None)
-            if pending is not None:
-                self._planner.set_weights(
-                    np.asarray(pending["weights"]), version=pending["version"]
-                )
+            self._apply_changes(k)
             self._before[k] = self._planner.state_dict()
             spec = self._planner.plan()
             if spec is None:
@@ -186,7 +320,7 @@ class Job:
         if self._last is not None and index > self._last:
             return None
         spec = self._chunks.get(index)
-        if spec is None:  # planned before and pruned: re-plan from the snapshot
+        if spec is None:
             msg = f"chunk {index} was released; no consumer holds it any more"
             raise PlanError(msg)
         return spec
@@ -203,14 +337,10 @@ class Job:
         """New weights in force from the next planned chunk; returns that chunk index."""
         if isinstance(weights, Mapping):
             weights = Mixture.static(weights).resolve(
-                self.result, np.array([c.samples for c in self.result.components], dtype=np.float64)
+                self.result, np.array([o.total for o in self.orders], dtype=np.float64)
             )
-        version = len(self.mixture_log)
         at = self._planner.next_chunk
-        self._planner.set_weights(np.asarray(weights, dtype=np.float64), version=version)
-        self.mixture_log.append(
-            {"chunk": at, "version": version, "weights": np.asarray(weights, dtype=float).tolist()}
-        )
+        self._change(np.asarray(weights, dtype=np.float64), cause="update")
         return at
 
     # -- consumers ---------------------------------------------------------------------------
@@ -243,6 +373,9 @@ class Job:
     def state_dict(self) -> JobState:
         """Consistent state of the job and all its consumers (O(components + consumers))."""
         low = min(self._lowest_unfinished(), self._planner.next_chunk)
+        if low == self._planner.next_chunk and low not in self._before:
+            self._apply_changes(low)
+            self._before[low] = self._planner.state_dict()
         if low not in self._before:
             msg = f"no planner snapshot for chunk {low}"
             raise StateError(msg)
@@ -251,6 +384,7 @@ class Job:
             spec=self.spec.fingerprint(),
             query=self.result.fingerprint,
             planner=self._before[low],
+            extensions=list(self.extensions),
             mixture_log=list(self.mixture_log),
             topology=self.topology.to_json(),
             frontier=self.assignment.frontier,
@@ -272,6 +406,9 @@ class Job:
                 "budget or policy differ); submit the same job to restore it"
             )
             raise StateError(msg)
+        for ext in state["extensions"][len(self.extensions) :]:
+            self._extend(ext["exclude_files"], at=ext["chunk"], log=False)
+            self.extensions.append(ext)
         if state["query"] != self.result.fingerprint:
             msg = (
                 "the query result changed since the state was saved (catalog files or "

@@ -444,11 +444,16 @@ class Catalog:
         *,
         sort_by: str | None = None,
         descending: bool = False,
+        members: Sequence[Expr | str | None] = (),
+        exclude_files: Sequence[int] = (),
     ) -> QueryResult:
         """Execute a filter and group the selected samples by the ``by`` properties.
 
         With ``sort_by``, each component's runs come in the order of that property (ties by
-        file and ordinal), for curricula; otherwise in (file, ordinal) order.
+        file and ordinal), for curricula; otherwise in (file, ordinal) order. Each filter of
+        ``members`` adds a grouping key (does the sample pass it?), so components also split by
+        which of them hold: a job with phases uses one per phase. ``exclude_files`` leaves out
+        samples of those file ids (extending a job with new files only).
         """
         by = tuple(by)
         columns = self.columns()
@@ -461,17 +466,28 @@ class Catalog:
                 raise QueryError(msg)
         condition, params = compile_filter(where, columns)
         keys = [f"{columns[p].sql} AS g{i}" for i, p in enumerate(by)]
+        names = [f"g{i}" for i in range(len(by))]
+        member_params: list[Any] = []
+        for i, member in enumerate(members):
+            sql_i, params_i = compile_filter(member, columns)
+            keys.append(f"coalesce({sql_i}, FALSE) AS m{i}")
+            names.append(f"m{i}")
+            member_params += params_i
+        params = member_params + params
+        if exclude_files:
+            condition = f"({condition}) AND NOT list_contains(?, s.file_id)"
+            params.append(list(exclude_files))
         if sort_by:
             keys.append(f"{columns[sort_by].sql} AS sk")
-        group = ", ".join(f"g{i}" for i in range(len(by)))
-        lead = group + ", " if by else ""
-        partition = f"PARTITION BY {group}" if by else ""
+        group = ", ".join(names)
+        lead = group + ", " if names else ""
+        partition = f"PARTITION BY {group}" if names else ""
         selected = (
             f"SELECT {', '.join(keys) + ', ' if keys else ''}s.file_id, s.ordinal, s.bytes "
             "FROM samples s JOIN files f USING (file_id) JOIN datasets d USING (dataset_id) "
             f"WHERE {condition}"
         )
-        rank = f"DENSE_RANK() OVER (ORDER BY {group}) - 1" if by else "0"
+        rank = f"DENSE_RANK() OVER (ORDER BY {group}) - 1" if names else "0"
         if sort_by:
             direction = "DESC" if descending else "ASC"
             order = f"sk {direction} NULLS LAST, file_id, ordinal"
@@ -498,12 +514,17 @@ class Catalog:
             )
         table = self._con.sql(sql, params=params).to_arrow_table()
         key_values: list[tuple[Any, ...]] = []
+        member_values: list[tuple[bool, ...]] = []
         if table.num_rows:
             comp = table.column("component").to_numpy()
             firsts = np.flatnonzero(np.diff(comp, prepend=-1))
             firsts_table = table.take(pa.array(firsts))
             key_values = [
                 tuple(firsts_table.column(f"g{i}")[j].as_py() for i in range(len(by)))
+                for j in range(len(firsts))
+            ]
+            member_values = [
+                tuple(bool(firsts_table.column(f"m{i}")[j].as_py()) for i in range(len(members)))
                 for j in range(len(firsts))
             ]
         runs = table.select(["component", "file_id", "start", "count", "bytes"])
@@ -523,6 +544,7 @@ class Catalog:
             params=params,
             by=by,
             keys=key_values,
+            memberships=member_values or None,
             runs=runs,
             file_fingerprints=fingerprints,
         )

@@ -44,6 +44,7 @@ class PlannerState(TypedDict):
     exhausted: list[bool]
     mixture_version: int
     ended: bool
+    on_exhausted: str
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,6 +107,23 @@ class Planner:
         self._given[:] = 0
         self.mixture_version = version
 
+    def start_phase(self, weights: np.ndarray, *, version: int, on_exhausted: OnExhausted) -> None:
+        """A new phase from the next chunk: its weights and policy; exhausted marks are cleared
+        (a component still at its end is marked again when it is next drawn)."""
+        self.on_exhausted = on_exhausted
+        self._exhausted[:] = False
+        self.set_weights(weights, version=version)
+
+    def add_components(self, components: Sequence[ComponentOrder]) -> None:
+        """Append components (weight 0 until the next ``set_weights``); cursors are untouched."""
+        n = len(components)
+        self.components.extend(components)
+        self._epochs = np.concatenate((self._epochs, np.zeros(n, dtype=np.int64)))
+        self._positions = np.concatenate((self._positions, np.zeros(n, dtype=np.int64)))
+        self._given = np.concatenate((self._given, np.zeros(n, dtype=np.int64)))
+        self._exhausted = np.concatenate((self._exhausted, np.zeros(n, dtype=bool)))
+        self._weights = np.concatenate((self._weights, np.zeros(n)))
+
     @property
     def weights(self) -> np.ndarray:
         return self._weights.copy()
@@ -147,9 +165,8 @@ class Planner:
                 last = True
                 break
             amounts = largest_remainder(shortfall, weights)
-        if self.on_exhausted == "redistribute" and self._exhausted.any():
-            if self._active().sum() <= 0:
-                last = True
+        if self.on_exhausted == "redistribute" and self._active().sum() <= 0:
+            last = True
         spec = self._spec(counts, tokens, draws, last)
         self.next_chunk += 1
         self.ended = last
@@ -225,6 +242,7 @@ class Planner:
             exhausted=self._exhausted.tolist(),
             mixture_version=self.mixture_version,
             ended=self.ended,
+            on_exhausted=self.on_exhausted,
         )
 
     def load_state_dict(self, state: PlannerState) -> None:
@@ -243,6 +261,11 @@ class Planner:
         self._exhausted = np.asarray(state["exhausted"], dtype=bool)
         self.mixture_version = int(state["mixture_version"])
         self.ended = bool(state["ended"])
+        policy = state["on_exhausted"]
+        if policy not in ("repeat", "stop", "redistribute"):
+            msg = f"planner state has an unknown exhaustion policy {policy!r}"
+            raise StateError(msg)
+        self.on_exhausted = policy  # type: ignore[assignment]
 
 
 def _take_tokens(

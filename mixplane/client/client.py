@@ -7,7 +7,7 @@ server). The remote client (a later issue) has exactly this interface.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -17,7 +17,7 @@ from mixplane.chunking.assign import Topology
 from mixplane.chunking.planner import OnExhausted
 from mixplane.chunking.spec import Unit
 from mixplane.errors import PlanError
-from mixplane.job import Job, JobSpec, JobState, Sample
+from mixplane.job import Job, JobSpec, JobState, Phase, Sample, ScheduleUnit
 from mixplane.mixture.mixture import Mixture
 from mixplane.query.expr import Expr
 
@@ -56,6 +56,8 @@ class Client:
         descending: bool = False,
         block_size: int = 256,
         bytes_per_token: float = 4.0,
+        schedule: Sequence[Phase] = (),
+        schedule_unit: ScheduleUnit = "chunks",
     ) -> Job:
         """Create a job (replacing one with the same id in this client)."""
         if not isinstance(mixture, Mixture):
@@ -73,6 +75,8 @@ class Client:
             descending=descending,
             block_size=block_size,
             bytes_per_token=bytes_per_token,
+            schedule=tuple(schedule),
+            schedule_unit=schedule_unit,
         )
         job = Job(self.catalog, spec, topology or Topology())
         self._jobs[job_id] = job

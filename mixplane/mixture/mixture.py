@@ -175,7 +175,14 @@ class Mixture:
         sizes = np.asarray(sizes, dtype=np.float64)
         n = len(result.components)
         if self.kind == "uniform":
-            weights = np.where(sizes > 0, 1.0, 0.0)
+            groups = [
+                tuple(format_value(c.properties.get(p)) for p in self.by) for c in result.components
+            ]
+            weights = np.zeros(n)
+            for key in set(groups):
+                match = np.array([g == key for g in groups]) & (sizes > 0)
+                if match.any():
+                    weights[match] = sizes[match] / sizes[match].sum()
         elif self.kind == "inferred":
             weights = sizes.copy()
         else:

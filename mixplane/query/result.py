@@ -37,6 +37,7 @@ class Component:
     samples: int
     bytes: int
     runs: pa.Table = field(repr=False)
+    memberships: tuple[bool, ...] = ()  # which of the query's member filters hold (phases)
 
     @property
     def selector(self) -> str:
@@ -104,6 +105,7 @@ def build_result(
     keys: list[tuple[Any, ...]],
     runs: pa.Table,
     file_fingerprints: dict[int, str],
+    memberships: list[tuple[bool, ...]] | None = None,
 ) -> QueryResult:
     """Assemble components from the per-component keys and the runs table (sorted by component)."""
     runs = runs.cast(RUNS_SCHEMA)
@@ -121,10 +123,11 @@ def build_result(
                 samples=int(counts[lo:hi].sum()),
                 bytes=int(sizes[lo:hi].sum()),
                 runs=runs.slice(lo, hi - lo),
+                memberships=memberships[i] if memberships else (),
             )
         )
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr((by, keys)).encode())
+    digest.update(repr((by, keys, memberships)).encode())
     for name in RUNS_SCHEMA.names:
         digest.update(np.ascontiguousarray(runs.column(name).to_numpy()).tobytes())
     for file_id in sorted(file_fingerprints):
@@ -133,6 +136,37 @@ def build_result(
         sql=sql,
         params=params,
         by=by,
+        components=tuple(components),
+        runs=runs,
+        fingerprint=digest.hexdigest(),
+    )
+
+
+def combine(results: list[QueryResult]) -> QueryResult:
+    """One result holding the components of several (a job extended with new files)."""
+    if len(results) == 1:
+        return results[0]
+    components: list[Component] = []
+    for r in results:
+        for c in r.components:
+            components.append(
+                Component(
+                    index=len(components),
+                    properties=c.properties,
+                    samples=c.samples,
+                    bytes=c.bytes,
+                    runs=c.runs,
+                    memberships=c.memberships,
+                )
+            )
+    digest = hashlib.blake2b(digest_size=16)
+    for r in results:
+        digest.update(r.fingerprint.encode())
+    runs = pa.concat_tables([r.runs for r in results]) if results else results[0].runs
+    return QueryResult(
+        sql=results[0].sql,
+        params=results[0].params,
+        by=results[0].by,
         components=tuple(components),
         runs=runs,
         fingerprint=digest.hexdigest(),
