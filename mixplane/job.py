@@ -187,7 +187,8 @@ class Job:
         self._before: dict[int, PlannerState] = {}
         self._applied_through = 0  # mixture changes for chunks <= this are in the planner
         self._last: int | None = None
-        self._consumers: dict[int, ConsumerState] = {}
+        self._consumers: dict[int, ConsumerState] = {}  # restored positions
+        self._ranks: dict[tuple[int, int], ConsumerState] = {}  # live positions per rank
         self._reader: Reader | None = None
         self._pending: dict[int, dict[str, Any]] = {}
 
@@ -345,9 +346,26 @@ class Job:
 
     # -- consumers ---------------------------------------------------------------------------
     def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream:
+        """The samples of one consumer for one rank; ranks of a group get identical streams,
+        each rank keeping its own position (they are separate processes in training)."""
         consumer = self.topology.consumer(dp_group, worker, rank)
-        state = self._consumers.setdefault(consumer, ConsumerState(j=0, offset=0))
+        saved = self._consumers.get(consumer, ConsumerState(j=0, offset=0))
+        state = self._ranks.setdefault((consumer, rank), ConsumerState(j=saved["j"], offset=saved["offset"]))
         return Stream(self, consumer, state)
+
+    def _positions(self) -> dict[int, ConsumerState]:
+        """Each consumer's position: the least advanced of its live ranks (ranks move in
+        lockstep), or the restored position of a consumer no rank has opened yet."""
+        out = dict(self._consumers)
+        live: dict[int, list[ConsumerState]] = {}
+        for (consumer, _rank), s in self._ranks.items():
+            live.setdefault(consumer, []).append(s)
+        for consumer, states in live.items():
+            if len(states) < self.topology.ranks_per_group:  # a rank has not started yet
+                states = [*states, out.get(consumer, ConsumerState(j=0, offset=0))]
+            low = min(states, key=lambda s: (s["j"], s["offset"]))
+            out[consumer] = ConsumerState(j=low["j"], offset=low["offset"])
+        return out
 
     def reader(self) -> Reader:
         if self._reader is None:
@@ -363,9 +381,10 @@ class Job:
             del self._before[k]
 
     def _lowest_unfinished(self) -> int:
-        positions = [self.assignment.chunk(c, s["j"])[0] for c, s in self._consumers.items()]
+        consumers = self._positions()
+        positions = [self.assignment.chunk(c, s["j"])[0] for c, s in consumers.items()]
         carried = [k for k, _ in self.assignment.carried]
-        if len(self._consumers) < self.topology.consumers:
+        if len(consumers) < self.topology.consumers:
             positions.append(self.assignment.frontier)
         return min(positions + carried) if positions + carried else self.assignment.frontier
 
@@ -391,7 +410,7 @@ class Job:
             carried=[[k, o] for k, o in self.assignment.carried],
             consumers={
                 str(c): ConsumerState(j=s["j"], offset=s["offset"])
-                for c, s in sorted(self._consumers.items())
+                for c, s in sorted(self._positions().items())
             },
         )
 
@@ -432,6 +451,7 @@ class Job:
             carried=tuple((k, o) for k, o in state["carried"]),
         )
         consumers = {int(c): s for c, s in state["consumers"].items()}
+        self._ranks = {}
         if saved_topology == self.topology:
             self.assignment = saved
             self._consumers = {
