@@ -111,6 +111,13 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     help="What to do with malformed records.",
 )
 @click.option("--replace", is_flag=True, help="Re-register a dataset that exists.")
+@click.option(
+    "--text-lengths",
+    type=click.Choice(["exact", "metadata"]),
+    default="exact",
+    show_default=True,
+    help="Parquet: read the text column, or estimate from the footer.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def register(
@@ -125,6 +132,7 @@ def register(
     text_field: str | None,
     on_error: str,
     replace: bool,
+    text_lengths: str,
     as_json: bool,
 ) -> None:
     """Register files (paths, directories or globs) as dataset NAME, all or nothing."""
@@ -143,6 +151,7 @@ def register(
             text_field=text_field,
             on_error=on_error,
             replace=replace,
+            text_lengths=text_lengths,
         )
     if as_json:
         click.echo(json.dumps(info.to_dict()))

@@ -26,6 +26,7 @@ from mixplane.chunking.order import (
     ComponentOrder,
     OrderKind,
     generator,
+    key_of,
 )
 from mixplane.chunking.planner import OnExhausted, Planner, PlannerState
 from mixplane.chunking.spec import ChunkSpec, Unit
@@ -33,8 +34,11 @@ from mixplane.client.reader import Reader
 from mixplane.errors import PlanError, StateError
 from mixplane.mixture.mixture import Mixture
 from mixplane.query.result import QueryResult, combine
+from mixplane.tokens.tokenizer import Tokenizer
 
 JOB_STATE_VERSION = 1
+PURPOSE_RATIO = 4
+RATIO_SAMPLES = 64
 DEFAULT_BYTES_PER_TOKEN = 4.0
 
 
@@ -77,6 +81,7 @@ class JobSpec:
     bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN
     schedule: tuple[Phase, ...] = ()  # later phases; the first is (where, mixture, on_exhausted)
     schedule_unit: ScheduleUnit = "chunks"
+    tokenizer: str | None = None  # fingerprint of the job's tokenizer (token budgets)
 
     @property
     def phases(self) -> tuple[Phase, ...]:
@@ -116,6 +121,7 @@ class JobSpec:
             "bytes_per_token": self.bytes_per_token,
             "schedule": [p.to_json() for p in self.schedule],
             "schedule_unit": self.schedule_unit,
+            "tokenizer": self.tokenizer,
         }
 
     def fingerprint(self) -> str:
@@ -155,8 +161,19 @@ class Sample:
 
 
 class Job:
-    def __init__(self, catalog: Catalog, spec: JobSpec, topology: Topology) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        spec: JobSpec,
+        topology: Topology,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        if (tokenizer.fingerprint if tokenizer else None) != spec.tokenizer:
+            msg = "the job's tokenizer does not match spec.tokenizer (its fingerprint)"
+            raise PlanError(msg)
         self.catalog = catalog
+        self.tokenizer = tokenizer
+        self.token_source: dict[str, str] = {}  # component key -> exact | sampled | bytes
         self.spec = spec
         self.topology = topology
         self.phases = spec.phases
@@ -211,12 +228,9 @@ class Job:
         )
 
     def _order(self, selector: str, runs: Any, generation: int) -> ComponentOrder:
-        sizes = None
-        if self.spec.unit == "tokens":
-            raw = self.catalog.sample_bytes(runs)
-            sizes = np.maximum(np.ceil(raw / self.spec.bytes_per_token), 1).astype(np.int64)
-        kind: OrderKind = "shuffled" if self.spec.order == "shuffled" else "as-stored"
         key = selector if generation == 0 else f"{selector}#{generation}"
+        sizes = self._token_sizes(key, runs) if self.spec.unit == "tokens" else None
+        kind: OrderKind = "shuffled" if self.spec.order == "shuffled" else "as-stored"
         return ComponentOrder(
             key=key,
             files=runs.column("file_id").to_numpy().astype(np.int32),
@@ -227,6 +241,29 @@ class Job:
             block_size=self.spec.block_size,
             sizes=sizes,
         )
+
+    def _token_sizes(self, key: str, runs: Any) -> np.ndarray:
+        """Per-sample tokens: exact counts for the job's tokenizer where the catalog has them;
+        else byte lengths over a bytes-per-token ratio measured on a seeded sample of the
+        component (``RATIO_SAMPLES``); else over ``bytes_per_token``."""
+        if self.spec.tokenizer is not None:
+            exact = self.catalog.sample_tokens(runs, self.spec.tokenizer)
+            if exact is not None:
+                self.token_source[key] = "exact"
+                return np.maximum(exact, 1)
+        raw = self.catalog.sample_bytes(runs)
+        ratio = self.spec.bytes_per_token
+        self.token_source[key] = "bytes"
+        if self.tokenizer is not None and len(raw):
+            rng = generator(self.spec.seed, PURPOSE_RATIO, key_of(key))
+            picks = np.sort(rng.choice(len(raw), size=min(RATIO_SAMPLES, len(raw)), replace=False))
+            texts = self.catalog.sample_texts(runs, picks)
+            tokens = int(self.tokenizer.count_batch(texts).sum())
+            nbytes = sum(len(t.encode()) for t in texts)
+            if tokens > 0 and nbytes > 0:
+                ratio = nbytes / tokens
+                self.token_source[key] = "sampled"
+        return np.maximum(np.ceil(raw / ratio), 1).astype(np.int64)
 
     def _weights(self, phase: int) -> np.ndarray:
         """The phase's mixture resolved over the components that pass its filter."""
@@ -350,7 +387,9 @@ class Job:
         each rank keeping its own position (they are separate processes in training)."""
         consumer = self.topology.consumer(dp_group, worker, rank)
         saved = self._consumers.get(consumer, ConsumerState(j=0, offset=0))
-        state = self._ranks.setdefault((consumer, rank), ConsumerState(j=saved["j"], offset=saved["offset"]))
+        state = self._ranks.setdefault(
+            (consumer, rank), ConsumerState(j=saved["j"], offset=saved["offset"])
+        )
         return Stream(self, consumer, state)
 
     def _positions(self) -> dict[int, ConsumerState]:

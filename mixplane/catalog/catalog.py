@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import duckdb
 import numpy as np
@@ -43,6 +43,7 @@ from mixplane.errors import (
 from mixplane.query.compile import Column, compile_filter
 from mixplane.query.expr import Expr
 from mixplane.query.result import QueryResult, build_result
+from mixplane.tokens.tokenizer import Tokenizer
 
 DB_NAME = "catalog.duckdb"
 ADD_PROPERTY_BATCH = 65_536
@@ -102,6 +103,7 @@ class Catalog:
         on_error: OnError = "raise",
         replace: bool = False,
         progress: bool | None = None,
+        text_lengths: Literal["exact", "metadata"] = "exact",
     ) -> DatasetInfo:
         """Register files as dataset ``name``: all of it, or nothing (one transaction).
 
@@ -110,7 +112,8 @@ class Catalog:
         ``preset`` adds the field paths of a known corpus (``slimpajama``, ``pile``,
         ``fineweb``); ``function`` computes properties from batches of records (an Arrow table)
         and returns ``{name: values}``. ``on_error='skip'`` counts malformed records instead of
-        raising.
+        raising. ``text_lengths="metadata"`` estimates Parquet text lengths from the file footer
+        instead of reading the text column.
         """
         if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
             msg = f"invalid dataset name {name!r}; use letters, digits, '_', '-' or '.'"
@@ -160,6 +163,7 @@ class Catalog:
                     text_field=text_field,
                     on_error=on_error,
                     progress=bar.update,
+                    text_lengths=text_lengths,
                 )
                 samples = sum(r.samples for r in reports)
                 skipped = sum(r.skipped for r in reports)
@@ -176,6 +180,15 @@ class Catalog:
         return DatasetInfo(**{**_fields(info), "file_reports": tuple(reports)})
 
     def _delete(self, dataset_id: int) -> None:
+        self._con.execute(
+            "DELETE FROM token_counts WHERE file_id IN (SELECT file_id FROM files WHERE dataset_id = ?)",
+            [dataset_id],
+        )
+        self._con.execute(
+            "DELETE FROM token_count_files WHERE file_id IN "
+            "(SELECT file_id FROM files WHERE dataset_id = ?)",
+            [dataset_id],
+        )
         self._con.execute(
             "DELETE FROM samples WHERE file_id IN (SELECT file_id FROM files WHERE dataset_id = ?)",
             [dataset_id],
@@ -333,6 +346,127 @@ class Catalog:
         finally:
             self._con.unregister("_mixplane_runs")
         return table.column("bytes").to_numpy().astype(np.int64)
+
+    # -- token counts -------------------------------------------------------------------------
+
+    def count_tokens(
+        self,
+        tokenizer: Tokenizer,
+        *,
+        datasets: Sequence[str] | None = None,
+        batch_size: int = 4096,
+        progress: bool | None = None,
+    ) -> int:
+        """Store exact per-sample token counts for ``tokenizer`` (cached by its fingerprint:
+        files counted before are skipped). Batches are encoded by the tokenizer's own thread
+        pool. Returns the number of samples counted now."""
+        names = list(datasets) if datasets is not None else [d.name for d in self.datasets()]
+        fp = tokenizer.fingerprint
+        done = {
+            r[0]
+            for r in self._con.execute(
+                "SELECT file_id FROM token_count_files WHERE tokenizer = ?", [fp]
+            ).fetchall()
+        }
+        files = [f for n in names for f in self.files(n).to_pylist() if f["file_id"] not in done]
+        counted = 0
+        with tqdm(
+            total=sum(f["samples"] for f in files),
+            unit="samples",
+            leave=False,
+            desc="count-tokens",
+            disable=not progress if progress is not None else None,
+        ) as bar:
+            for f in files:
+                parts = []
+                for start in range(0, f["samples"], batch_size):
+                    ordinals = np.arange(
+                        start, min(start + batch_size, f["samples"]), dtype=np.int64
+                    )
+                    texts = self._texts(f["file_id"], ordinals, f["format"], f["text_field"])
+                    parts.append(
+                        pa.table(
+                            {
+                                "tokenizer": pa.array([fp] * len(ordinals)),
+                                "file_id": pa.array(np.full(len(ordinals), f["file_id"], np.int32)),
+                                "ordinal": pa.array(ordinals),
+                                "tokens": pa.array(tokenizer.count_batch(texts)),
+                            }
+                        )
+                    )
+                    bar.update(len(ordinals))
+                self._con.execute("BEGIN TRANSACTION")
+                try:
+                    if parts:
+                        self._con.register("_mixplane_tokens", pa.concat_tables(parts))
+                        self._con.execute("INSERT INTO token_counts SELECT * FROM _mixplane_tokens")
+                        self._con.unregister("_mixplane_tokens")
+                    self._con.execute(
+                        "INSERT INTO token_count_files VALUES (?, ?)", [fp, f["file_id"]]
+                    )
+                    self._con.execute("COMMIT")
+                except BaseException:
+                    self._con.execute("ROLLBACK")
+                    raise
+                counted += f["samples"]
+        return counted
+
+    def _texts(
+        self, file_id: int, ordinals: np.ndarray, fmt: str, text_field: str | None
+    ) -> list[str]:
+        from mixplane.catalog.formats import get_path
+
+        field = text_field or ("txt" if fmt == "webdataset" else "text")
+        values = get_path(self.read(file_id, ordinals), field)
+        if values is None:
+            return [""] * len(ordinals)
+        return [v if isinstance(v, str) else "" for v in values.to_pylist()]
+
+    def sample_texts(self, runs: pa.Table, positions: np.ndarray) -> list[str]:
+        """Texts of the samples at ``positions`` (indices into the concatenated runs)."""
+        offsets = np.concatenate(([0], np.cumsum(runs.column("count").to_numpy())))
+        run = np.searchsorted(offsets, positions, side="right") - 1
+        files = runs.column("file_id").to_numpy()[run]
+        ordinals = runs.column("start").to_numpy()[run] + (positions - offsets[run])
+        info = {f["file_id"]: f for f in self.files().to_pylist()}
+        out: list[str] = [""] * len(positions)
+        for file_id in np.unique(files).tolist():
+            where = np.flatnonzero(files == file_id)
+            f = info[file_id]
+            for i, text in zip(
+                where.tolist(),
+                self._texts(file_id, ordinals[where], f["format"], f["text_field"]),
+                strict=True,
+            ):
+                out[i] = text
+        return out
+
+    def sample_tokens(self, runs: pa.Table, tokenizer: str) -> np.ndarray | None:
+        """Exact token counts for the samples of ``runs`` in run order, or None when some file
+        has not been counted with this tokenizer fingerprint."""
+        files = np.unique(runs.column("file_id").to_numpy()).tolist()
+        done = {
+            r[0]
+            for r in self._con.execute(
+                "SELECT file_id FROM token_count_files WHERE tokenizer = ?", [tokenizer]
+            ).fetchall()
+        }
+        if not set(files) <= done:
+            return None
+        ordered = runs.select(["file_id", "start", "count"]).append_column(
+            "run", pa.array(np.arange(runs.num_rows, dtype=np.int64))
+        )
+        self._con.register("_mixplane_runs", ordered)
+        try:
+            table = self._con.sql(
+                "SELECT t.tokens FROM _mixplane_runs r JOIN token_counts t ON t.file_id = r.file_id "
+                "AND t.ordinal >= r.start AND t.ordinal < r.start + r.count AND t.tokenizer = ? "
+                "ORDER BY r.run, t.ordinal",
+                params=[tokenizer],
+            ).to_arrow_table()
+        finally:
+            self._con.unregister("_mixplane_runs")
+        return table.column("tokens").to_numpy().astype(np.int64)
 
     # -- adding properties -------------------------------------------------------------------
 

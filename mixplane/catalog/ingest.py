@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 import numpy as np
@@ -113,6 +113,7 @@ def register_files(
     text_field: str | None,
     on_error: OnError,
     progress: Callable[[int], object],
+    text_lengths: Literal["exact", "metadata"] = "exact",
 ) -> list[FileReport]:
     """Insert a dataset's samples; the caller owns the transaction and the dataset row."""
     known = {
@@ -136,6 +137,7 @@ def register_files(
             text_field=field_text,
             on_error=on_error,
             want_table=function is not None,
+            text_lengths=text_lengths,
         )
         count = 0
         for batch in get_format(fmt).scan(path, request):

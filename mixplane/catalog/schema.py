@@ -12,6 +12,8 @@ Tables (all in one DuckDB file under the mixplane home):
   ``length`` of the line in the uncompressed stream. Parquet: ``row_group`` and ``row`` inside it.
   WebDataset: ``offset`` of the first member's header and ``length`` of the span of its members.
   ``bytes`` is the UTF-8 length of the sample's text, used to plan token budgets.
+- ``token_counts(tokenizer, file_id, ordinal, tokens)`` and ``token_count_files``: exact token
+  counts per tokenizer fingerprint, filled by ``count_tokens`` (schema v2).
 
 Properties are columns of ``samples`` (added with ALTER TABLE inside the registering
 transaction): columnar storage keeps a filter or group-by on a property a scan of one column.
@@ -23,7 +25,7 @@ import duckdb
 
 from mixplane.errors import SchemaVersionError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _DDL_V1 = [
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
@@ -63,7 +65,22 @@ _DDL_V1 = [
 ]
 
 #: Migrations from version v to v + 1, applied in order in one transaction.
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    # v2: exact per-sample token counts per tokenizer fingerprint (``count_tokens``)
+    1: [
+        """CREATE TABLE token_counts (
+            tokenizer VARCHAR NOT NULL,
+            file_id INTEGER NOT NULL,
+            ordinal BIGINT NOT NULL,
+            tokens BIGINT NOT NULL
+        )""",
+        """CREATE TABLE token_count_files (
+            tokenizer VARCHAR NOT NULL,
+            file_id INTEGER NOT NULL,
+            PRIMARY KEY (tokenizer, file_id)
+        )""",
+    ],
+}
 
 #: Columns of ``samples`` that every row has, in order.
 BASE_COLUMNS = ("file_id", "ordinal", "offset", "length", "row_group", "row", "bytes")

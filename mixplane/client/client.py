@@ -20,6 +20,7 @@ from mixplane.errors import PlanError
 from mixplane.job import Job, JobSpec, JobState, Phase, Sample, ScheduleUnit
 from mixplane.mixture.mixture import Mixture
 from mixplane.query.expr import Expr
+from mixplane.tokens.tokenizer import Tokenizer
 
 
 class Client:
@@ -58,6 +59,7 @@ class Client:
         bytes_per_token: float = 4.0,
         schedule: Sequence[Phase] = (),
         schedule_unit: ScheduleUnit = "chunks",
+        tokenizer: Tokenizer | None = None,
     ) -> Job:
         """Create a job (replacing one with the same id in this client)."""
         if not isinstance(mixture, Mixture):
@@ -77,8 +79,9 @@ class Client:
             bytes_per_token=bytes_per_token,
             schedule=tuple(schedule),
             schedule_unit=schedule_unit,
+            tokenizer=tokenizer.fingerprint if tokenizer is not None else None,
         )
-        job = Job(self.catalog, spec, topology or Topology())
+        job = Job(self.catalog, spec, topology or Topology(), tokenizer)
         self._jobs[job_id] = job
         return job
 

@@ -4,11 +4,14 @@
 units to the largest fractional remainders, ties broken by the lower index: the result sums to
 ``total`` and each count is within 1 of its exact quota (Hamilton's method).
 
-``CarryApportioner`` applies it chunk after chunk with memory: the quota of component c in a
-chunk is its exact cumulative target minus what it has been given so far, so the realized
-cumulative counts never drift more than one unit (one sample, or one sample's tokens in token
-mode) from the exact shares, however many chunks are planned. Its state is one number per
-component. Cost: O(K log K) per chunk for K components.
+``apportion_with_carry`` applies it chunk after chunk with memory: the quota of component c in
+a chunk is its exact cumulative target minus what it has been given so far (clipped at 0 for a
+component that is ahead), so errors never accumulate. With a constant chunk budget in sample
+mode (what the planner does) the cumulative counts stay within one sample of the exact shares
+(tested with Hypothesis). In token mode each component overshoots its amount by less than one
+sample, so with S the largest sample and K components each cumulative error stays within
+[-(K - 1) * S, S] and is paid back in the following chunks. State: one number per component.
+Cost: O(K log K) per chunk for K components.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ def largest_remainder(total: int, quotas: np.ndarray) -> np.ndarray:
     counts = np.floor(quotas).astype(np.int64)
     left = int(total - counts.sum())
     if left > 0:
-        remainders = quotas - counts
-        # stable sort on -remainder: equal remainders keep index order (lower index first)
+        # rounded so that float noise cannot break an exact tie; stable sort on -remainder:
+        # equal remainders keep index order (lower index first)
+        remainders = np.round(quotas - counts, 9)
         order = np.argsort(-remainders, kind="stable")
         counts[order[:left]] += 1
     elif left < 0:  # floating error in a huge budget; take back from the smallest remainders

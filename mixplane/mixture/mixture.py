@@ -29,10 +29,17 @@ Kind = Literal["static", "uniform", "inferred"]
 TOLERANCE = 1e-6
 
 
-def parse_selector(text: str | Mapping[str, Any]) -> Selector:
-    """``"language=en,source=web"`` or ``{"language": "en"}`` -> ``(("language","en"), ...)``."""
+def parse_selector(text: str | Mapping[str, Any] | Selector) -> Selector:
+    """``"language=en,source=web"`` or ``{"language": "en"}`` -> ``(("language","en"), ...)``;
+    an already parsed selector is returned as it is."""
+    if isinstance(text, tuple):
+        return text
     if isinstance(text, Mapping):
         pairs = [(str(k), format_value(v)) for k, v in text.items()]
+        bad = [v for _, v in pairs if "," in v or "=" in v]
+        if bad:
+            msg = f"selector values {bad} contain ',' or '=', which selector text cannot hold"
+            raise MixtureError(msg)
     else:
         pairs = []
         for part in (p.strip() for p in text.split(",")):
@@ -148,6 +155,14 @@ class Mixture:
             return cls.uniform(data["uniform"])
         if set(data) == {"inferred"}:
             return cls.inferred(data["inferred"])
+        if set(data) == {"weights", "allow_empty"}:
+            inner = cls.from_json(data["weights"], normalize=normalize)
+            return cls(
+                kind=inner.kind,
+                weights=inner.weights,
+                by=inner.by,
+                allow_empty=bool(data["allow_empty"]),
+            )
         if any(isinstance(v, Mapping) for v in data.values()):
             return cls.hierarchical(data, normalize=normalize)
         return cls.static({str(k): _number(k, v) for k, v in data.items()}, normalize=normalize)
@@ -166,7 +181,8 @@ class Mixture:
     def to_json(self) -> dict[str, Any]:
         if self.kind != "static":
             return {self.kind: list(self.by)}
-        return {selector_text(s): w for s, w in self.weights}
+        weights = {selector_text(s): w for s, w in self.weights}
+        return {"weights": weights, "allow_empty": True} if self.allow_empty else weights
 
     def resolve(self, result: QueryResult, sizes: np.ndarray) -> np.ndarray:
         """One weight per component of ``result`` (summing to 1); ``sizes`` are the components'
@@ -174,6 +190,13 @@ class Mixture:
         weight among the components it matches."""
         sizes = np.asarray(sizes, dtype=np.float64)
         n = len(result.components)
+        missing = [p for p in self.by if p not in result.by]
+        if missing:
+            msg = (
+                f"the mixture mixes over {missing}, which the query does not group by; "
+                f"group by {sorted(set(result.by) | set(missing))}"
+            )
+            raise MixtureError(msg)
         if self.kind == "uniform":
             groups = [
                 tuple(format_value(c.properties.get(p)) for p in self.by) for c in result.components

@@ -36,6 +36,7 @@ class ScanRequest:
     text_field: str
     on_error: OnError
     want_table: bool  # a user function needs whole records
+    text_lengths: Literal["exact", "metadata"] = "exact"  # Parquet: read text, or estimate
     skipped: int = 0
     messages: list[str] = field(default_factory=list)
 

@@ -1,7 +1,10 @@
 """Parquet: one sample per row.
 
 Scan: row group by row group, reading only the columns that hold requested properties and the
-text column (for its UTF-8 lengths); other columns are never decoded. A sample's pointer is
+text column (for its UTF-8 lengths); other columns are never decoded. With
+``text_lengths="metadata"`` the text column is not read either: each sample's ``bytes`` is the
+row group's average, from the column chunk's uncompressed size in the footer (exact totals per
+row group up to page overhead, approximate per sample; ~3x faster registration). A sample's pointer is
 (row group, row inside it); reading back decodes only the row groups a request names.
 """
 
@@ -38,7 +41,8 @@ def open_file(path: Path) -> pq.ParquetFile:
 
 def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
     pf = open_file(path)
-    top = {f.split(".")[0] for f in [*request.fields, request.text_field]}
+    estimate = request.text_lengths == "metadata" and not request.want_table
+    top = {f.split(".")[0] for f in [*request.fields, *([] if estimate else [request.text_field])]}
     available = set(pf.schema_arrow.names)
     columns = None if request.want_table else sorted(top & available)
     meta = pf.metadata
@@ -57,10 +61,17 @@ def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
             dotted: (v if (v := get_path(table, dotted)) is not None else pa.nulls(n))
             for dotted in request.fields
         }
-        text = get_path(table, request.text_field)
+        if estimate:
+            text = pa.array(
+                np.full(n, _average_text_bytes(meta, group, request.text_field, path)), pa.int64()
+            )
+        else:
+            text = get_path(table, request.text_field)
         if text is None:
             text = pa.nulls(n, pa.string())
-        if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        if not estimate and not (
+            pa.types.is_string(text.type) or pa.types.is_large_string(text.type)
+        ):
             msg = (
                 f"text column {request.text_field!r} has type {text.type}, expected strings; "
                 "pass text_field= naming the text column"
@@ -68,7 +79,9 @@ def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
             raise MalformedRecordError(msg, path=str(path))
         fields_and_text = {**fields, request.text_field: text}
         keep = reject_missing(fields_and_text, first_row + rows, request, str(path), "row")
-        text_bytes = pc.binary_length(text).to_numpy(zero_copy_only=False).astype(np.int64)
+        text_bytes = (
+            text.to_numpy() if estimate else pc.binary_length(text).to_numpy(zero_copy_only=False)
+        ).astype(np.int64)
         yield ScanBatch(
             fields=filter_fields(fields, keep),
             text_bytes=np.asarray(take(text_bytes, keep)),
@@ -80,6 +93,17 @@ def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
             scanned_bytes=meta.row_group(group).total_byte_size,
         )
         first_row += n
+
+
+def _average_text_bytes(meta: pq.FileMetaData, group: int, text_field: str, path: Path) -> int:
+    rg = meta.row_group(group)
+    for i in range(rg.num_columns):
+        column = rg.column(i)
+        if column.path_in_schema == text_field:
+            n = max(rg.num_rows, 1)
+            return max(round((column.total_uncompressed_size - 4 * n) / n), 0)
+    msg = f"no text column {text_field!r} in the file; pass text_field= naming the text column"
+    raise MalformedRecordError(msg, path=str(path))
 
 
 def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
