@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mixplane.catalog.catalog import Catalog, default_home
-from mixplane.cli import render_explain
 from mixplane.chunking import Topology
+from mixplane.cli import render_explain
 from mixplane.client import Client
 from mixplane.demo.corpus import build_corpus
 
