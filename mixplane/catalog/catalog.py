@@ -16,6 +16,7 @@ from typing import Any, Literal, Self
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from tqdm import tqdm
 
 from mixplane.catalog.files import FileIdentity, check_unchanged, discover
@@ -318,6 +319,17 @@ class Catalog:
             params=[file_id],
         ).to_arrow_table()
         self._con.unregister("_mixplane_wanted")
+        missing = pointers.column("ordinal").filter(
+            pc.and_(pointers.column("offset").is_null(), pointers.column("row_group").is_null())
+        )
+        if len(missing):
+            samples = self._con.execute(
+                "SELECT samples FROM files WHERE file_id = ?", [file_id]
+            ).fetchall()[0][0]
+            msg = (
+                f"file {path} holds ordinals 0..{samples - 1}; asked for {missing.to_pylist()[:5]}"
+            )
+            raise CatalogError(msg)
         return get_format(fmt).read(Path(path), pointers, text_field or "text")
 
     def pointers(self, file_id: int) -> dict[str, np.ndarray]:

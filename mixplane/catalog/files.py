@@ -98,7 +98,9 @@ def discover(
 
 def _known(path: Path, fmt: FormatName | None) -> bool:
     detected = detect(path)
-    return detected is not None and (fmt is None or detected == fmt)
+    if fmt is None:
+        return detected is not None
+    return detected in (fmt, None) and not path.name.startswith(".")
 
 
 def _unique(paths: Iterable[Path]) -> list[Path]:

@@ -82,11 +82,13 @@ class PropertyTypes:
     """Property types during a registration: known from the catalog, or found in this dataset."""
 
     con: duckdb.DuckDBPyConnection
-    types: dict[str, PropertyType | None]
+    types: dict[str, PropertyType | None]  # catalog types merged with what this dataset holds
     columns: set[str]
+    found: dict[str, PropertyType | None] = field(default_factory=dict)  # this dataset only
 
     def accept(self, name: str, values: pa.Array, where: str) -> pa.Array:
         found = infer_type(values.type)
+        self.found[name] = unify(name, self.found.get(name), found, where)
         known = self.types.get(name)
         merged = unify(name, known, found, where)
         self.types[name] = merged
@@ -133,7 +135,9 @@ def register_files(
         file_id = int(con.execute("SELECT nextval('file_ids')").fetchall()[0][0])
         field_text = text_field or ("txt" if fmt == "webdataset" else "text")
         request = ScanRequest(
-            fields={f.path: types.types.get(f.name) for f in fields},
+            # records are checked against the types this dataset has shown so far; a clash with
+            # another dataset's type is a PropertyError naming the property and file (accept)
+            fields={f.path: types.found.get(f.name) for f in fields},
             text_field=field_text,
             on_error=on_error,
             want_table=function is not None,
@@ -152,7 +156,7 @@ def register_files(
                 con.unregister("_mixplane_batch")
             count += rows.num_rows
             for f in fields:  # the slow path checks later batches against found types
-                request.fields[f.path] = types.types.get(f.name)
+                request.fields[f.path] = types.found.get(f.name)
             progress(batch.scanned_bytes)
         if count == 0 and request.skipped == 0:
             if on_error == "raise":

@@ -232,8 +232,8 @@ def check_record(
         if not compatible(want, found):
             assert want is not None
             return f"field {dotted!r} is {found.value} {value!r:.40}, expected {want.value}"
-        if want is None:
-            expected[dotted] = found
+        if want is None or (want is PropertyType.INTEGER and found is PropertyType.FLOAT):
+            expected[dotted] = found  # first type seen, or int widened to float
     return None
 
 

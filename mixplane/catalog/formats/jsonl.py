@@ -61,9 +61,46 @@ def open_stream(path: Path) -> tuple[IO[bytes], IO[bytes]]:
     if kind == "gzip":
         return raw, gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if kind == "zstd":
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return raw, reader  # type: ignore[return-value]
+        return raw, _ZstdStream(raw)  # type: ignore[return-value]
     return raw, raw
+
+
+class _ZstdStream:
+    """Reads concatenated zstd frames; a frame cut short raises instead of ending quietly
+    (zstandard's stream reader returns end-of-stream for a truncated frame)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._obj = zstandard.ZstdDecompressor().decompressobj()
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._in_frame = False
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or self._size < n:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    msg = "zstd stream ends inside a frame (file truncated)"
+                    raise zstandard.ZstdError(msg)
+                break
+            while chunk:
+                self._in_frame = True
+                out = self._obj.decompress(chunk)
+                self._parts.append(out)
+                self._size += len(out)
+                if self._obj.eof:
+                    chunk = self._obj.unused_data
+                    self._obj = zstandard.ZstdDecompressor().decompressobj()
+                    self._in_frame = False
+                else:
+                    chunk = b""
+        data = b"".join(self._parts)
+        cut = len(data) if n < 0 else min(n, len(data))
+        rest = data[cut:]
+        self._parts = [rest] if rest else []
+        self._size = len(rest)
+        return data[:cut]
 
 
 def _blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
@@ -151,8 +188,8 @@ def _scan_duckdb(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
         columns[text_root] = "VARCHAR" if not text_rest else "JSON"
     spec = "{" + ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in columns.items()) + "}"
     source = (
-        f"read_json({_sql_str(str(path))}, format='newline_delimited', columns={spec}, "
-        "compression='auto_detect')"
+        f"read_json({_sql_str(str(path))}, format='newline_delimited', records='true', "
+        f"columns={spec}, compression='auto_detect')"
     )
 
     def locate(dotted: str) -> tuple[str, str]:
@@ -170,8 +207,8 @@ def _scan_duckdb(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
             found = con.sql(
                 f"SELECT {probe} FROM (SELECT * FROM {source} LIMIT {PROBE_ROWS})"
             ).fetchall()[0]
-            for f, kinds in zip(fields, found, strict=True):
-                kinds = {_JSON_TYPES.get(k) for k in kinds if k not in (None, "NULL")}
+            for f, listed in zip(fields, found, strict=True):
+                kinds = {_JSON_TYPES.get(k) for k in listed or [] if k not in (None, "NULL")}
                 if (
                     None in kinds
                     or len(kinds - {PropertyType.INTEGER} if PropertyType.FLOAT in kinds else kinds)
@@ -514,8 +551,17 @@ def _slow(
 
 def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
     """Records at the given pointers (columns ``offset``, ``length``), in pointer order."""
+    if pointers.column("offset").null_count:
+        msg = f"{path}: asked for samples the file does not hold"
+        raise RegistrationError(msg)
     offsets = pointers.column("offset").to_numpy()
     lengths = pointers.column("length").to_numpy()
+    unique, inverse = np.unique(offsets, return_inverse=True)
+    if len(unique) < len(offsets):  # read each line once, then repeat it where asked
+        first = np.zeros(len(unique), dtype=np.int64)
+        first[inverse[::-1]] = np.arange(len(offsets))[::-1]
+        once = read(path, pointers.take(pa.array(first)), text_field)
+        return once.take(pa.array(inverse))
     order = np.argsort(offsets, kind="stable")
     lines: list[bytes] = [b""] * len(offsets)
     if compression_of(path) is None:
@@ -530,7 +576,11 @@ def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
             for i in order.tolist():
                 skip = int(offsets[i]) - pos
                 while skip > 0:
-                    skip -= len(stream.read(min(skip, BLOCK_BYTES)))
+                    got = len(stream.read(min(skip, BLOCK_BYTES)))
+                    if not got:
+                        msg = f"{path}: stream ended before byte {offsets[i]}; the file changed?"
+                        raise RegistrationError(msg)
+                    skip -= got
                 lines[i] = stream.read(int(lengths[i]))
                 pos = int(offsets[i]) + int(lengths[i])
     data = b"\n".join(lines) + b"\n"

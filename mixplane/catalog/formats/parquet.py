@@ -80,7 +80,9 @@ def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
         fields_and_text = {**fields, request.text_field: text}
         keep = reject_missing(fields_and_text, first_row + rows, request, str(path), "row")
         text_bytes = (
-            text.to_numpy() if estimate else pc.binary_length(text).to_numpy(zero_copy_only=False)
+            text.to_numpy()
+            if estimate
+            else pc.binary_length(text).fill_null(0).to_numpy(zero_copy_only=False)
         ).astype(np.int64)
         yield ScanBatch(
             fields=filter_fields(fields, keep),
@@ -110,6 +112,8 @@ def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
     """Records at the given pointers (columns ``row_group``, ``row``), in pointer order."""
     del text_field
     pf = open_file(path)
+    if pointers.num_rows == 0:
+        return pf.schema_arrow.empty_table()
     groups = pointers.column("row_group").to_numpy()
     rows = pointers.column("row").to_numpy()
     parts: list[pa.Table] = []

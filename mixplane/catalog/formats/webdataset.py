@@ -31,8 +31,10 @@ TEXT_EXTENSIONS = frozenset({"txt", "text", "md"})
 
 
 def _members(buf: mmap.mmap | bytes, path: str) -> Iterator[tuple[str, int, int, int]]:
-    """(name, header offset, data offset, data size) of each regular file member."""
-    pos, long_name = 0, None
+    """(name, header offset, data offset, data size) of each regular file member; the header
+    offset is that of the first extended header (GNU ``L``, PAX ``x``) naming the member, so a
+    span read back from it carries the full name."""
+    pos, long_name, first_header = 0, None, None
     end = len(buf)
     while pos + 512 <= end:
         header = buf[pos : pos + 512]
@@ -50,6 +52,8 @@ def _members(buf: mmap.mmap | bytes, path: str) -> Iterator[tuple[str, int, int,
         if data + size > end:
             msg = f"member {name.decode(errors='replace')!r} is truncated (tar cut short)"
             raise MalformedRecordError(msg, path=path, location=f"byte {pos}")
+        if kind in (b"L", b"x", b"g") and first_header is None:
+            first_header = pos
         if kind == b"L":
             long_name = bytes(buf[data : data + size]).rstrip(b"\0")
         elif kind == b"x":
@@ -58,8 +62,13 @@ def _members(buf: mmap.mmap | bytes, path: str) -> Iterator[tuple[str, int, int,
                     long_name = line.split(b" path=", 1)[1]
         elif kind in (b"0", b"\0"):
             full = long_name if long_name is not None else name
-            yield full.decode("utf-8", errors="replace"), pos, data, size
-            long_name = None
+            yield (
+                full.decode("utf-8", errors="replace"),
+                first_header if first_header is not None else pos,
+                data,
+                size,
+            )
+            long_name, first_header = None, None
         pos = data + (size + 511) // 512 * 512
 
 

@@ -1,0 +1,215 @@
+"""The real ``mixplane`` command line, run as a subprocess against a catalog in ``tmp_path``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+LANGUAGES = ("en", "de", "fr")
+_SCRIPT = Path(sys.executable).with_name("mixplane")
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "mixplane.cli"]
+
+
+def records(n: int, prefix: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"{prefix}{i}",
+            "text": f"{prefix} doc {i} " + "ü" * i,
+            "meta": {"language": LANGUAGES[i % 3], "year": 2000 + i % 4},
+        }
+        for i in range(n)
+    ]
+
+
+WEB = records(10, "w")
+WIKI = records(7, "k")
+
+
+def mixplane(
+    home: Path, *args: str, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "MIXPLANE_HOME"}
+    proc = subprocess.run(
+        [*COMMAND, "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """A catalog with 'web' (JSONL with one bad line, skipped) and 'wiki' (Parquet)."""
+    root = tmp_path_factory.mktemp("cli")
+    web = root / "web.jsonl"
+    lines = [json.dumps(r, ensure_ascii=False) for r in WEB]
+    lines.insert(4, '{"text": "trunc')
+    web.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pq.write_table(pa.Table.from_pylist(WIKI), root / "wiki.parquet", row_group_size=3)
+    (root / "web.txt").write_bytes(web.read_bytes())  # a suffix that names no format
+    home = root / "home"
+    out = mixplane(
+        home,
+        "register",
+        "web",
+        str(web),
+        "--property",
+        "language=meta.language",
+        "--property",
+        "year=meta.year",
+        "--constant",
+        "source=web",
+        "--constant",
+        "weight=0.5",
+        "--on-error",
+        "skip",
+        "--json",
+    )
+    registered = json.loads(out.stdout)
+    mixplane(
+        home,
+        "register",
+        "wiki",
+        str(root / "wiki.parquet"),
+        "--property",
+        "language=meta.language",
+        "--constant",
+        "source=wiki",
+    )
+    return home, registered
+
+
+def test_register_json(home: tuple[Path, dict[str, Any]]) -> None:
+    _, info = home
+    web = str((home[0].parent / "web.jsonl").resolve())
+    assert info["name"] == "web"
+    assert (info["files"], info["samples"], info["skipped"]) == (1, 10, 1)
+    assert info["skipped_by_file"] == {web: 1}
+    assert info["bytes"] == sum(len(r["text"].encode()) for r in WEB)
+    assert sorted(info["properties"]) == ["language", "source", "weight", "year"]
+
+
+def test_ls(home: tuple[Path, dict[str, Any]]) -> None:
+    listed = json.loads(mixplane(home[0], "ls", "--json").stdout)
+    assert [(d["name"], d["files"], d["samples"], d["skipped"]) for d in listed] == [
+        ("web", 1, 10, 1),
+        ("wiki", 1, 7, 0),
+    ]
+    assert listed[1]["properties"] == ["language", "source"]
+    text = mixplane(home[0], "ls").stdout
+    assert "web" in text and "wiki" in text
+    assert "weight (float)" in text and "year (integer)" in text
+
+
+def test_explain_json(home: tuple[Path, dict[str, Any]]) -> None:
+    out = mixplane(
+        home[0], "explain", "--where", "language != 'de'", "--by", "source,language", "--json"
+    )
+    result = json.loads(out.stdout)
+    assert isinstance(result["sql"], str) and "?" in result["sql"]
+    want: dict[tuple[str, str], list[int]] = {}
+    for source, recs in (("web", WEB), ("wiki", WIKI)):
+        for r in recs:
+            if r["meta"]["language"] != "de":
+                want.setdefault((source, r["meta"]["language"]), []).append(len(r["text"].encode()))
+    got = {
+        (c["properties"]["source"], c["properties"]["language"]): (c["samples"], c["bytes"])
+        for c in result["components"]
+    }
+    assert got == {k: (len(v), sum(v)) for k, v in sorted(want.items())}
+    assert [tuple(c["properties"].values()) for c in result["components"]] == sorted(want)
+    assert result["total_samples"] == sum(len(v) for v in want.values())
+
+    human = mixplane(home[0], "explain", "--by", "source").stdout
+    assert "source=web" in human and "source=wiki" in human and "total" in human
+
+
+def test_add_property_and_function(tmp_path: Path) -> None:
+    (tmp_path / "props_mod.py").write_text(
+        "import pyarrow.compute as pc\n\n\n"
+        "def n_chars(table):\n"
+        "    return pc.utf8_length(table['text'])\n\n\n"
+        "def lengths(table):\n"
+        "    return {'n_bytes': pc.binary_length(table['text'])}\n"
+    )
+    data = tmp_path / "data.txt"  # an unknown suffix: --format says what it is
+    data.write_text("".join(json.dumps(r) + "\n" for r in WEB), encoding="utf-8")
+    home = tmp_path / "home"
+    mixplane(
+        home,
+        "register",
+        "web",
+        str(data),
+        "--format",
+        "jsonl",
+        "--function",
+        "props_mod:lengths",
+        cwd=tmp_path,
+    )
+    out = mixplane(home, "add-property", "n_chars", "props_mod:n_chars", cwd=tmp_path)
+    assert out.stdout.strip() == "added property n_chars to 10 samples"
+    result = json.loads(mixplane(home, "explain", "--where", "n_chars > 12", "--json").stdout)
+    assert result["total_samples"] == sum(len(r["text"]) > 12 for r in WEB) > 0
+    result = json.loads(mixplane(home, "explain", "--where", "n_bytes > 12", "--json").stdout)
+    assert result["total_samples"] == sum(len(r["text"].encode()) > 12 for r in WEB)
+
+    again = mixplane(
+        home, "add-property", "n_chars", "props_mod:n_chars", cwd=tmp_path, check=False
+    )
+    assert_user_error(again, "already has values")
+
+
+def assert_user_error(proc: subprocess.CompletedProcess[str], says: str) -> None:
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert says in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["explain", "--by", "source,lang"], "unknown property 'lang'"),
+        (["explain", "--where", "language =="], "column"),
+        (["register", "web", "{root}/web.jsonl"], "'web' is already registered"),
+        (["register", "x", "{root}/web.txt"], "cannot tell the format"),
+        (["register", "x", "{root}/web.jsonl", "--constant", "oops"], "PROP=VALUE"),
+        (["add-property", "p", "no_such_module:f"], "cannot import module 'no_such_module'"),
+        (["add-property", "p", "json:dumps", "--datasets", "nope"], "unknown dataset 'nope'"),
+    ],
+)
+def test_user_errors_are_one_line(
+    home: tuple[Path, dict[str, Any]], args: list[str], says: str
+) -> None:
+    root = home[0].parent
+    proc = mixplane(home[0], *(a.format(root=root) for a in args), check=False)
+    assert_user_error(proc, says)
+
+
+def test_debug_shows_the_traceback(home: tuple[Path, dict[str, Any]]) -> None:
+    proc = mixplane(home[0], "--debug", "explain", "--by", "lang", check=False)
+    assert proc.returncode != 0
+    assert "Traceback (most recent call last)" in proc.stderr
+    assert "QueryError" in proc.stderr
+
+
+def test_usage_error(home: tuple[Path, dict[str, Any]]) -> None:
+    proc = mixplane(home[0], "register", "x", "--on-error", "maybe", check=False)
+    assert proc.returncode == 2
+    assert "Usage:" in proc.stderr and "Traceback" not in proc.stderr
