@@ -18,6 +18,7 @@ from typing import Any, Literal, TypedDict
 
 import numpy as np
 
+from mixplane.adapt.base import MixingAlgorithm, check_feedback, make_algorithm
 from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Assignment, Topology
 from mixplane.chunking.order import (
@@ -82,6 +83,8 @@ class JobSpec:
     schedule: tuple[Phase, ...] = ()  # later phases; the first is (where, mixture, on_exhausted)
     schedule_unit: ScheduleUnit = "chunks"
     tokenizer: str | None = None  # fingerprint of the job's tokenizer (token budgets)
+    algorithm: str | None = None  # adaptive mixing: a name from mixplane.adapt.ALGORITHMS
+    algorithm_options: tuple[tuple[str, Any], ...] = ()
 
     @property
     def phases(self) -> tuple[Phase, ...]:
@@ -122,6 +125,8 @@ class JobSpec:
             "schedule": [p.to_json() for p in self.schedule],
             "schedule_unit": self.schedule_unit,
             "tokenizer": self.tokenizer,
+            "algorithm": self.algorithm,
+            "algorithm_options": dict(self.algorithm_options),
         }
 
     def fingerprint(self) -> str:
@@ -140,6 +145,7 @@ class JobState(TypedDict):
     spec: str  # JobSpec fingerprint
     query: str  # QueryResult fingerprint
     planner: PlannerState
+    algorithm: dict[str, Any] | None
     extensions: list[dict[str, Any]]
     mixture_log: list[dict[str, Any]]
     topology: dict[str, int]
@@ -208,6 +214,9 @@ class Job:
         self._ranks: dict[tuple[int, int], ConsumerState] = {}  # live positions per rank
         self._reader: Reader | None = None
         self._pending: dict[int, dict[str, Any]] = {}
+        self.algorithm: MixingAlgorithm | None = None
+        if spec.algorithm is not None:
+            self.algorithm = make_algorithm(spec.algorithm, weights, **dict(spec.algorithm_options))
 
     # -- components --------------------------------------------------------------------------
     def _query(self, *, exclude_files: Sequence[int]) -> QueryResult:
@@ -322,10 +331,10 @@ class Job:
         self.mixture_log.append(entry)
 
     def _apply_changes(self, k: int) -> None:
-        """Mixture changes due at chunk k: a phase start, or a replayed update."""
-        if k <= self._applied_through and k in self._before:
-            return
-        if k > 0 and k in self.phase_starts:
+        """Mixture changes due at chunk k: a phase start (once), then a replayed update that
+        was made after it (an update made before a phase start at the same chunk is replaced
+        by the phase, live and in replay alike)."""
+        if k > self._applied_through and k in self.phase_starts:
             phase = self.phase_starts.index(k)
             logged = [e for e in self.mixture_log if e.get("phase") == phase and e["chunk"] == k]
             if logged:  # replaying after a restore: same version as before
@@ -336,10 +345,10 @@ class Job:
                 )
             else:
                 self._change(self._weights(phase), cause="phase", phase=phase)
+        self._applied_through = max(self._applied_through, k)
         pending = self._pending.pop(k, None)
-        if pending is not None:
+        if pending is not None and pending["version"] > self._planner.mixture_version:
             self._planner.set_weights(np.asarray(pending["weights"]), version=pending["version"])
-        self._applied_through = k
 
     def chunk(self, index: int) -> ChunkSpec | None:
         """Chunk ``index`` (planning up to it), or None past the end of the stream."""
@@ -370,6 +379,21 @@ class Job:
             if spec is None:
                 return
             yield spec
+
+    def feedback(self, step: int, loss_sum: Any, token_count: Any) -> int | None:
+        """Per-component loss sums and token counts of a training step. With an adaptive
+        mixture the algorithm may answer new weights; they apply from the next planned chunk,
+        whose index is returned (None when the weights did not change)."""
+        loss, count = check_feedback(len(self.orders), loss_sum, token_count)
+        if self.algorithm is None:
+            return None
+        weights = self.algorithm.update(step, loss, count)
+        if weights is None:
+            return None
+        at = self._planner.next_chunk
+        self._change(np.asarray(weights, dtype=np.float64), cause="adapt")
+        self.mixture_log[-1]["step"] = step
+        return at
 
     def set_weights(self, weights: np.ndarray | Mapping[str, float]) -> int:
         """New weights in force from the next planned chunk; returns that chunk index."""
@@ -431,7 +455,7 @@ class Job:
     def state_dict(self) -> JobState:
         """Consistent state of the job and all its consumers (O(components + consumers))."""
         low = min(self._lowest_unfinished(), self._planner.next_chunk)
-        if low == self._planner.next_chunk and low not in self._before:
+        if low == self._planner.next_chunk:  # not planned yet: snapshot the planner as it is now
             self._apply_changes(low)
             self._before[low] = self._planner.state_dict()
         if low not in self._before:
@@ -442,6 +466,7 @@ class Job:
             spec=self.spec.fingerprint(),
             query=self.result.fingerprint,
             planner=self._before[low],
+            algorithm=self.algorithm.state_dict() if self.algorithm is not None else None,
             extensions=list(self.extensions),
             mixture_log=list(self.mixture_log),
             topology=self.topology.to_json(),
@@ -474,14 +499,19 @@ class Job:
             )
             raise StateError(msg)
         self._planner.load_state_dict(state["planner"])
+        if self.algorithm is not None and state["algorithm"] is not None:
+            self.algorithm.load_state_dict(state["algorithm"])
         self.mixture_log = list(state["mixture_log"])
         # changes made after the snapshot are applied again when re-planning reaches them
         self._pending = {
-            e["chunk"]: e for e in self.mixture_log if e["version"] > self._planner.mixture_version
+            e["chunk"]: e
+            for e in self.mixture_log
+            if e["version"] > self._planner.mixture_version and e["cause"] != "phase"
         }
         start = self._planner.next_chunk
         self._chunks.clear()
         self._before = {start: self._planner.state_dict()}
+        self._applied_through = start
         self._last = None
         saved_topology = Topology(**state["topology"])
         saved = Assignment(

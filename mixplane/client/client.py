@@ -60,6 +60,8 @@ class Client:
         schedule: Sequence[Phase] = (),
         schedule_unit: ScheduleUnit = "chunks",
         tokenizer: Tokenizer | None = None,
+        algorithm: str | None = None,
+        algorithm_options: Mapping[str, Any] | None = None,
     ) -> Job:
         """Create a job (replacing one with the same id in this client)."""
         if not isinstance(mixture, Mixture):
@@ -80,6 +82,8 @@ class Client:
             schedule=tuple(schedule),
             schedule_unit=schedule_unit,
             tokenizer=tokenizer.fingerprint if tokenizer is not None else None,
+            algorithm=algorithm,
+            algorithm_options=tuple(sorted((algorithm_options or {}).items())),
         )
         job = Job(self.catalog, spec, topology or Topology(), tokenizer)
         self._jobs[job_id] = job
@@ -96,6 +100,9 @@ class Client:
         self, job_id: str, dp_group: int = 0, rank: int = 0, worker: int = 0
     ) -> Iterator[Sample]:
         return iter(self.job(job_id).stream(dp_group, rank, worker))
+
+    def feedback(self, job_id: str, step: int, loss_sum: Any, token_count: Any) -> int | None:
+        return self.job(job_id).feedback(step, loss_sum, token_count)
 
     def state_dict(self, job_id: str) -> JobState:
         return self.job(job_id).state_dict()
