@@ -213,3 +213,131 @@ def test_usage_error(home: tuple[Path, dict[str, Any]]) -> None:
     proc = mixplane(home[0], "register", "x", "--on-error", "maybe", check=False)
     assert proc.returncode == 2
     assert "Usage:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# -- plan and the job form of explain (mixing/planning issue) ---------------------------------
+
+
+def _plan_home(tmp_path: Path) -> Path:
+    from tests.conftest import write_corpus
+
+    write_corpus(tmp_path / "data")
+    home = tmp_path / "home"
+    mixplane(
+        home,
+        "register",
+        "corpus",
+        str(tmp_path / "data"),
+        "--property",
+        "language=meta.language",
+        "--property",
+        "quality=meta.quality",
+    )
+    return home
+
+
+def test_plan_json(tmp_path: Path) -> None:
+    home = _plan_home(tmp_path)
+    mixture = json.dumps({"language=en": 0.7, "language=de": 0.3})
+    out = mixplane(
+        home,
+        "plan",
+        "--mixture",
+        mixture,
+        "--chunks",
+        "6",
+        "--chunk-size",
+        "50",
+        "--dp-groups",
+        "2",
+        "--workers",
+        "2",
+        "--seed",
+        "1",
+        "--json",
+    )
+    plan = json.loads(out.stdout)
+    assert [c["index"] for c in plan] == list(range(6))
+    assert [(c["dp_group"], c["worker"]) for c in plan] == [
+        (0, 0),
+        (1, 0),
+        (0, 1),
+        (1, 1),
+        (0, 0),
+        (1, 0),
+    ]
+    for chunk in plan:
+        assert chunk["counts"] == {"language=de": 15, "language=en": 35}
+        assert sum(r["count"] for r in chunk["ranges"]) == 50
+        assert {r["component"] for r in chunk["ranges"]} == {"language=en", "language=de"}
+        assert all({"file", "start", "count"} <= set(r) for r in chunk["ranges"])
+    again = mixplane(
+        home,
+        "plan",
+        "--mixture",
+        mixture,
+        "--chunks",
+        "6",
+        "--chunk-size",
+        "50",
+        "--dp-groups",
+        "2",
+        "--workers",
+        "2",
+        "--seed",
+        "1",
+        "--json",
+    )
+    assert again.stdout == out.stdout  # deterministic across processes
+
+
+def test_plan_schedule_file_and_explain(tmp_path: Path) -> None:
+    home = _plan_home(tmp_path)
+    schedule = tmp_path / "schedule.yaml"
+    schedule.write_text(
+        "unit: chunks\nphases:\n"
+        '  - start: 0\n    where: "quality < 0.5"\n    mixture: {language=en: 1.0}\n'
+        "  - start: 2\n    mixture:\n      language=de: {weight: 0.5}\n      language=fr: {weight: 0.5}\n"
+    )
+    plan = json.loads(
+        mixplane(
+            home,
+            "plan",
+            "--mixture-file",
+            str(schedule),
+            "--chunks",
+            "4",
+            "--chunk-size",
+            "10",
+            "--json",
+        ).stdout
+    )
+    assert [set(c["counts"]) for c in plan] == [{"language=en"}] * 2 + [
+        {"language=de", "language=fr"}
+    ] * 2
+    report = json.loads(
+        mixplane(
+            home,
+            "explain",
+            "--mixture",
+            json.dumps({"language=en": 1.0}),
+            "--chunks",
+            "100",
+            "--chunk-size",
+            "10",
+            "--on-exhausted",
+            "stop",
+            "--json",
+        ).stdout
+    )
+    en = next(r for r in report["components"] if r["component"] == "language=en")
+    assert en["weight"] == 1.0 and en["epochs"] == pytest.approx(1000 / en["samples"])
+    assert en["runs_out_at_chunk"] == -(-en["samples"] // 10) - 1
+
+
+def test_plan_errors_are_one_line(tmp_path: Path) -> None:
+    home = _plan_home(tmp_path)
+    bad = mixplane(home, "plan", "--mixture", json.dumps({"language=xx": 1.0}), check=False)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("error: selector 'language=xx' matches 0 samples")
+    assert len(bad.stderr.strip().splitlines()) == 1
