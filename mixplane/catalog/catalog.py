@@ -27,6 +27,7 @@ from mixplane.catalog.properties import (
     ConstantSource,
     FieldSource,
     PropertyType,
+    as_column,
     check_name,
     infer_type,
     preset_sources,
@@ -344,20 +345,28 @@ class Catalog:
             if table.column(name).null_count < table.num_rows or table.num_rows == 0
         }
 
-    def sample_bytes(self, runs: pa.Table) -> np.ndarray:
-        """Per-sample text bytes for the samples of ``runs`` (file_id, start, count), in run order."""
+    def _per_sample(
+        self, runs: pa.Table, table: str, column: str, extra: str = "", params: Sequence[Any] = ()
+    ) -> np.ndarray:
+        """One value per sample of ``runs`` (file_id, start, count), in run order."""
         ordered = runs.select(["file_id", "start", "count"]).append_column(
             "run", pa.array(np.arange(runs.num_rows, dtype=np.int64))
         )
         self._con.register("_mixplane_runs", ordered)
         try:
-            table = self._con.sql(
-                "SELECT s.bytes FROM _mixplane_runs r JOIN samples s ON s.file_id = r.file_id "
-                "AND s.ordinal >= r.start AND s.ordinal < r.start + r.count ORDER BY r.run, s.ordinal"
+            values = self._con.sql(
+                f"SELECT t.{column} FROM _mixplane_runs r JOIN {table} t ON t.file_id = r.file_id "
+                f"AND t.ordinal >= r.start AND t.ordinal < r.start + r.count {extra} "
+                "ORDER BY r.run, t.ordinal",
+                params=list(params),
             ).to_arrow_table()
         finally:
             self._con.unregister("_mixplane_runs")
-        return table.column("bytes").to_numpy().astype(np.int64)
+        return values.column(column).to_numpy().astype(np.int64)
+
+    def sample_bytes(self, runs: pa.Table) -> np.ndarray:
+        """Per-sample text bytes for the samples of ``runs`` (file_id, start, count), in run order."""
+        return self._per_sample(runs, "samples", "bytes")
 
     # -- token counts -------------------------------------------------------------------------
 
@@ -465,20 +474,7 @@ class Catalog:
         }
         if not set(files) <= done:
             return None
-        ordered = runs.select(["file_id", "start", "count"]).append_column(
-            "run", pa.array(np.arange(runs.num_rows, dtype=np.int64))
-        )
-        self._con.register("_mixplane_runs", ordered)
-        try:
-            table = self._con.sql(
-                "SELECT t.tokens FROM _mixplane_runs r JOIN token_counts t ON t.file_id = r.file_id "
-                "AND t.ordinal >= r.start AND t.ordinal < r.start + r.count AND t.tokenizer = ? "
-                "ORDER BY r.run, t.ordinal",
-                params=[tokenizer],
-            ).to_arrow_table()
-        finally:
-            self._con.unregister("_mixplane_runs")
-        return table.column("tokens").to_numpy().astype(np.int64)
+        return self._per_sample(runs, "token_counts", "tokens", "AND t.tokenizer = ?", [tokenizer])
 
     # -- adding properties -------------------------------------------------------------------
 
@@ -706,20 +702,7 @@ def _values(name: str, function: Callable[..., Any], records: pa.Table, path: st
     except Exception as exc:
         msg = f"the function for {name!r} failed on a batch of {path}: {type(exc).__name__}: {exc}"
         raise RegistrationError(msg) from exc
-    array = (
-        values
-        if isinstance(values, (pa.Array, pa.ChunkedArray))
-        else pa.array(values if isinstance(values, np.ndarray) else list(values))
-    )
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    if len(array) != records.num_rows:
-        msg = (
-            f"the function for {name!r} returned {len(array)} values for {records.num_rows} "
-            f"records of {path}; return one value per record"
-        )
-        raise PropertyError(msg)
-    return array
+    return as_column(name, values, records.num_rows, path)
 
 
 def _fields(info: DatasetInfo) -> dict[str, Any]:

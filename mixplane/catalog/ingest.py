@@ -34,6 +34,7 @@ from mixplane.catalog.properties import (
     ConstantSource,
     FieldSource,
     PropertyType,
+    as_column,
     check_name,
     infer_type,
     unify,
@@ -260,26 +261,5 @@ def _call(function: BatchFunction, table: pa.Table, where: str) -> dict[str, pa.
     out = {}
     for prop, values in result.items():
         check_name(prop)
-        array = (
-            values if isinstance(values, (pa.Array, pa.ChunkedArray)) else _to_array(prop, values)
-        )
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks()
-        if len(array) != table.num_rows:
-            msg = (
-                f"the property function returned {len(array)} values for {prop!r} on a batch "
-                f"of {table.num_rows} records; return one value per record"
-            )
-            raise PropertyError(msg)
-        out[prop] = array
+        out[prop] = as_column(prop, values, table.num_rows, where)
     return out
-
-
-def _to_array(prop: str, values: Any) -> pa.Array:
-    try:
-        return pa.array(list(values) if not isinstance(values, np.ndarray) else values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        msg = (
-            f"values of property {prop!r} have mixed or unsupported types ({exc}); return one type"
-        )
-        raise PropertyError(msg) from exc

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from mixplane.errors import PropertyError
@@ -181,6 +182,25 @@ def preset_sources(preset: str) -> list[FieldSource]:
         msg = f"unknown preset {preset!r}; known presets: {sorted(PRESETS)}"
         raise PropertyError(msg) from None
     return [FieldSource(name=n, path=p) for n, p in fields.items()]
+
+
+def as_column(name: str, values: Any, rows: int, where: str) -> pa.Array:
+    """A user function's values for one property as an Arrow array of ``rows`` values."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not isinstance(values, pa.Array):
+        try:
+            values = pa.array(values if isinstance(values, np.ndarray) else list(values))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as exc:
+            msg = f"values of property {name!r} have mixed or unsupported types ({exc}); return one type"
+            raise PropertyError(msg) from exc
+    if len(values) != rows:
+        msg = (
+            f"the function for {name!r} returned {len(values)} values for {rows} records of "
+            f"{where}; return one value per record"
+        )
+        raise PropertyError(msg)
+    return values
 
 
 def parse_constant(text: str) -> str | int | float | bool:

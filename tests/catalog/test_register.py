@@ -449,7 +449,7 @@ def test_batch_function_computes_properties(catalog: Catalog, corpus: Corpus, fm
 
 def test_batch_function_errors(catalog: Catalog, corpus: Corpus) -> None:
     path = corpus.jsonl("d.jsonl", make_records(5))
-    with pytest.raises(PropertyError, match="returned 2 values for 'n' on a batch of 5"):
+    with pytest.raises(PropertyError, match="for 'n' returned 2 values for 5 records"):
         catalog.register("ds", path, function=lambda t: {"n": [1, 2]})
     with pytest.raises(RegistrationError, match="ZeroDivisionError"):
         catalog.register("ds", path, function=lambda t: {"n": [1 / 0]})
