@@ -13,8 +13,8 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypedDict
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple, TypedDict
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from mixplane.adapt.base import MixingAlgorithm, check_feedback, make_algorithm
 from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Assignment, Topology
 from mixplane.chunking.order import (
-    PURPOSE_INTERLEAVE,
     PURPOSE_SHUFFLE,
     ComponentOrder,
     OrderKind,
@@ -38,6 +37,7 @@ from mixplane.query.result import QueryResult, combine
 from mixplane.tokens.tokenizer import Tokenizer
 
 JOB_STATE_VERSION = 1
+READ_AHEAD_SAMPLES = 1000  # a stream reads consecutive chunks together up to this many samples
 PURPOSE_RATIO = 4
 RATIO_SAMPLES = 64
 DEFAULT_BYTES_PER_TOKEN = 4.0
@@ -154,12 +154,11 @@ class JobState(TypedDict):
     consumers: dict[str, ConsumerState]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Sample:
-    """One sample as a consumer receives it."""
+class Sample(NamedTuple):
+    """One sample as a consumer receives it (a named tuple: cheap to make, immutable)."""
 
     text: str
-    record: dict[str, Any] = field(repr=False)
+    record: dict[str, Any]
     component: int
     file_id: int
     ordinal: int
@@ -567,35 +566,52 @@ class Stream:
         return ConsumerState(j=self._state["j"], offset=self._state["offset"])
 
     def chunks(self) -> Iterator[tuple[ChunkSpec, int]]:
-        """(chunk, first sample offset) for this consumer, from its current position."""
+        """(chunk, first sample offset) for this consumer, from its current position on (the
+        position itself advances only as samples are consumed)."""
+        j = self._state["j"]
         while True:
-            index, start = self.job.assignment.chunk(self.consumer, self._state["j"])
+            index, start = self.job.assignment.chunk(self.consumer, j)
             spec = self.job.chunk(index)
             if spec is None:
                 return
             yield spec, start
+            j += 1
 
     def __iter__(self) -> Iterator[Sample]:
         reader = self.job.reader()
-        for spec, start in self.chunks():
-            samples = read_chunk(
-                reader, spec, self.job.spec.seed, shuffle=self.job.spec.order == "shuffled"
-            )
-            begin = start + self._state["offset"]
-            for sample in samples[begin:]:
-                self._state["offset"] += 1
-                yield sample
+        shuffle = self.job.spec.order == "shuffled"
+        ahead: list[tuple[ChunkSpec, int]] = []
+        ready: list[list[Sample]] = []
+        chunks = self.chunks()
+        while True:
+            if not ready:  # read the next chunks together, READ_AHEAD_SAMPLES at least
+                ahead = []
+                for spec, start in chunks:
+                    ahead.append((spec, start))
+                    if sum(s.num_samples for s, _ in ahead) >= READ_AHEAD_SAMPLES:
+                        break
+                if not ahead:
+                    return
+                ready = read_chunks(
+                    reader, [s for s, _ in ahead], self.job.spec.seed, shuffle=shuffle
+                )
+            spec, start = ahead.pop(0)
+            samples = ready.pop(0)
+            state = self._state
+            for i in range(start + state["offset"], len(samples)):
+                state["offset"] = i + 1 - start
+                yield samples[i]
             self._state["j"] += 1
             self._state["offset"] = 0
-            self.job._release()
+            if not ahead:
+                self.job._release()
 
 
-def interleave(counts: np.ndarray, seed: int, index: int) -> np.ndarray:
+def interleave(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Component of each position of a chunk: stratified, so every span holds each component
     close to its share. Component c's i-th sample sits at key (i + u_c) / n_c with u_c drawn
-    from a generator of (seed, chunk index); positions are the sorted keys."""
+    from ``rng``; positions are the sorted keys."""
     counts = np.asarray(counts, dtype=np.int64)
-    rng = generator(seed, PURPOSE_INTERLEAVE, index)
     jitter = rng.random(len(counts))
     comps = np.repeat(np.arange(len(counts)), counts)
     if len(comps) == 0:
@@ -605,52 +621,72 @@ def interleave(counts: np.ndarray, seed: int, index: int) -> np.ndarray:
     return comps[np.lexsort((comps, keys))]
 
 
-def read_chunk(reader: Reader, spec: ChunkSpec, seed: int, *, shuffle: bool) -> list[Sample]:
-    """All samples of a chunk in interleaved order (reads batched per file); with ``shuffle``
-    each component's samples are first permuted by a generator of (seed, chunk, component)."""
-    per_component: dict[int, list[Sample]] = {}
-    by_file: dict[int, list[tuple[int, np.ndarray]]] = {}
-    for comp, file_id, start, length in zip(
-        spec.components.tolist(),
-        spec.files.tolist(),
-        spec.starts.tolist(),
-        spec.lengths.tolist(),
-        strict=True,
-    ):
-        by_file.setdefault(file_id, []).append((comp, np.arange(start, start + length)))
-    fetched: dict[tuple[int, int], dict[str, Any]] = {}
-    for file_id, parts in by_file.items():
-        ordinals = np.concatenate([o for _, o in parts])
-        for ordinal, record in zip(ordinals.tolist(), reader.read(file_id, ordinals), strict=True):
-            fetched[(file_id, ordinal)] = record
-    for comp, file_id, start, length in zip(
-        spec.components.tolist(),
-        spec.files.tolist(),
-        spec.starts.tolist(),
-        spec.lengths.tolist(),
-        strict=True,
-    ):
-        bucket = per_component.setdefault(comp, [])
-        for ordinal in range(start, start + length):
-            record = fetched[(file_id, ordinal)]
-            bucket.append(
-                Sample(
-                    text=reader.text_of(file_id, record),
-                    record=record,
-                    component=comp,
-                    file_id=file_id,
-                    ordinal=ordinal,
-                    chunk=spec.index,
-                )
-            )
+def chunk_order(spec: ChunkSpec, seed: int, *, shuffle: bool) -> np.ndarray:
+    """For each output position of a chunk, the index of its sample in range order.
+
+    One generator of (seed, chunk) drives everything: first the interleave of components, then
+    (with ``shuffle``) a permutation of each component's samples, in component order.
+    """
+    rng = generator(seed, PURPOSE_SHUFFLE, spec.index)
+    sequence = interleave(spec.counts, rng)
+    component_of = np.repeat(spec.components, spec.lengths)
+    grouped = np.argsort(component_of, kind="stable")  # by component, range order inside
+    firsts = np.cumsum(spec.counts) - spec.counts
     if shuffle:
-        for comp, bucket in per_component.items():
-            perm = generator(seed, PURPOSE_SHUFFLE, spec.index, comp).permutation(len(bucket))
-            per_component[comp] = [bucket[i] for i in perm.tolist()]
-    order = interleave(spec.counts, seed, spec.index)
-    cursors = dict.fromkeys(per_component, 0)
+        for c in np.flatnonzero(spec.counts).tolist():
+            lo, n = int(firsts[c]), int(spec.counts[c])
+            grouped[lo : lo + n] = grouped[lo : lo + n][rng.permutation(n)]
+    by_position = np.argsort(sequence, kind="stable")
+    rank = np.empty(len(sequence), dtype=np.int64)
+    rank[by_position] = np.arange(len(sequence)) - firsts[sequence[by_position]]
+    return grouped[firsts[sequence] + rank]
+
+
+def read_chunks(
+    reader: Reader, specs: list[ChunkSpec], seed: int, *, shuffle: bool
+) -> list[list[Sample]]:
+    """The samples of several chunks, each in its seeded order. The reads of all of them are
+    batched per file (one pass over each file's pointers), so small chunks cost little more
+    per sample than large ones."""
+    lengths = np.concatenate([s.lengths for s in specs])
+    files = np.concatenate([s.files for s in specs]).astype(np.int64)
+    starts = np.concatenate([s.starts for s in specs])
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths
+    ordinals = np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
+    file_of = np.repeat(files, lengths)
+    # one read per file; then where each sample (in range order) sits in the fetched lists
+    by_file = np.argsort(file_of, kind="stable")
+    sorted_files = file_of[by_file]
+    bounds = np.flatnonzero(np.diff(sorted_files)) + 1
+    records: list[dict[str, Any]] = []
+    texts: list[str] = []
+    for group in np.split(by_file, bounds):
+        if len(group):
+            recs, txts = reader.read_with_text(int(file_of[group[0]]), ordinals[group])
+            records += recs
+            texts += txts
+    where = np.empty(total, dtype=np.int64)
+    where[by_file] = np.arange(total)
     out = []
-    for comp in order.tolist():
-        out.append(per_component[comp][cursors[comp]])
-        cursors[comp] += 1
+    first = 0
+    file_list, ordinal_list = file_of.tolist(), ordinals.tolist()
+    for spec in specs:
+        n = int(spec.lengths.sum())
+        comps = np.repeat(spec.components, spec.lengths).tolist()
+        picks = (chunk_order(spec, seed, shuffle=shuffle) + first).tolist()
+        at = where[picks].tolist() if picks else []
+        index = spec.index
+        out.append(
+            [
+                Sample(texts[a], records[a], comps[p - first], file_list[p], ordinal_list[p], index)
+                for p, a in zip(picks, at, strict=True)
+            ]
+        )
+        first += n
     return out
+
+
+def read_chunk(reader: Reader, spec: ChunkSpec, seed: int, *, shuffle: bool) -> list[Sample]:
+    """All samples of one chunk in its seeded order."""
+    return read_chunks(reader, [spec], seed, shuffle=shuffle)[0]

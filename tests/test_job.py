@@ -301,7 +301,7 @@ def test_state_mismatch_is_explained(client: Client, tmp_path: Path) -> None:
 
 def test_interleave_spans_stay_close_to_shares() -> None:
     counts = np.array([500, 300, 150, 50])
-    order = interleave(counts, seed=0, index=3)
+    order = interleave(counts, np.random.default_rng(3))
     assert Counter(order.tolist()) == dict(enumerate(counts.tolist()))
     share = counts / counts.sum()
     worst = 0.0

@@ -94,22 +94,56 @@ class ComponentOrder:
     def ranges(
         self, epoch: int, first: int, count: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Read ranges (file, first ordinal, count) for positions [first, first + count)."""
+        """Read ranges (file, first ordinal, count) for positions [first, first + count), as
+        sorted, merged runs of consecutive ordinals (the consumer shuffles inside the chunk).
+
+        Works per block, not per sample: the positions cover a few permuted blocks, each a
+        contiguous span of sample indices, which are sorted, merged and cut at run edges.
+        """
         if count <= 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty.astype(np.int32), empty, empty
-        # the chunk's samples as a set in storage order (the consumer shuffles inside the chunk)
-        idx = np.sort(self.samples_at(epoch, np.arange(first, first + count, dtype=np.int64)))
-        # split wherever consecutive positions are not consecutive samples or cross a run
-        run = np.searchsorted(self.run_offsets, idx, side="right") - 1
-        breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(run) != 0)) + 1
-        seg_starts = np.concatenate(([0], breaks))
-        seg_counts = np.diff(np.concatenate((seg_starts, [len(idx)])))
-        first_idx = idx[seg_starts]
-        first_run = run[seg_starts]
-        ordinals = self.starts[first_run] + (first_idx - self.run_offsets[first_run])
+        perm, starts = self._epoch(epoch)
+        last = first + count
+        j0, j1 = (np.searchsorted(starts, (first, last - 1), side="right") - 1).tolist()
+        if j0 == j1:  # the common case: one contiguous span of samples
+            lo = int(perm[j0]) * self.block_size + first - int(starts[j0])
+            r_lo, r_hi = (
+                np.searchsorted(self.run_offsets, (lo, lo + count - 1), side="right") - 1
+            ).tolist()
+            run = np.arange(r_lo, r_hi + 1)
+            edges = self.run_offsets[run]
+            piece_lo = np.maximum(edges, lo)
+            piece_hi = np.minimum(self.run_offsets[run + 1], lo + count)
+            return (
+                self.files[run].astype(np.int32),
+                (self.starts[run] + (piece_lo - edges)).astype(np.int64),
+                (piece_hi - piece_lo).astype(np.int64),
+            )
+        blocks = perm[j0 : j1 + 1]
+        block_starts = starts[j0 : j1 + 1]
+        block_ends = np.minimum(np.append(starts[j0 + 1 : j1 + 1], last), last)
+        lo_pos = np.maximum(block_starts, first)
+        lo = blocks * self.block_size + (lo_pos - block_starts)
+        hi = lo + (block_ends - lo_pos)
+        order = np.argsort(lo, kind="stable")
+        lo, hi = lo[order], hi[order]
+        if len(lo) > 1:  # merge spans that touch (sorted and disjoint: a group ends at its max)
+            keep = np.concatenate(([True], lo[1:] != hi[:-1]))
+            if not keep.all():
+                hi = np.maximum.reduceat(hi, np.flatnonzero(keep))
+                lo = lo[keep]
+        # cut spans at run edges
+        r_lo = np.searchsorted(self.run_offsets, lo, side="right") - 1
+        r_hi = np.searchsorted(self.run_offsets, hi - 1, side="right") - 1
+        pieces = r_hi - r_lo + 1
+        span = np.repeat(np.arange(len(lo)), pieces)
+        run = r_lo[span] + (np.arange(len(span)) - np.repeat(np.cumsum(pieces) - pieces, pieces))
+        piece_lo = np.maximum(lo[span], self.run_offsets[run])
+        piece_hi = np.minimum(hi[span], self.run_offsets[run + 1])
+        ordinals = self.starts[run] + (piece_lo - self.run_offsets[run])
         return (
-            self.files[first_run].astype(np.int32),
+            self.files[run].astype(np.int32),
             ordinals.astype(np.int64),
-            seg_counts.astype(np.int64),
+            (piece_hi - piece_lo).astype(np.int64),
         )

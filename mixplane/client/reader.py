@@ -10,6 +10,8 @@ mtime and fingerprint before its first read.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,8 @@ from mixplane.catalog.formats import compression_of, webdataset
 from mixplane.catalog.formats.jsonl import open_stream
 from mixplane.errors import CatalogError
 
-WINDOW_GAP = 1 << 20  # merge JSONL reads whose gap is below this many bytes
+WINDOW_GAP = 64 << 10  # merge JSONL reads whose gap is below this many bytes
+OPEN_FILES = 64  # file descriptors kept open per reader
 ROW_GROUP_CACHE = 4
 
 
@@ -48,6 +51,7 @@ class Reader:
         self._pointers: dict[int, dict[str, np.ndarray]] = {}
         self._row_groups: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self._decompressed: OrderedDict[int, bytes] = OrderedDict()
+        self._fds: OrderedDict[int, int] = OrderedDict()
         self._rows = {row["file_id"]: row for row in catalog.files().to_pylist()}
         for file_id, row in self._rows.items():
             fmt = row["format"]
@@ -80,46 +84,74 @@ class Reader:
 
     def read(self, file_id: int, ordinals: np.ndarray) -> list[dict[str, Any]]:
         """Records at the ordinals, in the given order."""
+        return self.read_with_text(file_id, ordinals)[0]
+
+    def read_with_text(
+        self, file_id: int, ordinals: np.ndarray
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Records at the ordinals, in the given order, and the text of each."""
         info = self._files[file_id]
         ptr = self._load(file_id)
         if info.format == "jsonl":
-            return [orjson.loads(line) for line in self._jsonl_lines(info, ptr, ordinals)]
-        if info.format == "parquet":
-            return self._parquet(info, ptr, ordinals)
-        pointers = pa.table({"offset": ptr["offset"][ordinals], "length": ptr["length"][ordinals]})
-        return webdataset.read(info.path, pointers, info.text_field).to_pylist()  # type: ignore[no-any-return]
+            records = [orjson.loads(line) for line in self._jsonl_lines(info, ptr, ordinals)]
+        elif info.format == "parquet":
+            records = self._parquet(info, ptr, ordinals)
+        else:
+            pointers = pa.table(
+                {"offset": ptr["offset"][ordinals], "length": ptr["length"][ordinals]}
+            )
+            records = webdataset.read(info.path, pointers, info.text_field).to_pylist()
+        field = info.text_field
+        if "." not in field:
+            texts = [_as_text(r.get(field)) for r in records]
+        else:
+            texts = [self.text_of(file_id, r) for r in records]
+        return records, texts
 
     def text_of(self, file_id: int, record: dict[str, Any]) -> str:
         value: Any = record
         for part in self._files[file_id].text_field.split("."):
             value = value.get(part) if isinstance(value, dict) else None
-        return value if isinstance(value, str) else ""
+        return _as_text(value)
+
+    def _fd(self, info: FileInfo) -> int:
+        fd = self._fds.get(info.file_id)
+        if fd is None:
+            fd = os.open(info.path, os.O_RDONLY)
+            self._fds[info.file_id] = fd
+            while len(self._fds) > OPEN_FILES:
+                os.close(self._fds.popitem(last=False)[1])
+        return fd
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def _jsonl_lines(
         self, info: FileInfo, ptr: dict[str, np.ndarray], ordinals: np.ndarray
     ) -> list[bytes]:
         offsets = ptr["offset"][ordinals]
         lengths = ptr["length"][ordinals]
-        out: list[bytes] = [b""] * len(ordinals)
         if compression_of(info.path) is not None:
             data = self._whole(info)
-            for i, (o, n) in enumerate(zip(offsets.tolist(), lengths.tolist(), strict=True)):
-                out[i] = data[o : o + n]
-            return out
+            return [
+                data[o : o + n] for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)
+            ]
+        out: list[bytes] = [b""] * len(ordinals)
         order = np.argsort(offsets, kind="stable")
         so, sl = offsets[order], lengths[order]
         ends = so + sl
-        gaps = so[1:] - ends[:-1]
-        cuts = np.flatnonzero(gaps > WINDOW_GAP) + 1
-        bounds = np.concatenate(([0], cuts, [len(so)]))
-        with info.path.open("rb") as f:
-            for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
-                start = int(so[a])
-                f.seek(start)
-                window = memoryview(f.read(int(ends[a:b].max()) - start))
-                for idx in range(a, b):
-                    o = int(so[idx]) - start
-                    out[int(order[idx])] = bytes(window[o : o + int(sl[idx])])
+        cuts = np.flatnonzero(so[1:] - ends[:-1] > WINDOW_GAP) + 1
+        bounds = np.concatenate(([0], cuts, [len(so)])).tolist()
+        fd = self._fd(info)
+        order_list, so_list, sl_list = order.tolist(), so.tolist(), sl.tolist()
+        for a, b in itertools.pairwise(bounds):
+            start = so_list[a]
+            window = os.pread(fd, int(ends[a:b].max()) - start, start)
+            for idx in range(a, b):
+                o = so_list[idx] - start
+                out[order_list[idx]] = window[o : o + sl_list[idx]]
         return out
 
     def _whole(self, info: FileInfo) -> bytes:
@@ -153,3 +185,7 @@ class Reader:
             ):
                 out[i] = rec
         return out
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
