@@ -429,6 +429,12 @@ class Job:
             out[consumer] = ConsumerState(j=low["j"], offset=low["offset"])
         return out
 
+    def close(self) -> None:
+        """Close the files this job's reader holds open."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
     def reader(self) -> Reader:
         if self._reader is None:
             self._reader = Reader(self.catalog)

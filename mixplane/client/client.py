@@ -33,6 +33,8 @@ class Client:
         return cls(Catalog.open(home))
 
     def close(self) -> None:
+        for job in self._jobs.values():
+            job.close()
         self.catalog.close()
 
     def __enter__(self) -> Self:
@@ -86,6 +88,8 @@ class Client:
             algorithm_options=tuple(sorted((algorithm_options or {}).items())),
         )
         job = Job(self.catalog, spec, topology or Topology(), tokenizer)
+        if job_id in self._jobs:
+            self._jobs[job_id].close()
         self._jobs[job_id] = job
         return job
 
