@@ -27,6 +27,7 @@ import numpy as np
 
 from mixplane.client import Client
 from mixplane.demo.corpus import build_corpus
+from mixplane.query.result import expand_runs
 from mixplane.tokens import train_bpe
 
 MIX = {
@@ -44,14 +45,10 @@ def true_sizes(client: Client, fingerprint: str) -> dict[tuple[int, int], int]:
     runs = client.catalog.components().runs
     counts = client.catalog.sample_tokens(runs, fingerprint)
     assert counts is not None
-    files = np.repeat(runs.column("file_id").to_numpy(), runs.column("count").to_numpy())
-    ordinals = np.concatenate(
-        [
-            np.arange(s, s + n)
-            for s, n in zip(
-                runs.column("start").to_numpy(), runs.column("count").to_numpy(), strict=True
-            )
-        ]
+    files, ordinals = expand_runs(
+        runs.column("file_id").to_numpy(),
+        runs.column("start").to_numpy(),
+        runs.column("count").to_numpy(),
     )
     return dict(
         zip(zip(files.tolist(), ordinals.tolist(), strict=True), counts.tolist(), strict=True)

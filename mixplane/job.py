@@ -33,7 +33,7 @@ from mixplane.chunking.spec import ChunkSpec, Unit
 from mixplane.client.reader import Reader
 from mixplane.errors import PlanError, StateError
 from mixplane.mixture.mixture import Mixture
-from mixplane.query.result import QueryResult, combine
+from mixplane.query.result import QueryResult, combine, expand_runs
 from mixplane.tokens.tokenizer import Tokenizer
 
 JOB_STATE_VERSION = 1
@@ -654,13 +654,12 @@ def read_chunks(
     """The samples of several chunks, each in its seeded order. The reads of all of them are
     batched per file (one pass over each file's pointers), so small chunks cost little more
     per sample than large ones."""
-    lengths = np.concatenate([s.lengths for s in specs])
-    files = np.concatenate([s.files for s in specs]).astype(np.int64)
-    starts = np.concatenate([s.starts for s in specs])
-    total = int(lengths.sum())
-    offsets = np.cumsum(lengths) - lengths
-    ordinals = np.repeat(starts - offsets, lengths) + np.arange(total, dtype=np.int64)
-    file_of = np.repeat(files, lengths)
+    file_of, ordinals = expand_runs(
+        np.concatenate([s.files for s in specs]),
+        np.concatenate([s.starts for s in specs]),
+        np.concatenate([s.lengths for s in specs]),
+    )
+    total = len(ordinals)
     # one read per file; then where each sample (in range order) sits in the fetched lists
     by_file = np.argsort(file_of, kind="stable")
     sorted_files = file_of[by_file]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from mixplane.client import Client
+from mixplane.query.result import expand_runs
 from mixplane.tokens import load_tokenizer, train_bpe
 
 MIX = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
@@ -48,14 +49,10 @@ def test_token_modes_accuracy(client: Client, tokenizer) -> None:  # type: ignor
     runs = client.catalog.components().runs
     counts = client.catalog.sample_tokens(runs, tokenizer.fingerprint)
     assert counts is not None
-    files = np.repeat(runs.column("file_id").to_numpy(), runs.column("count").to_numpy())
-    ordinals = np.concatenate(
-        [
-            np.arange(s, s + n)
-            for s, n in zip(
-                runs.column("start").to_numpy(), runs.column("count").to_numpy(), strict=True
-            )
-        ]
+    files, ordinals = expand_runs(
+        runs.column("file_id").to_numpy(),
+        runs.column("start").to_numpy(),
+        runs.column("count").to_numpy(),
     )
     true = dict(
         zip(zip(files.tolist(), ordinals.tolist(), strict=True), counts.tolist(), strict=True)

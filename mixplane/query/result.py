@@ -171,3 +171,15 @@ def combine(results: list[QueryResult]) -> QueryResult:
         runs=runs,
         fingerprint=digest.hexdigest(),
     )
+
+
+def expand_runs(
+    files: np.ndarray, starts: np.ndarray, counts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(file id, ordinal) of every sample of runs, in run order (vectorized)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    offsets = np.cumsum(counts) - counts
+    ordinals = np.repeat(np.asarray(starts, dtype=np.int64) - offsets, counts) + np.arange(
+        int(counts.sum()), dtype=np.int64
+    )
+    return np.repeat(np.asarray(files, dtype=np.int64), counts), ordinals
