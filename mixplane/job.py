@@ -37,7 +37,7 @@ from mixplane.query.result import QueryResult, combine, expand_runs
 from mixplane.tokens.tokenizer import Tokenizer
 
 JOB_STATE_VERSION = 1
-READ_AHEAD_SAMPLES = 1000  # a stream reads consecutive chunks together up to this many samples
+READ_AHEAD_SAMPLES = 1000  # a stream reads its chunks in groups of about this many samples
 PURPOSE_RATIO = 4
 RATIO_SAMPLES = 64
 DEFAULT_BYTES_PER_TOKEN = 4.0
@@ -145,6 +145,7 @@ class JobState(TypedDict):
     spec: str  # JobSpec fingerprint
     query: str  # QueryResult fingerprint
     planner: PlannerState
+    planned: int  # chunks planned so far (later mixture changes apply after them)
     algorithm: dict[str, Any] | None
     extensions: list[dict[str, Any]]
     mixture_log: list[dict[str, Any]]
@@ -189,18 +190,8 @@ class Job:
         if spec.order == "sorted" and spec.sort_by is None:
             msg = "order='sorted' needs sort_by=PROPERTY"
             raise PlanError(msg)
-        self._results = [self._query(exclude_files=())]
-        self.result = combine(self._results)
-        self.orders = [self._order(c.selector, c.runs, 0) for c in self.result.components]
         self.extensions: list[dict[str, Any]] = []
-        weights = self._weights(0)
-        self._planner = Planner(
-            self.orders,
-            weights,
-            unit=spec.unit,
-            chunk_size=spec.chunk_size,
-            on_exhausted=self.phases[0].on_exhausted,
-        )
+        weights = self._build_base(exclude_files=())
         self.mixture_log: list[dict[str, Any]] = [
             {"chunk": 0, "version": 0, "cause": "phase", "phase": 0, "weights": weights.tolist()}
         ]
@@ -208,6 +199,7 @@ class Job:
         self._chunks: dict[int, ChunkSpec] = {}
         self._before: dict[int, PlannerState] = {}
         self._applied_through = 0  # mixture changes for chunks <= this are in the planner
+        self._planned = 0  # how far chunks have been planned (mixture changes apply after)
         self._last: int | None = None
         self._consumers: dict[int, ConsumerState] = {}  # restored positions
         self._ranks: dict[tuple[int, int], ConsumerState] = {}  # live positions per rank
@@ -218,7 +210,25 @@ class Job:
             self.algorithm = make_algorithm(spec.algorithm, weights, **dict(spec.algorithm_options))
 
     # -- components --------------------------------------------------------------------------
-    def _query(self, *, exclude_files: Sequence[int]) -> QueryResult:
+    def _build_base(self, *, exclude_files: Sequence[int]) -> np.ndarray:
+        """The job's own components (files added by extensions left out) and a fresh planner;
+        returns the first phase's weights."""
+        self._results = [self._query(exclude_files=exclude_files)]
+        self.result = combine(self._results)
+        self.orders = [self._order(c.selector, c.runs, 0) for c in self.result.components]
+        weights = self._weights(0)
+        self._planner = Planner(
+            self.orders,
+            weights,
+            unit=self.spec.unit,
+            chunk_size=self.spec.chunk_size,
+            on_exhausted=self.phases[0].on_exhausted,
+        )
+        return weights
+
+    def _query(
+        self, *, exclude_files: Sequence[int] = (), include_files: Sequence[int] | None = None
+    ) -> QueryResult:
         filters = [p.where for p in self.phases]
         members: list[str | None] = filters if len(filters) > 1 else []
         where = (
@@ -233,6 +243,7 @@ class Job:
             descending=self.spec.descending,
             members=members,
             exclude_files=exclude_files,
+            include_files=include_files,
         )
 
     def _order(self, selector: str, runs: Any, generation: int) -> ComponentOrder:
@@ -292,33 +303,38 @@ class Job:
         known = sorted(
             {int(f) for r in self._results for f in r.runs.column("file_id").to_pylist()}
         )
-        return self._extend(known, at=self._planner.next_chunk, log=True)
-
-    def _extend(self, exclude: list[int], *, at: int, log: bool) -> int:
-        result = self._query(exclude_files=exclude)
+        result = self._query(exclude_files=known)
+        at = max(self._planned, self._planner.next_chunk)
         if not result.components:
             return at
+        files = sorted({int(f) for f in result.runs.column("file_id").to_pylist()})
+        self._add(result)
+        self.extensions.append({"chunk": at, "files": files})
+        return self._change(self._weights(self.phase_at(at)), cause="extend")
+
+    def _add(self, result: QueryResult) -> None:
+        """Append an extension's components to the job, the planner and its saved snapshots."""
         generation = len(self._results)
         self._results.append(result)
         self.result = combine(self._results)
         orders = [self._order(c.selector, c.runs, generation) for c in result.components]
         self.orders += orders
         self._planner.add_components(orders)
-        if log:
-            self.extensions.append({"chunk": at, "exclude_files": exclude})
-            self._change(self._weights(self.phase_at(at)), cause="extend")
-        return at
+        n = len(orders)
+        for snapshot in self._before.values():
+            snapshot["epochs"] = [*snapshot["epochs"], *([0] * n)]
+            snapshot["positions"] = [*snapshot["positions"], *([0] * n)]
+            snapshot["given"] = [*snapshot["given"], *([0] * n)]
+            snapshot["weights"] = [*snapshot["weights"], *([0.0] * n)]
+            snapshot["exhausted"] = [*snapshot["exhausted"], *([False] * n)]
 
     # -- chunks ------------------------------------------------------------------------------
-    def _change(self, weights: np.ndarray, *, cause: str, phase: int | None = None) -> None:
+    def _change(self, weights: np.ndarray, *, cause: str, phase: int | None = None) -> int:
+        """Log a mixture change; it applies from the first chunk not planned yet (after a
+        restore the planner re-plans from an earlier chunk, so such a change waits for the
+        chunk the live run had reached). Returns that chunk index."""
         version = len(self.mixture_log)
-        at = self._planner.next_chunk
-        if phase is not None:
-            self._planner.start_phase(
-                weights, version=version, on_exhausted=self.phases[phase].on_exhausted
-            )
-        else:
-            self._planner.set_weights(weights, version=version)
+        at = max(self._planned, self._planner.next_chunk)
         entry: dict[str, Any] = {
             "chunk": at,
             "version": version,
@@ -328,6 +344,15 @@ class Job:
         if phase is not None:
             entry["phase"] = phase
         self.mixture_log.append(entry)
+        if at > self._planner.next_chunk:
+            self._pending[at] = entry
+        elif phase is not None:
+            self._planner.start_phase(
+                weights, version=version, on_exhausted=self.phases[phase].on_exhausted
+            )
+        else:
+            self._planner.set_weights(weights, version=version)
+        return at
 
     def _apply_changes(self, k: int) -> None:
         """Mixture changes due at chunk k: a phase start (once), then a replayed update that
@@ -361,6 +386,7 @@ class Job:
             if spec is None:
                 return None
             self._chunks[k] = spec
+            self._planned = max(self._planned, k + 1)
             if spec.last:
                 self._last = k
         if self._last is not None and index > self._last:
@@ -389,8 +415,7 @@ class Job:
         weights = self.algorithm.update(step, loss, count)
         if weights is None:
             return None
-        at = self._planner.next_chunk
-        self._change(np.asarray(weights, dtype=np.float64), cause="adapt")
+        at = self._change(np.asarray(weights, dtype=np.float64), cause="adapt")
         self.mixture_log[-1]["step"] = step
         return at
 
@@ -400,9 +425,7 @@ class Job:
             weights = Mixture.static(weights).resolve(
                 self.result, np.array([o.total for o in self.orders], dtype=np.float64)
             )
-        at = self._planner.next_chunk
-        self._change(np.asarray(weights, dtype=np.float64), cause="update")
-        return at
+        return self._change(np.asarray(weights, dtype=np.float64), cause="update")
 
     # -- consumers ---------------------------------------------------------------------------
     def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream:
@@ -429,6 +452,15 @@ class Job:
             out[consumer] = ConsumerState(j=low["j"], offset=low["offset"])
         return out
 
+    @property
+    def read_group(self) -> int:
+        """How many of its chunks a stream reads together: groups start at fixed positions of
+        the consumer's sequence (multiples of this), so how far planning has run ahead at any
+        point is a function of what was consumed, live or after a restore."""
+        if self.spec.unit != "samples":
+            return 1
+        return max(1, READ_AHEAD_SAMPLES // self.spec.chunk_size)
+
     def close(self) -> None:
         """Close the files this job's reader holds open."""
         if self._reader is not None:
@@ -449,12 +481,14 @@ class Job:
             del self._before[k]
 
     def _lowest_unfinished(self) -> int:
-        consumers = self._positions()
-        positions = [self.assignment.chunk(c, s["j"])[0] for c, s in consumers.items()]
-        carried = [k for k, _ in self.assignment.carried]
-        if len(consumers) < self.topology.consumers:
-            positions.append(self.assignment.frontier)
-        return min(positions + carried) if positions + carried else self.assignment.frontier
+        """The lowest chunk some consumer has not finished: each consumer's sequence ascends,
+        so it is the least of their current chunks (a consumer never opened counts at its
+        restored position, or its first chunk)."""
+        positions = self._positions()
+        return min(
+            self.assignment.chunk(c, positions[c]["j"] if c in positions else 0)[0]
+            for c in range(self.topology.consumers)
+        )
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> JobState:
@@ -471,6 +505,7 @@ class Job:
             spec=self.spec.fingerprint(),
             query=self.result.fingerprint,
             planner=self._before[low],
+            planned=max(self._planned, self._planner.next_chunk),
             algorithm=self.algorithm.state_dict() if self.algorithm is not None else None,
             extensions=list(self.extensions),
             mixture_log=list(self.mixture_log),
@@ -494,9 +529,12 @@ class Job:
                 "budget or policy differ); submit the same job to restore it"
             )
             raise StateError(msg)
-        for ext in state["extensions"][len(self.extensions) :]:
-            self._extend(ext["exclude_files"], at=ext["chunk"], log=False)
-            self.extensions.append(ext)
+        if state["extensions"] or self.extensions:
+            added = sorted({f for ext in state["extensions"] for f in ext["files"]})
+            self._build_base(exclude_files=added)
+            for ext in state["extensions"]:
+                self._add(self._query(include_files=ext["files"]))
+            self.extensions = [dict(e) for e in state["extensions"]]
         if state["query"] != self.result.fingerprint:
             msg = (
                 "the query result changed since the state was saved (catalog files or "
@@ -517,6 +555,7 @@ class Job:
         self._chunks.clear()
         self._before = {start: self._planner.state_dict()}
         self._applied_through = start
+        self._planned = int(state["planned"])
         self._last = None
         saved_topology = Topology(**state["topology"])
         saved = Assignment(
@@ -545,7 +584,7 @@ def _redeal(
     current = {c: saved.chunk(c, s["j"]) for c, s in consumers.items()}
     for c in range(saved.topology.consumers):  # consumers that never started
         current.setdefault(c, saved.chunk(c, 0))
-    frontier = max(k for k, _ in current.values()) + 1
+    frontier = max(saved.frontier, max(k for k, _ in current.values()) + 1)
     unfinished: list[tuple[int, int]] = []
     for c in range(saved.topology.consumers):
         j = consumers[c]["j"] if c in consumers else 0
@@ -571,8 +610,8 @@ class Stream:
     def state_dict(self) -> ConsumerState:
         return ConsumerState(j=self._state["j"], offset=self._state["offset"])
 
-    def chunks(self) -> Iterator[tuple[ChunkSpec, int]]:
-        """(chunk, first sample offset) for this consumer, from its current position on (the
+    def chunks(self) -> Iterator[tuple[ChunkSpec, int, int]]:
+        """(chunk, first sample offset, j) for this consumer from its current position on (the
         position itself advances only as samples are consumed)."""
         j = self._state["j"]
         while True:
@@ -580,7 +619,7 @@ class Stream:
             spec = self.job.chunk(index)
             if spec is None:
                 return
-            yield spec, start
+            yield spec, start, j
             j += 1
 
     def __iter__(self) -> Iterator[Sample]:
@@ -589,12 +628,13 @@ class Stream:
         ahead: list[tuple[ChunkSpec, int]] = []
         ready: list[list[Sample]] = []
         chunks = self.chunks()
+        group = self.job.read_group
         while True:
-            if not ready:  # read the next chunks together, READ_AHEAD_SAMPLES at least
+            if not ready:  # read the rest of this group of chunks together
                 ahead = []
-                for spec, start in chunks:
+                for spec, start, j in chunks:
                     ahead.append((spec, start))
-                    if sum(s.num_samples for s, _ in ahead) >= READ_AHEAD_SAMPLES:
+                    if (j + 1) % group == 0:
                         break
                 if not ahead:
                     return
@@ -618,7 +658,9 @@ def interleave(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     close to its share. Component c's i-th sample sits at key (i + u_c) / n_c with u_c drawn
     from ``rng``; positions are the sorted keys."""
     counts = np.asarray(counts, dtype=np.int64)
-    jitter = rng.random(len(counts))
+    jitter = np.zeros(len(counts))
+    present = counts > 0  # draws only for components in the chunk: the order does not depend
+    jitter[present] = rng.random(int(present.sum()))  # on components added later with 0 samples
     comps = np.repeat(np.arange(len(counts)), counts)
     if len(comps) == 0:
         return comps

@@ -588,6 +588,7 @@ class Catalog:
         descending: bool = False,
         members: Sequence[Expr | str | None] = (),
         exclude_files: Sequence[int] = (),
+        include_files: Sequence[int] | None = None,
     ) -> QueryResult:
         """Execute a filter and group the selected samples by the ``by`` properties.
 
@@ -595,7 +596,8 @@ class Catalog:
         file and ordinal), for curricula; otherwise in (file, ordinal) order. Each filter of
         ``members`` adds a grouping key (does the sample pass it?), so components also split by
         which of them hold: a job with phases uses one per phase. ``exclude_files`` leaves out
-        samples of those file ids (extending a job with new files only).
+        samples of those file ids (extending a job with new files only); ``include_files``
+        keeps only those.
         """
         by = tuple(by)
         columns = self.columns()
@@ -619,6 +621,9 @@ class Catalog:
         if exclude_files:
             condition = f"({condition}) AND NOT list_contains(?, s.file_id)"
             params.append(list(exclude_files))
+        if include_files is not None:
+            condition = f"({condition}) AND list_contains(?, s.file_id)"
+            params.append(list(include_files))
         if sort_by:
             keys.append(f"{columns[sort_by].sql} AS sk")
         group = ", ".join(names)

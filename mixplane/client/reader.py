@@ -52,7 +52,12 @@ class Reader:
         self._row_groups: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
         self._decompressed: OrderedDict[int, bytes] = OrderedDict()
         self._fds: OrderedDict[int, int] = OrderedDict()
-        self._rows = {row["file_id"]: row for row in catalog.files().to_pylist()}
+        self._rows: dict[int, dict[str, Any]] = {}
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """(Re)load the catalog's file rows: files registered later (a job extended) appear."""
+        self._rows = {row["file_id"]: row for row in self._catalog.files().to_pylist()}
         for file_id, row in self._rows.items():
             fmt = row["format"]
             text = row["text_field"] or ("txt" if fmt == "webdataset" else "text")
@@ -68,6 +73,8 @@ class Reader:
         cached = self._pointers.get(file_id)
         if cached is not None:
             return cached
+        if file_id not in self._rows:
+            self._refresh()
         row = self._rows.get(file_id)
         if row is None:
             msg = f"file id {file_id} is not in the catalog; was its dataset removed?"
@@ -90,8 +97,8 @@ class Reader:
         self, file_id: int, ordinals: np.ndarray
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """Records at the ordinals, in the given order, and the text of each."""
-        info = self._files[file_id]
         ptr = self._load(file_id)
+        info = self._files[file_id]
         if info.format == "jsonl":
             records = [orjson.loads(line) for line in self._jsonl_lines(info, ptr, ordinals)]
         elif info.format == "parquet":
