@@ -673,17 +673,16 @@ def chunk_order(spec: ChunkSpec, seed: int, *, shuffle: bool) -> np.ndarray:
     """For each output position of a chunk, the index of its sample in range order.
 
     One generator of (seed, chunk) drives everything: first the interleave of components, then
-    (with ``shuffle``) a permutation of each component's samples, in component order.
+    (with ``shuffle``) one random key per sample, which orders each component's samples.
     """
     rng = generator(seed, PURPOSE_SHUFFLE, spec.index)
     sequence = interleave(spec.counts, rng)
     component_of = np.repeat(spec.components, spec.lengths)
-    grouped = np.argsort(component_of, kind="stable")  # by component, range order inside
+    if shuffle:  # by component, in random-key order inside
+        grouped = np.lexsort((rng.random(len(component_of)), component_of))
+    else:  # by component, range order inside
+        grouped = np.argsort(component_of, kind="stable")
     firsts = np.cumsum(spec.counts) - spec.counts
-    if shuffle:
-        for c in np.flatnonzero(spec.counts).tolist():
-            lo, n = int(firsts[c]), int(spec.counts[c])
-            grouped[lo : lo + n] = grouped[lo : lo + n][rng.permutation(n)]
     by_position = np.argsort(sequence, kind="stable")
     rank = np.empty(len(sequence), dtype=np.int64)
     rank[by_position] = np.arange(len(sequence)) - firsts[sequence[by_position]]

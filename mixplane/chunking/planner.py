@@ -205,14 +205,12 @@ class Planner:
     def _spec(
         self, counts: np.ndarray, tokens: np.ndarray, draws: list[_Draw], last: bool
     ) -> ChunkSpec:
-        parts = []
-        for d in draws:
-            files, starts, lengths = self.components[d.component].ranges(d.epoch, d.first, d.count)
-            parts.append((np.full(len(files), d.component, dtype=np.int32), files, starts, lengths))
+        parts = [self.components[d.component].ranges(d.epoch, d.first, d.count) for d in draws]
         if parts:
-            comps, files, starts, lengths = (
-                np.concatenate([p[i] for p in parts]) for i in range(4)
+            comps = np.repeat(
+                np.array([d.component for d in draws], dtype=np.int32), [len(p[0]) for p in parts]
             )
+            files, starts, lengths = (np.concatenate([p[i] for p in parts]) for i in range(3))
         else:
             comps = files = np.zeros(0, dtype=np.int32)
             starts = lengths = np.zeros(0, dtype=np.int64)
