@@ -14,7 +14,7 @@ import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, TypedDict
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
@@ -22,7 +22,6 @@ from mixplane.adapt.base import MixingAlgorithm, check_feedback, make_algorithm
 from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Assignment, Topology
 from mixplane.chunking.order import (
-    PURPOSE_SHUFFLE,
     ComponentOrder,
     OrderKind,
     generator,
@@ -31,13 +30,13 @@ from mixplane.chunking.order import (
 from mixplane.chunking.planner import OnExhausted, Planner, PlannerState
 from mixplane.chunking.spec import ChunkSpec, Unit
 from mixplane.client.reader import Reader
+from mixplane.client.stream import READ_AHEAD_SAMPLES, ConsumerState, Stream
 from mixplane.errors import PlanError, StateError
 from mixplane.mixture.mixture import Mixture
-from mixplane.query.result import QueryResult, combine, expand_runs
+from mixplane.query.result import QueryResult, combine
 from mixplane.tokens.tokenizer import Tokenizer
 
 JOB_STATE_VERSION = 1
-READ_AHEAD_SAMPLES = 1000  # a stream reads its chunks in groups of about this many samples
 PURPOSE_RATIO = 4
 RATIO_SAMPLES = 64
 DEFAULT_BYTES_PER_TOKEN = 4.0
@@ -135,11 +134,6 @@ class JobSpec:
         ).hexdigest()
 
 
-class ConsumerState(TypedDict):
-    j: int  # index into the consumer's chunk sequence
-    offset: int  # samples already read from that chunk
-
-
 class JobState(TypedDict):
     version: int
     spec: str  # JobSpec fingerprint
@@ -153,17 +147,6 @@ class JobState(TypedDict):
     frontier: int
     carried: list[list[int]]
     consumers: dict[str, ConsumerState]
-
-
-class Sample(NamedTuple):
-    """One sample as a consumer receives it (a named tuple: cheap to make, immutable)."""
-
-    text: str
-    record: dict[str, Any]
-    component: int
-    file_id: int
-    ordinal: int
-    chunk: int
 
 
 class Job:
@@ -597,142 +580,3 @@ def _redeal(
             k, start = saved.chunk(c, j)
     unfinished.sort()
     return Assignment(topology=topology, frontier=frontier, carried=tuple(unfinished)), {}
-
-
-class Stream:
-    """One consumer's samples, in order; ``state_dict`` is its position."""
-
-    def __init__(self, job: Job, consumer: int, state: ConsumerState) -> None:
-        self.job = job
-        self.consumer = consumer
-        self._state = state
-
-    def state_dict(self) -> ConsumerState:
-        return ConsumerState(j=self._state["j"], offset=self._state["offset"])
-
-    def chunks(self) -> Iterator[tuple[ChunkSpec, int, int]]:
-        """(chunk, first sample offset, j) for this consumer from its current position on (the
-        position itself advances only as samples are consumed)."""
-        j = self._state["j"]
-        while True:
-            index, start = self.job.assignment.chunk(self.consumer, j)
-            spec = self.job.chunk(index)
-            if spec is None:
-                return
-            yield spec, start, j
-            j += 1
-
-    def __iter__(self) -> Iterator[Sample]:
-        reader = self.job.reader()
-        shuffle = self.job.spec.order == "shuffled"
-        ahead: list[tuple[ChunkSpec, int]] = []
-        ready: list[list[Sample]] = []
-        chunks = self.chunks()
-        group = self.job.read_group
-        while True:
-            if not ready:  # read the rest of this group of chunks together
-                ahead = []
-                for spec, start, j in chunks:
-                    ahead.append((spec, start))
-                    if (j + 1) % group == 0:
-                        break
-                if not ahead:
-                    return
-                ready = read_chunks(
-                    reader, [s for s, _ in ahead], self.job.spec.seed, shuffle=shuffle
-                )
-            spec, start = ahead.pop(0)
-            samples = ready.pop(0)
-            state = self._state
-            for i in range(start + state["offset"], len(samples)):
-                state["offset"] = i + 1 - start
-                yield samples[i]
-            self._state["j"] += 1
-            self._state["offset"] = 0
-            if not ahead:
-                self.job._release()
-
-
-def interleave(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Component of each position of a chunk: stratified, so every span holds each component
-    close to its share. Component c's i-th sample sits at key (i + u_c) / n_c with u_c drawn
-    from ``rng``; positions are the sorted keys."""
-    counts = np.asarray(counts, dtype=np.int64)
-    jitter = np.zeros(len(counts))
-    present = counts > 0  # draws only for components in the chunk: the order does not depend
-    jitter[present] = rng.random(int(present.sum()))  # on components added later with 0 samples
-    comps = np.repeat(np.arange(len(counts)), counts)
-    if len(comps) == 0:
-        return comps
-    within = np.arange(len(comps)) - np.repeat(np.cumsum(counts) - counts, counts)
-    keys = (within + jitter[comps]) / counts[comps]
-    return comps[np.lexsort((comps, keys))]
-
-
-def chunk_order(spec: ChunkSpec, seed: int, *, shuffle: bool) -> np.ndarray:
-    """For each output position of a chunk, the index of its sample in range order.
-
-    One generator of (seed, chunk) drives everything: first the interleave of components, then
-    (with ``shuffle``) one random key per sample, which orders each component's samples.
-    """
-    rng = generator(seed, PURPOSE_SHUFFLE, spec.index)
-    sequence = interleave(spec.counts, rng)
-    component_of = np.repeat(spec.components, spec.lengths)
-    if shuffle:  # by component, in random-key order inside
-        grouped = np.lexsort((rng.random(len(component_of)), component_of))
-    else:  # by component, range order inside
-        grouped = np.argsort(component_of, kind="stable")
-    firsts = np.cumsum(spec.counts) - spec.counts
-    by_position = np.argsort(sequence, kind="stable")
-    rank = np.empty(len(sequence), dtype=np.int64)
-    rank[by_position] = np.arange(len(sequence)) - firsts[sequence[by_position]]
-    return grouped[firsts[sequence] + rank]
-
-
-def read_chunks(
-    reader: Reader, specs: list[ChunkSpec], seed: int, *, shuffle: bool
-) -> list[list[Sample]]:
-    """The samples of several chunks, each in its seeded order. The reads of all of them are
-    batched per file (one pass over each file's pointers), so small chunks cost little more
-    per sample than large ones."""
-    file_of, ordinals = expand_runs(
-        np.concatenate([s.files for s in specs]),
-        np.concatenate([s.starts for s in specs]),
-        np.concatenate([s.lengths for s in specs]),
-    )
-    total = len(ordinals)
-    # one read per file; then where each sample (in range order) sits in the fetched lists
-    by_file = np.argsort(file_of, kind="stable")
-    sorted_files = file_of[by_file]
-    bounds = np.flatnonzero(np.diff(sorted_files)) + 1
-    records: list[dict[str, Any]] = []
-    texts: list[str] = []
-    for group in np.split(by_file, bounds):
-        if len(group):
-            recs, txts = reader.read_with_text(int(file_of[group[0]]), ordinals[group])
-            records += recs
-            texts += txts
-    where = np.empty(total, dtype=np.int64)
-    where[by_file] = np.arange(total)
-    out = []
-    first = 0
-    file_list, ordinal_list = file_of.tolist(), ordinals.tolist()
-    for spec in specs:
-        n = int(spec.lengths.sum())
-        comps = np.repeat(spec.components, spec.lengths).tolist()
-        picks = (chunk_order(spec, seed, shuffle=shuffle) + first).tolist()
-        at = where[picks].tolist() if picks else []
-        index = spec.index
-        out.append(
-            [
-                Sample(texts[a], records[a], comps[p - first], file_list[p], ordinal_list[p], index)
-                for p, a in zip(picks, at, strict=True)
-            ]
-        )
-        first += n
-    return out
-
-
-def read_chunk(reader: Reader, spec: ChunkSpec, seed: int, *, shuffle: bool) -> list[Sample]:
-    """All samples of one chunk in its seeded order."""
-    return read_chunks(reader, [spec], seed, shuffle=shuffle)[0]

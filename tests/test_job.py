@@ -16,8 +16,9 @@ import pytest
 
 from mixplane.chunking import Topology
 from mixplane.client import Client
+from mixplane.client.stream import interleave
 from mixplane.errors import StateError
-from mixplane.job import Phase, interleave
+from mixplane.job import Phase
 from mixplane.mixture import Mixture
 from tests.conftest import write_corpus
 

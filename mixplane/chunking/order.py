@@ -27,7 +27,6 @@ OrderKind = Literal["shuffled", "as-stored"]
 DEFAULT_BLOCK = 256
 
 PURPOSE_ORDER = 1
-PURPOSE_INTERLEAVE = 2
 PURPOSE_SHUFFLE = 3
 
 

@@ -16,8 +16,9 @@ from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Topology
 from mixplane.chunking.planner import OnExhausted
 from mixplane.chunking.spec import Unit
+from mixplane.client.stream import Sample
 from mixplane.errors import PlanError
-from mixplane.job import Job, JobSpec, JobState, Phase, Sample, ScheduleUnit
+from mixplane.job import Job, JobSpec, JobState, Phase, ScheduleUnit
 from mixplane.mixture.mixture import Mixture
 from mixplane.query.expr import Expr
 from mixplane.tokens.tokenizer import Tokenizer
