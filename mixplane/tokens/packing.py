@@ -1,0 +1,300 @@
+"""Packing: tokenized documents into fixed ``seq_len + 1`` token windows for causal LM training.
+
+Each document becomes ``[bos] + ids + [eos]`` (``bos`` only when ``bos_id`` is given) and is
+appended to the buffer of its *component*. Packing is per component: every component has its
+own buffer, so a window holds tokens of one component only and its ``domain_ids`` are constant
+(per-domain loss needs no splitting inside a window, and a mixture's token shares hold window by
+window). Tokens left in a component's buffer when a chunk ends are not dropped: they carry over
+to that component's next documents, whichever chunk those come in.
+
+Windows overlap by one token, the standard packing of a stream: window k of a component covers
+its stream tokens ``[k * seq_len, k * seq_len + seq_len + 1)``; ``input_ids`` are the first
+``seq_len`` tokens, ``labels`` the last ``seq_len``. So every token of a component's stream,
+except the very first one, is a target exactly once, in order. A window is emitted as soon as
+its component's buffer holds ``seq_len + 1`` tokens.
+
+Document boundaries are given per window for attention masked per document: ``cu_seqlens`` holds
+the offsets where a segment starts (0, each document start inside the window) and ends with
+``seq_len``; ``position_ids`` restart at 0 at each of them. A window that begins inside a
+document starts a segment at 0 too (its earlier tokens are in another window and cannot be
+attended to), so ``position_ids`` and ``cu_seqlens`` always describe the same segments, as
+Hugging Face's packed flash-attention path expects. The input token ``eos`` of one document
+has the next document's first token as its label, as in any packed stream; the ``eos`` itself
+is a target of its own document.
+
+Empty documents are skipped: an id list of length 0 adds nothing (not even ``eos``).
+
+End of stream: ``flush()`` does not pad by default. It returns no window, drops what the
+buffers hold and logs how many target tokens each component lost (at most ``seq_len`` per
+component; ``pending()`` tells the counts beforehand). ``flush(pad_id=...)`` instead emits one
+last window per component with pending targets, its tail filled with ``pad_id`` in
+``input_ids`` and ``IGNORE_INDEX`` (-100) in ``labels``, the padding being a segment of its own.
+
+Resume: ``state_dict()`` holds the buffered tokens of each component and the offsets of the
+documents starting among them (at most ``seq_len`` tokens per component, O(components x
+seq_len) ints, JSON-able); a packer restored from it continues byte-identically.
+
+Cost: O(tokens) numpy work and O(documents + windows) Python steps, no per-token Python loop.
+A document is converted once (``np.asarray``) and parked; when a buffer fills, its pieces are
+concatenated once and all its windows are cut from that one array (inputs and labels by
+reshape, positions by one ``np.maximum.accumulate`` over segment-start markers). The at most
+``seq_len`` tokens carried over are copied again at the next fill, which emits at least
+``seq_len`` tokens' worth, so each token is copied O(1) times amortized.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypedDict
+
+import numpy as np
+
+from mixplane.errors import MixplaneError, StateError
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+IGNORE_INDEX = -100  # label of padded positions (PyTorch cross-entropy's default ignore_index)
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+class PackingError(MixplaneError, ValueError):
+    """A packer option or a document that cannot be packed."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Window:
+    """One training sequence: ``seq_len`` inputs and their next-token labels (all int32).
+
+    ``domain_ids`` is constant and equal to ``component`` (packing is per component);
+    ``cu_seqlens`` starts at 0 and ends at ``seq_len``, one entry per segment start in between.
+    """
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    domain_ids: np.ndarray
+    position_ids: np.ndarray
+    cu_seqlens: np.ndarray
+    component: int
+
+
+class PackerState(TypedDict):
+    version: int
+    seq_len: int
+    eos_id: int
+    bos_id: int | None
+    tokens: list[list[int]]  # per component: buffered tokens (at most seq_len)
+    starts: list[list[int]]  # per component: offsets in ``tokens`` where a document starts
+
+
+def _check_id(name: str, value: int | None) -> None:
+    if value is not None and not 0 <= value <= _INT32_MAX:
+        msg = f"{name} must be a token id in [0, 2**31), got {value}"
+        raise PackingError(msg)
+
+
+class Packer:
+    """Packs each component's documents into ``seq_len + 1`` token windows (see the module)."""
+
+    def __init__(
+        self, seq_len: int, eos_id: int, bos_id: int | None = None, *, num_components: int
+    ) -> None:
+        if seq_len < 1:
+            msg = f"seq_len must be at least 1, got {seq_len}"
+            raise PackingError(msg)
+        if num_components < 1:
+            msg = f"num_components must be at least 1, got {num_components}"
+            raise PackingError(msg)
+        _check_id("eos_id", eos_id)
+        _check_id("bos_id", bos_id)
+        self.seq_len = seq_len
+        self.eos_id = eos_id
+        self.bos_id = bos_id
+        self.num_components = num_components
+        self._eos = np.array([eos_id], dtype=np.int32)
+        self._bos = np.array([bos_id], dtype=np.int32) if bos_id is not None else None
+        # per component: parked arrays, their total length, and document start offsets
+        self._pieces: list[list[np.ndarray]] = [[] for _ in range(num_components)]
+        self._lengths = [0] * num_components
+        self._starts: list[list[int]] = [[] for _ in range(num_components)]
+
+    # -- packing -----------------------------------------------------------------------------
+    def add(self, ids: np.ndarray | Sequence[int], component: int) -> list[Window]:
+        """Append one document to its component; return the windows it completes (often none,
+        several for a long document)."""
+        if not 0 <= component < self.num_components:
+            msg = (
+                f"component {component} is out of range; this packer has "
+                f"num_components={self.num_components}"
+            )
+            raise PackingError(msg)
+        tokens = self._as_tokens(ids)
+        if len(tokens) == 0:
+            return []
+        pieces = self._pieces[component]
+        self._starts[component].append(self._lengths[component])
+        if self._bos is not None:
+            pieces.append(self._bos)
+        pieces.append(tokens)
+        pieces.append(self._eos)
+        self._lengths[component] += len(tokens) + 1 + (self._bos is not None)
+        if self._lengths[component] < self.seq_len + 1:
+            return []
+        return self._emit(component)
+
+    def _as_tokens(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
+        if isinstance(ids, np.ndarray):
+            if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+                msg = f"a document must be a 1-d array of token ids, got {ids.dtype} {ids.shape}"
+                raise PackingError(msg)
+            array = ids
+        else:
+            if len(ids) == 0:
+                return np.empty(0, dtype=np.int32)
+            try:
+                array = np.asarray(ids, dtype=np.int64)
+            except (TypeError, ValueError, OverflowError) as exc:
+                msg = f"a document must be a sequence of integer token ids ({exc})"
+                raise PackingError(msg) from exc
+            if array.ndim != 1:
+                msg = f"a document must be a flat sequence of token ids, got shape {array.shape}"
+                raise PackingError(msg)
+        if array.size and (int(array.min()) < 0 or int(array.max()) > _INT32_MAX):
+            msg = (
+                f"token ids must lie in [0, 2**31), got values from {int(array.min())} to "
+                f"{int(array.max())}"
+            )
+            raise PackingError(msg)
+        return array.astype(np.int32)  # a copy: the caller may reuse its array
+
+    def _emit(self, component: int) -> list[Window]:
+        length = self.seq_len
+        stream = np.concatenate(self._pieces[component])
+        starts = np.asarray(self._starts[component], dtype=np.int64)
+        n = (len(stream) - 1) // length  # windows ready
+        end = n * length
+        inputs = stream[:end].reshape(n, length)
+        labels = stream[1 : end + 1].reshape(n, length).copy()  # own memory: may be edited
+        flat = np.zeros(end, dtype=bool)
+        flat[starts[starts < end]] = True
+        marks = flat.reshape(n, length)
+        marks[:, 0] = True  # a window always starts a segment
+        position_ids = _positions(marks)
+        domain = np.full(length, component, dtype=np.int32)
+        bounds_end = np.array([length], dtype=np.int32)
+        windows = [
+            Window(
+                input_ids=inputs[i],
+                labels=labels[i],
+                domain_ids=domain.copy(),
+                position_ids=position_ids[i],
+                cu_seqlens=np.concatenate([np.flatnonzero(marks[i]).astype(np.int32), bounds_end]),
+                component=component,
+            )
+            for i in range(n)
+        ]
+        rest = stream[end:].copy()  # 1..seq_len tokens; rest[0] is the overlap token
+        self._pieces[component] = [rest]
+        self._lengths[component] = len(rest)
+        self._starts[component] = (starts[starts >= end] - end).tolist()
+        return windows
+
+    # -- end of stream -----------------------------------------------------------------------
+    def pending(self) -> list[int]:
+        """Per component, the buffered tokens that have not been a target yet."""
+        return [max(n - 1, 0) for n in self._lengths]
+
+    def flush(self, *, pad_id: int | None = None) -> list[Window]:
+        """End of stream: empty every buffer. Without ``pad_id`` the pending tokens are dropped
+        (logged) and no window is returned; with it, each component with pending targets gets
+        one last window padded to ``seq_len`` (labels ``IGNORE_INDEX`` on the padding)."""
+        _check_id("pad_id", pad_id)
+        lost = self.pending()
+        windows = []
+        if pad_id is not None:
+            for component in range(self.num_components):
+                if lost[component] > 0:
+                    windows.append(self._padded(component, pad_id))
+        elif any(lost):
+            logger.info("packer flush dropped pending target tokens per component: %s", lost)
+        for component in range(self.num_components):
+            self._pieces[component] = []
+            self._lengths[component] = 0
+            self._starts[component] = []
+        return windows
+
+    def _padded(self, component: int, pad_id: int) -> Window:
+        length = self.seq_len
+        stream = np.concatenate(self._pieces[component])
+        real = len(stream) - 1  # 1 <= real < seq_len + 1 inputs with a real label
+        input_ids = np.full(length, pad_id, dtype=np.int32)
+        input_ids[:real] = stream[:real]
+        labels = np.full(length, IGNORE_INDEX, dtype=np.int32)
+        labels[:real] = stream[1:]
+        marks = np.zeros(length, dtype=bool)
+        starts = np.asarray(self._starts[component], dtype=np.int64)
+        marks[starts[starts < real]] = True
+        marks[0] = True
+        if real < length:
+            marks[real] = True  # the padding is a segment of its own
+        return Window(
+            input_ids=input_ids,
+            labels=labels,
+            domain_ids=np.full(length, component, dtype=np.int32),
+            position_ids=_positions(marks[None, :])[0],
+            cu_seqlens=np.append(np.flatnonzero(marks), length).astype(np.int32),
+            component=component,
+        )
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> PackerState:
+        """The buffered tokens of each component (at most ``seq_len`` each); JSON-able."""
+        tokens = [np.concatenate(p).tolist() if p else [] for p in self._pieces]
+        return PackerState(
+            version=STATE_VERSION,
+            seq_len=self.seq_len,
+            eos_id=self.eos_id,
+            bos_id=self.bos_id,
+            tokens=tokens,
+            starts=[list(s) for s in self._starts],
+        )
+
+    def load_state_dict(self, state: PackerState) -> None:
+        """Continue exactly where the packer that saved ``state`` stopped."""
+        if state.get("version") != STATE_VERSION:
+            msg = f"packer state version {state.get('version')!r}, expected {STATE_VERSION}"
+            raise StateError(msg)
+        saved = (state["seq_len"], state["eos_id"], state["bos_id"], len(state["tokens"]))
+        mine = (self.seq_len, self.eos_id, self.bos_id, self.num_components)
+        if saved != mine:
+            names = ("seq_len", "eos_id", "bos_id", "num_components")
+            diff = ", ".join(
+                f"{name} {a!r} (saved) vs {b!r}"
+                for name, a, b in zip(names, saved, mine, strict=True)
+                if a != b
+            )
+            msg = f"packer state was saved with other options: {diff}; build the same packer"
+            raise StateError(msg)
+        if len(state["starts"]) != self.num_components:
+            msg = "packer state is inconsistent: 'tokens' and 'starts' differ in length"
+            raise StateError(msg)
+        for component, (tokens, starts) in enumerate(
+            zip(state["tokens"], state["starts"], strict=True)
+        ):
+            if len(tokens) > self.seq_len or any(not 0 <= s < len(tokens) for s in starts):
+                msg = f"packer state of component {component} is inconsistent (corrupt state?)"
+                raise StateError(msg)
+            self._pieces[component] = [np.asarray(tokens, dtype=np.int32)] if tokens else []
+            self._lengths[component] = len(tokens)
+            self._starts[component] = [int(s) for s in starts]
+
+
+def _positions(marks: np.ndarray) -> np.ndarray:
+    """Per row, each index minus the index of the latest segment start at or before it
+    (``marks[:, 0]`` must be True)."""
+    index = np.broadcast_to(np.arange(marks.shape[1], dtype=np.int32), marks.shape)
+    latest = np.maximum.accumulate(np.where(marks, index, 0), axis=1)
+    return (index - latest).astype(np.int32)
