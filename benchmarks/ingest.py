@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
 import itertools
 import json
@@ -44,11 +43,9 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import numpy as np
@@ -56,6 +53,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from common import best_of, join_rows, load, print_summary, timed
 
 from mixplane.catalog import Catalog
 
@@ -92,13 +90,6 @@ class Corpus:
     seconds: float
 
 
-def _join(items: pa.Array, per_row: int, separator: str) -> pa.Array:
-    """Rows of ``per_row`` consecutive items joined by ``separator`` (Arrow, no Python loop)."""
-    rows = len(items) // per_row
-    offsets = pa.array(np.arange(0, rows * per_row + 1, per_row, dtype=np.int32))
-    return pc.binary_join(pa.ListArray.from_arrays(offsets, items), separator)
-
-
 def _phrases(rng: np.random.Generator) -> pa.Array:
     """PHRASES phrases of WORDS_PER_PHRASE random-letter words (2..11 letters, ~59 chars)."""
     lengths = rng.integers(2, 12, VOCABULARY)
@@ -109,13 +100,13 @@ def _phrases(rng: np.random.Generator) -> pa.Array:
         VOCABULARY, pa.py_buffer(offsets), pa.py_buffer(letters.tobytes())
     )
     picks = rng.integers(0, VOCABULARY, PHRASES * WORDS_PER_PHRASE)
-    return _join(words.take(pa.array(picks)), WORDS_PER_PHRASE, " ")
+    return join_rows(words.take(pa.array(picks)), WORDS_PER_PHRASE, " ")
 
 
 def _texts(rng: np.random.Generator, n: int, phrases: pa.Array) -> pa.Array:
     """n texts of PHRASES_PER_SAMPLE phrases (~900 chars each)."""
     picks = rng.integers(0, PHRASES, n * PHRASES_PER_SAMPLE)
-    return _join(phrases.take(pa.array(picks)), PHRASES_PER_SAMPLE, " ")
+    return join_rows(phrases.take(pa.array(picks)), PHRASES_PER_SAMPLE, " ")
 
 
 def generate(directory: Path, samples: int, seed: int = 0) -> Corpus:
@@ -184,13 +175,6 @@ def generate(directory: Path, samples: int, seed: int = 0) -> Corpus:
 
 
 # -- measurements ------------------------------------------------------------------------------
-
-
-def timed(run: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    start = time.perf_counter()
-    result = run()
-    return time.perf_counter() - start, result
 
 
 def register_mixplane(
@@ -279,15 +263,6 @@ def text_lengths(path: Path) -> int:
         text = pf.read_row_group(group, columns=["text"]).column("text")
         total += int(pc.sum(pc.binary_length(text)).as_py())
     return total
-
-
-def best_of(times: int, run: Callable[[], Any]) -> tuple[float, Any]:
-    results = [timed(run) for _ in range(times)]
-    return min(results, key=lambda r: r[0])
-
-
-def load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def rate(samples: int, seconds: float) -> str:
@@ -453,13 +428,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         ("corpus generation", f"{corpus.seconds:.1f} s", "-", None),
         ("load average (1/5/15 min) at end", load(), "-", None),
     ]  # fmt: skip
-    print(
-        f"\n## Summary ({n:,} samples, {datetime.date.today()}, {os.cpu_count()} CPUs)\n\n"
-        "| metric | value | target | met |\n|---|---|---|---|"
-    )
-    for metric, value, target, met in rows:
-        mark = "" if met is None else ("yes" if met else "**no**")
-        print(f"| {metric} | {value} | {target} | {mark} |")
+    print_summary(f"{n:,} samples", ["metric", "value", "target", "met"], rows)
 
 
 if __name__ == "__main__":

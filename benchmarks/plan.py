@@ -34,7 +34,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import os
 import platform
@@ -42,13 +41,13 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import numpy as np
 import orjson
+from common import load, print_summary
 
 from mixplane.chunking.order import ComponentOrder
 from mixplane.chunking.planner import Planner
@@ -143,13 +142,6 @@ def planner(
 
 
 # -- measurements ------------------------------------------------------------------------------
-
-
-def timed(run: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    start = time.perf_counter()
-    result = run()
-    return time.perf_counter() - start, result
 
 
 def throughput(parts: list[dict[str, np.ndarray]], weights: np.ndarray, unit: Unit,
@@ -269,10 +261,6 @@ def job_resume(client: Client, k: int, repeat: int) -> tuple[list[float], int, f
         got = (first.chunk, first.file_id, first.ordinal)
         assert got == (expected.chunk, expected.file_id, expected.ordinal), (got, expected)
     return times, len(blob), streamed
-
-
-def load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def ms(seconds: float) -> str:
@@ -419,13 +407,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
          "near 1 (<= 1.5)", job_ratio <= RATIO_TARGET),
         ("load average (1/5/15 min) at end", load(), "-", None),
     ]  # fmt: skip
-    print(
-        f"\n## Summary ({datetime.date.today()}, {os.cpu_count()} CPUs)\n\n"
-        "| metric | value | target | met |\n|---|---|---|---|"
-    )
-    for metric, value, target, met in rows:
-        mark = "" if met is None else ("yes" if met else "**no**")
-        print(f"| {metric} | {value} | {target} | {mark} |")
+    print_summary("planning and resume", ["metric", "value", "target", "met"], rows)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime
 import gc
 import multiprocessing
 import os
@@ -46,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
+from common import join_rows, load, print_summary
 
 from mixplane.client import Client
 
@@ -67,12 +66,6 @@ CHUNK_RATIO_TARGET = 0.8
 # -- corpus ------------------------------------------------------------------------------------
 
 
-def _join(items: pa.Array, per_row: int, separator: str) -> pa.Array:
-    rows = len(items) // per_row
-    offsets = pa.array(np.arange(0, rows * per_row + 1, per_row, dtype=np.int32))
-    return pc.binary_join(pa.ListArray.from_arrays(offsets, items), separator)
-
-
 def generate(directory: Path, samples: int, seed: int = 0) -> tuple[list[Path], float]:
     """FILES JSONL files holding ``samples`` records in all; returns (paths, seconds)."""
     start = time.perf_counter()
@@ -84,7 +77,7 @@ def generate(directory: Path, samples: int, seed: int = 0) -> tuple[list[Path], 
     words = pa.StringArray.from_buffers(
         VOCABULARY, pa.py_buffer(offsets), pa.py_buffer(letters.tobytes())
     )
-    phrases = _join(
+    phrases = join_rows(
         words.take(pa.array(rng.integers(0, VOCABULARY, PHRASES * WORDS_PER_PHRASE))),
         WORDS_PER_PHRASE,
         " ",
@@ -98,7 +91,9 @@ def generate(directory: Path, samples: int, seed: int = 0) -> tuple[list[Path], 
             for first in range(bounds[f], bounds[f + 1], CHUNK_ROWS):
                 n = min(CHUNK_ROWS, bounds[f + 1] - first)
                 picks = rng.integers(0, PHRASES, n * PHRASES_PER_SAMPLE)
-                texts = _join(phrases.take(pa.array(picks)), PHRASES_PER_SAMPLE, " ").to_pylist()
+                texts = join_rows(
+                    phrases.take(pa.array(picks)), PHRASES_PER_SAMPLE, " "
+                ).to_pylist()
                 language = rng.integers(0, len(LANGUAGES), n).tolist()
                 source = rng.integers(0, len(SOURCES), n).tolist()
                 out.write(
@@ -168,10 +163,6 @@ def shares(home: Path, chunk_size: int, count: int) -> list[float]:
         names = [c.selector for c in job.result.components]
     by_name = dict(zip(names, (counts / counts.sum()).tolist(), strict=True))
     return [by_name.get(s, 0.0) for s in MIXTURE]
-
-
-def load() -> str:
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def describe(count: int, seconds: float, nbytes: int) -> str:
@@ -311,13 +302,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         (f"submit (query, orders), chunk {c}", f"{submits[f'chunk {c}']:.2f} s", "", "-", None)
         for c in CHUNK_SIZES
     ] + [("load average (1/5/15 min) at end", load(), "", "-", None)]  # fmt: skip
-    print(
-        f"\n## Summary ({n:,} of {args.samples:,} samples, {datetime.date.today()}, "
-        f"{os.cpu_count()} CPUs)\n\n| metric | value | text | target | met |\n|---|---|---|---|---|"
+    print_summary(
+        f"{n:,} of {args.samples:,} samples", ["metric", "value", "text", "target", "met"], rows
     )
-    for metric, value, text, target, met in rows:
-        mark = "" if met is None else ("yes" if met else "**no**")
-        print(f"| {metric} | {value} | {text} | {target} | {mark} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmark scripts: timing, load average, text generation, summaries."""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def timed(run: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds, result) of one call, after a garbage collection."""
+    gc.collect()
+    start = time.perf_counter()
+    result = run()
+    return time.perf_counter() - start, result
+
+
+def best_of(times: int, run: Callable[[], Any]) -> tuple[float, Any]:
+    return min((timed(run) for _ in range(times)), key=lambda r: r[0])
+
+
+def load() -> str:
+    """The load average (1/5/15 min): figures on a shared machine need it beside them."""
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def join_rows(items: pa.Array, per_row: int, separator: str) -> pa.Array:
+    """Rows of ``per_row`` consecutive items joined by ``separator`` (Arrow, no Python loop)."""
+    rows = len(items) // per_row
+    offsets = pa.array(np.arange(0, rows * per_row + 1, per_row, dtype=np.int32))
+    return pc.binary_join(pa.ListArray.from_arrays(offsets, items), separator)
+
+
+def print_summary(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A markdown table; a last column of True/False/None prints as yes/**no**/blank."""
+    print(f"\n## Summary ({title}, {datetime.date.today()}, {os.cpu_count()} CPUs)\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for *cells, met in rows:
+        mark = "" if met is None else ("yes" if met else "**no**")
+        print("| " + " | ".join(str(c) for c in cells) + f" | {mark} |")
