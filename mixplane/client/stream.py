@@ -67,6 +67,21 @@ class Stream:
             j += 1
 
     def __iter__(self) -> Iterator[Sample]:
+        for samples in self._chunk_rests():
+            state = self._state
+            begin = state["offset"]
+            for i in range(len(samples)):
+                state["offset"] = begin + i + 1
+                yield samples[i]
+
+    def chunk_rests(self) -> Iterator[list[Sample]]:
+        """The unread rest of each chunk, one list per chunk. Right after a list is returned
+        the position is that list's start; it moves past the list when the next is asked."""
+        for samples in self._chunk_rests():
+            yield samples
+            self._state["offset"] += len(samples)
+
+    def _chunk_rests(self) -> Iterator[list[Sample]]:
         reader = self.job.reader()
         shuffle = self.job.spec.order == "shuffled"
         ahead: list[tuple[ChunkSpec, int]] = []
@@ -87,10 +102,7 @@ class Stream:
                 )
             spec, start = ahead.pop(0)
             samples = ready.pop(0)
-            state = self._state
-            for i in range(start + state["offset"], len(samples)):
-                state["offset"] = i + 1 - start
-                yield samples[i]
+            yield samples[start + self._state["offset"] :]
             self._state["j"] += 1
             self._state["offset"] = 0
             if not ahead:
