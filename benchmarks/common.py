@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, parent: Path | None = None, *, keep: bool = False) -> Iterator[Path]:
+    """A fresh temporary folder (inside ``parent`` if given), removed afterwards unless ``keep``;
+    only this folder is ever deleted, never ``parent``."""
+    if parent is not None:
+        parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def timed(run: Callable[[], Any]) -> tuple[float, Any]:

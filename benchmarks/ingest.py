@@ -40,8 +40,6 @@ import os
 import platform
 import pstats
 import resource
-import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -53,7 +51,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from common import best_of, join_rows, load, print_summary, timed
+from common import best_of, join_rows, load, print_summary, scratch, timed
 
 from mixplane.catalog import Catalog
 
@@ -291,19 +289,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.samples < 1 or args.repeat < 1:
         parser.error("--samples and --repeat must be at least 1")
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="mixplane-bench-", dir=args.workdir))
-    print(
-        f"mixplane ingest benchmark: {args.samples:,} samples, repeat {args.repeat}, "
-        f"{os.cpu_count()} CPUs, python {platform.python_version()}, duckdb {duckdb.__version__}, "
-        f"pyarrow {pa.__version__}; workdir {workdir}; load average {load()}"
-    )
-    try:
+    with scratch("mixplane-bench-", args.workdir, keep=args.keep) as workdir:
+        print(
+            f"mixplane ingest benchmark: {args.samples:,} samples, repeat {args.repeat}, "
+            f"{os.cpu_count()} CPUs, python {platform.python_version()}, duckdb {duckdb.__version__}, "
+            f"pyarrow {pa.__version__}; workdir {workdir}; load average {load()}"
+        )
         run(args, workdir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:

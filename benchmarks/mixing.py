@@ -19,11 +19,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
+from common import scratch
 
 from mixplane.client import Client
 from mixplane.demo.corpus import build_corpus
@@ -94,58 +93,65 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=10_000_000)
     parser.add_argument("--spread-samples", type=int, default=20_000)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mixplane-mixing-"))
-    start = time.perf_counter()
-    parts = build_corpus(work / "corpus")
-    with Client.local(work / "home") as client:
-        for part in parts:
-            client.catalog.register(
-                part.name,
-                list(part.paths),
-                format=part.format,
-                properties=part.fields,
-                constants=part.constants,
-                progress=False,
+    with scratch("mixplane-mixing-") as work:
+        start = time.perf_counter()
+        parts = build_corpus(work / "corpus")
+        with Client.local(work / "home") as client:
+            for part in parts:
+                client.catalog.register(
+                    part.name,
+                    list(part.paths),
+                    format=part.format,
+                    properties=part.fields,
+                    constants=part.constants,
+                    progress=False,
+                )
+            texts = client.catalog.sample_texts(
+                client.catalog.components().runs, np.arange(0, 8000, 4)
             )
-        texts = client.catalog.sample_texts(client.catalog.components().runs, np.arange(0, 8000, 4))
-        tokenizer = train_bpe(texts, vocab_size=4000)
-        # submitted before count_tokens: no stored counts, so the job samples a ratio
-        sampled = client.submit(
-            "sampled", mixture=MIX, unit="tokens", chunk_size=20_000, seed=1, tokenizer=tokenizer
-        )
-        assert set(sampled.token_source.values()) == {"sampled"}
-        client.catalog.count_tokens(tokenizer, progress=False)
-        sizes = true_sizes(client, tokenizer.fingerprint)
-        print(
-            f"corpus + tokenizer + counts ready in {time.perf_counter() - start:.1f} s; "
-            f"{sum(sizes.values()):,} tokens in {len(sizes):,} samples; load {os.getloadavg()}"
-        )
-        print(f"\n## token shares after {args.tokens:,} tokens (worst |realized - target|)")
-        rows = []
-        for label, kwargs in (
-            ("exact counts (count_tokens)", {"unit": "tokens", "tokenizer": tokenizer}),
-            ("sampled bytes/token ratio", {"unit": "tokens", "sampled": True}),
-            ("fixed 4 bytes per token", {"unit": "tokens", "bytes_per_token": 4.0}),
-            ("baseline: mixture in samples", {"unit": "samples"}),
-        ):
-            kw = dict(kwargs)
-            if kw.pop("sampled", False):
-                job = sampled
-            else:
-                chunk = 20_000 if kw["unit"] == "tokens" else 60
-                job = client.submit(label, mixture=MIX, chunk_size=chunk, seed=1, **kw)
-            t = time.perf_counter()
-            error, planned = share_error(job, sizes, args.tokens)
-            rows.append((label, error, planned, time.perf_counter() - t))
-            print(f"  {label:<32} {error:6.3f} pp  ({planned:,} tokens, {rows[-1][3]:.1f} s)")
-        print("\n## spread over windows of 100 consecutive samples (worst share deviation)")
-        job = client.submit("spread", mixture=MIX, chunk_size=1000, seed=1)
-        worst = spread(job, args.spread_samples)
-        print(f"  mixplane (interleaved chunks of 1000): {worst:.3f}  (Mixtera default: 0.60)")
-        print("\n| measure | value |\n| --- | --- |")
-        for label, error, planned, _ in rows:
-            print(f"| token share error, {label} | {error:.3f} pp after {planned:,} tokens |")
-        print(f"| worst share deviation over 100-sample windows | {worst:.3f} |")
+            tokenizer = train_bpe(texts, vocab_size=4000)
+            # submitted before count_tokens: no stored counts, so the job samples a ratio
+            sampled = client.submit(
+                "sampled",
+                mixture=MIX,
+                unit="tokens",
+                chunk_size=20_000,
+                seed=1,
+                tokenizer=tokenizer,
+            )
+            assert set(sampled.token_source.values()) == {"sampled"}
+            client.catalog.count_tokens(tokenizer, progress=False)
+            sizes = true_sizes(client, tokenizer.fingerprint)
+            print(
+                f"corpus + tokenizer + counts ready in {time.perf_counter() - start:.1f} s; "
+                f"{sum(sizes.values()):,} tokens in {len(sizes):,} samples; load {os.getloadavg()}"
+            )
+            print(f"\n## token shares after {args.tokens:,} tokens (worst |realized - target|)")
+            rows = []
+            for label, kwargs in (
+                ("exact counts (count_tokens)", {"unit": "tokens", "tokenizer": tokenizer}),
+                ("sampled bytes/token ratio", {"unit": "tokens", "sampled": True}),
+                ("fixed 4 bytes per token", {"unit": "tokens", "bytes_per_token": 4.0}),
+                ("baseline: mixture in samples", {"unit": "samples"}),
+            ):
+                kw = dict(kwargs)
+                if kw.pop("sampled", False):
+                    job = sampled
+                else:
+                    chunk = 20_000 if kw["unit"] == "tokens" else 60
+                    job = client.submit(label, mixture=MIX, chunk_size=chunk, seed=1, **kw)
+                t = time.perf_counter()
+                error, planned = share_error(job, sizes, args.tokens)
+                rows.append((label, error, planned, time.perf_counter() - t))
+                print(f"  {label:<32} {error:6.3f} pp  ({planned:,} tokens, {rows[-1][3]:.1f} s)")
+            print("\n## spread over windows of 100 consecutive samples (worst share deviation)")
+            job = client.submit("spread", mixture=MIX, chunk_size=1000, seed=1)
+            worst = spread(job, args.spread_samples)
+            print(f"  mixplane (interleaved chunks of 1000): {worst:.3f}  (Mixtera default: 0.60)")
+            print("\n| measure | value |\n| --- | --- |")
+            for label, error, planned, _ in rows:
+                print(f"| token share error, {label} | {error:.3f} pp after {planned:,} tokens |")
+            print(f"| worst share deviation over 100-sample windows | {worst:.3f} |")
 
 
 if __name__ == "__main__":

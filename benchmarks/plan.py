@@ -37,9 +37,7 @@ import argparse
 import gc
 import os
 import platform
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,7 +45,7 @@ from typing import Any
 import msgpack
 import numpy as np
 import orjson
-from common import load, print_summary
+from common import load, print_summary, scratch
 
 from mixplane.chunking.order import ComponentOrder
 from mixplane.chunking.planner import Planner
@@ -284,13 +282,8 @@ def main() -> None:
         f"files, {os.cpu_count()} CPUs, python {platform.python_version()}, numpy "
         f"{np.__version__}; load average {load()}"
     )
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="mixplane-plan-", dir=args.workdir))
-    try:
+    with scratch("mixplane-plan-", args.workdir) as workdir:
         run(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:

@@ -35,9 +35,7 @@ import multiprocessing
 import os
 import platform
 import pstats
-import shutil
 import statistics
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -45,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
-from common import join_rows, load, print_summary
+from common import join_rows, load, print_summary, scratch
 
 from mixplane.client import Client
 
@@ -195,20 +193,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.samples < 1 or args.read < 1 or args.repeat < 1:
         parser.error("--samples, --read and --repeat must be at least 1")
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="mixplane-read-", dir=args.workdir))
-    print(
-        f"mixplane read benchmark: corpus {args.samples:,} samples in {FILES} files, "
-        f"{args.read:,} streamed per run, repeat {args.repeat}, {os.cpu_count()} CPUs, "
-        f"python {platform.python_version()}, orjson {orjson.__version__}; workdir {workdir}; "
-        f"load average {load()}"
-    )
-    try:
+    with scratch("mixplane-read-", args.workdir, keep=args.keep) as workdir:
+        print(
+            f"mixplane read benchmark: corpus {args.samples:,} samples in {FILES} files, "
+            f"{args.read:,} streamed per run, repeat {args.repeat}, {os.cpu_count()} CPUs, "
+            f"python {platform.python_version()}, orjson {orjson.__version__}; workdir {workdir}; "
+            f"load average {load()}"
+        )
         run(args, workdir)
-    finally:
-        if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, workdir: Path) -> None:

@@ -16,9 +16,22 @@ from mixplane import col
 from mixplane.chunking import Topology
 from mixplane.client import Client
 
+JOB = {
+    "where": "quality >= 0.5",
+    "mixture": {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2},
+    "topology": Topology(dp_groups=2),
+    "chunk_size": 100,
+    "seed": 0,
+}
+
 
 def main() -> None:
-    root = Path(tempfile.mkdtemp(prefix="mixplane-quickstart-"))
+    with tempfile.TemporaryDirectory(prefix="mixplane-quickstart-") as tmp:
+        run(Path(tmp))
+    print("quickstart ok")
+
+
+def run(root: Path) -> None:
     data = root / "data.jsonl"
     with data.open("wb") as f:
         for i in range(600):
@@ -42,14 +55,7 @@ def main() -> None:
         result = client.catalog.explain(col("quality") >= 0.5, by=["language"])
         assert [c.samples for c in result.components] == [100, 100, 100]
 
-        job = client.submit(
-            "demo",
-            where="quality >= 0.5",
-            mixture={"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2},
-            topology=Topology(dp_groups=2),
-            chunk_size=100,
-            seed=0,
-        )
+        job = client.submit("demo", **JOB)  # type: ignore[arg-type]
         samples = list(itertools.islice(job.stream(dp_group=0), 300))
         shares = Counter(s.record["meta"]["language"] for s in samples)
         assert shares == {"en": 150, "de": 90, "fr": 60}, shares
@@ -57,17 +63,9 @@ def main() -> None:
 
         state = job.state_dict()  # O(components + consumers)
         rest = [s.ordinal for s in itertools.islice(job.stream(dp_group=0), 50)]
-        again = client.submit(
-            "demo",
-            where="quality >= 0.5",
-            mixture={"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2},
-            topology=Topology(dp_groups=2),
-            chunk_size=100,
-            seed=0,
-        )
+        again = client.submit("demo", **JOB)  # type: ignore[arg-type]
         again.load_state_dict(state)
         assert [s.ordinal for s in itertools.islice(again.stream(dp_group=0), 50)] == rest
-    print("quickstart ok")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ property computation and queries, and other processes talk to it (later through 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -179,7 +180,7 @@ class Catalog:
                 con.execute("ROLLBACK")
                 raise
         info = self.dataset(name)
-        return DatasetInfo(**{**_fields(info), "file_reports": tuple(reports)})
+        return dataclasses.replace(info, file_reports=tuple(reports))
 
     def _delete(self, dataset_id: int) -> None:
         self._con.execute(
@@ -708,18 +709,6 @@ def _values(name: str, function: Callable[..., Any], records: pa.Table, path: st
         msg = f"the function for {name!r} failed on a batch of {path}: {type(exc).__name__}: {exc}"
         raise RegistrationError(msg) from exc
     return as_column(name, values, records.num_rows, path)
-
-
-def _fields(info: DatasetInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "format": info.format,
-        "files": info.files,
-        "samples": info.samples,
-        "skipped": info.skipped,
-        "bytes": info.bytes,
-        "properties": info.properties,
-    }
 
 
 __all__ = ["Catalog", "DatasetInfo", "FileReport", "default_home"]

@@ -27,6 +27,7 @@ from mixplane.catalog.formats import (
     OnError,
     ScanBatch,
     ScanRequest,
+    compression_of,
     get_format,
 )
 from mixplane.catalog.properties import (
@@ -174,7 +175,7 @@ def register_files(
                 dataset_id,
                 str(path),
                 fmt,
-                _compression(path),
+                compression_of(path),
                 identity.size,
                 identity.mtime_ns,
                 identity.fingerprint,
@@ -203,12 +204,6 @@ def register_files(
             [prop, ptype.value],
         )
     return reports
-
-
-def _compression(path: Path) -> str | None:
-    from mixplane.catalog.formats import compression_of
-
-    return compression_of(path)
 
 
 def _rows(

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from mixplane.catalog.catalog import Catalog
 from mixplane.catalog.files import FileIdentity, check_unchanged
-from mixplane.catalog.formats import compression_of, webdataset
+from mixplane.catalog.formats import compression_of, dig, webdataset
 from mixplane.catalog.formats.jsonl import open_stream
 from mixplane.errors import CatalogError
 
@@ -112,14 +112,8 @@ class Reader:
         if "." not in field:
             texts = [_as_text(r.get(field)) for r in records]
         else:
-            texts = [self.text_of(file_id, r) for r in records]
+            texts = [_as_text(dig(r, field)) for r in records]
         return records, texts
-
-    def text_of(self, file_id: int, record: dict[str, Any]) -> str:
-        value: Any = record
-        for part in self._files[file_id].text_field.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        return _as_text(value)
 
     def _fd(self, info: FileInfo) -> int:
         fd = self._fds.get(info.file_id)

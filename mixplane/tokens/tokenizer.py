@@ -73,7 +73,27 @@ Normalization = Literal["NFC"]
 _EXTRA = "pip install 'mixplane[tokenizers]'"
 
 
-class HFTokenizer:
+class _Identified:
+    """What every tokenizer exposes beside encoding: its fingerprint and its EOS id."""
+
+    _fingerprint: str
+    _eos_id: int | None
+
+    def _identify(self, fingerprint: str, specials: Mapping[str, int]) -> None:
+        self._fingerprint = fingerprint
+        self._eos_id = next((specials[t] for t in EOS_TOKENS if t in specials), None)
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @property
+    def eos_id(self) -> int | None:
+        """The id of the first of ``EOS_TOKENS`` among the special tokens, else None."""
+        return self._eos_id
+
+
+class HFTokenizer(_Identified):
     """A Hugging Face ``tokenizers.Tokenizer``."""
 
     kind: ClassVar[Literal["hf"]] = "hf"
@@ -84,18 +104,10 @@ class HFTokenizer:
         assert isinstance(inner, _Inner)
         self._inner = inner
         self.source = source
-        self._fingerprint = hashlib.blake2b(inner.to_str().encode(), digest_size=16).hexdigest()
         specials = {t.content: i for i, t in inner.get_added_tokens_decoder().items() if t.special}
-        self._eos_id = next((specials[t] for t in EOS_TOKENS if t in specials), None)
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    @property
-    def eos_id(self) -> int | None:
-        """The id of the first of ``EOS_TOKENS`` that is a special token here, else None."""
-        return self._eos_id
+        self._identify(
+            hashlib.blake2b(inner.to_str().encode(), digest_size=16).hexdigest(), specials
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -115,7 +127,7 @@ class HFTokenizer:
         self._inner.save(str(path))
 
 
-class TiktokenTokenizer:
+class TiktokenTokenizer(_Identified):
     """A ``tiktoken.Encoding`` built from the bytes of a rank file.
 
     Text is encoded as ordinary text: a special token's spelling inside a document is counted as
@@ -165,8 +177,7 @@ class TiktokenTokenizer:
         digest = hashlib.blake2b(ranks, digest_size=16)
         for part in (pattern, json.dumps(sorted(specials.items())), normalize or ""):
             digest.update(b"\0" + part.encode())
-        self._fingerprint = digest.hexdigest()
-        self._eos_id = next((specials[t] for t in EOS_TOKENS if t in specials), None)
+        self._identify(digest.hexdigest(), specials)
 
     @classmethod
     def from_file(
@@ -184,15 +195,6 @@ class TiktokenTokenizer:
             special_tokens=special_tokens,
             normalize=normalize,
         )
-
-    @property
-    def fingerprint(self) -> str:
-        return self._fingerprint
-
-    @property
-    def eos_id(self) -> int | None:
-        """The id of the first of ``EOS_TOKENS`` among the special tokens, else None."""
-        return self._eos_id
 
     @property
     def vocab_size(self) -> int:
