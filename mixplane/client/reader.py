@@ -2,7 +2,7 @@
 
 Pointers of a file (offsets and lengths, or row groups and rows) are loaded from the catalog
 once per file and kept as numpy arrays (16 bytes per sample), so a chunk of any size costs no
-database round trip. JSONL ranges are read as windows of nearby lines (one seek and one read per
+database round trip. JSONL ranges are read as windows of nearby lines (``jsonl.read_lines``: one pread per
 window; compressed files are decompressed sequentially once and cached). Parquet row groups are
 decoded once and cached (a few at a time). Every file is checked against its registered size,
 mtime and fingerprint before its first read.
@@ -10,7 +10,6 @@ mtime and fingerprint before its first read.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -25,10 +24,9 @@ import pyarrow.parquet as pq
 from mixplane.catalog.catalog import Catalog
 from mixplane.catalog.files import FileIdentity, check_unchanged
 from mixplane.catalog.formats import compression_of, dig, webdataset
-from mixplane.catalog.formats.jsonl import open_stream
+from mixplane.catalog.formats.jsonl import open_stream, read_lines
 from mixplane.errors import CatalogError
 
-WINDOW_GAP = 64 << 10  # merge JSONL reads whose gap is below this many bytes
 OPEN_FILES = 64  # file descriptors kept open per reader
 ROW_GROUP_CACHE = 4
 
@@ -139,21 +137,7 @@ class Reader:
             return [
                 data[o : o + n] for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)
             ]
-        out: list[bytes] = [b""] * len(ordinals)
-        order = np.argsort(offsets, kind="stable")
-        so, sl = offsets[order], lengths[order]
-        ends = so + sl
-        cuts = np.flatnonzero(so[1:] - ends[:-1] > WINDOW_GAP) + 1
-        bounds = np.concatenate(([0], cuts, [len(so)])).tolist()
-        fd = self._fd(info)
-        order_list, so_list, sl_list = order.tolist(), so.tolist(), sl.tolist()
-        for a, b in itertools.pairwise(bounds):
-            start = so_list[a]
-            window = os.pread(fd, int(ends[a:b].max()) - start, start)
-            for idx in range(a, b):
-                o = so_list[idx] - start
-                out[order_list[idx]] = window[o : o + sl_list[idx]]
-        return out
+        return read_lines(self._fd(info), offsets, lengths)
 
     def _whole(self, info: FileInfo) -> bytes:
         data = self._decompressed.get(info.file_id)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import gzip
 import io
+import itertools
 import logging
 import mmap
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -549,6 +551,31 @@ def _slow(
     )
 
 
+#: Reads of lines closer than this are merged into one read of the span between them.
+WINDOW_GAP = 64 << 10
+
+
+def read_lines(fd: int, offsets: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+    """The lines at ``offsets`` of an uncompressed file, in the given order: sorted, merged into
+    windows (gaps under ``WINDOW_GAP``), one ``pread`` per window."""
+    out: list[bytes] = [b""] * len(offsets)
+    if len(offsets) == 0:
+        return out
+    order = np.argsort(offsets, kind="stable")
+    so, sl = offsets[order], lengths[order]
+    ends = so + sl
+    cuts = np.flatnonzero(so[1:] - ends[:-1] > WINDOW_GAP) + 1
+    bounds = np.concatenate(([0], cuts, [len(so)])).tolist()
+    order_list, so_list, sl_list = order.tolist(), so.tolist(), sl.tolist()
+    for a, b in itertools.pairwise(bounds):
+        start = so_list[a]
+        window = os.pread(fd, int(ends[a:b].max()) - start, start)
+        for idx in range(a, b):
+            o = so_list[idx] - start
+            out[order_list[idx]] = window[o : o + sl_list[idx]]
+    return out
+
+
 def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
     """Records at the given pointers (columns ``offset``, ``length``), in pointer order."""
     if pointers.column("offset").null_count:
@@ -562,14 +589,15 @@ def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
         first[inverse[::-1]] = np.arange(len(offsets))[::-1]
         once = read(path, pointers.take(pa.array(first)), text_field)
         return once.take(pa.array(inverse))
-    order = np.argsort(offsets, kind="stable")
-    lines: list[bytes] = [b""] * len(offsets)
     if compression_of(path) is None:
-        with path.open("rb") as f:
-            for i in order.tolist():
-                f.seek(int(offsets[i]))
-                lines[i] = f.read(int(lengths[i]))
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            lines = read_lines(fd, offsets, lengths)
+        finally:
+            os.close(fd)
     else:
+        order = np.argsort(offsets, kind="stable")
+        lines = [b""] * len(offsets)
         raw, stream = open_stream(path)
         with raw:
             pos = 0
