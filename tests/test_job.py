@@ -310,3 +310,42 @@ def test_interleave_spans_stay_close_to_shares() -> None:
         window = np.bincount(order[start : start + 100], minlength=4) / 100
         worst = max(worst, float(np.abs(window - share).max()))
     assert worst <= 0.03, worst
+
+
+def test_no_global_rng_is_touched(client: Client) -> None:
+    """Planning and streaming draw only from generators of (seed, purpose, index)."""
+    import random
+
+    np.random.seed(1234)
+    random.seed(1234)
+    np_state, py_state = np.random.get_state(), random.getstate()
+    job = client.submit("g", mixture=MIX, chunk_size=17, topology=Topology(dp_groups=2), seed=9)
+    keys(job.stream(1), 200)
+    list(job.plan(1))
+    after = np.random.get_state()
+    assert all(
+        np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+        for a, b in zip(np_state, after, strict=True)
+    )
+    assert random.getstate() == py_state
+
+
+def test_assignment_ignores_the_order_consumers_ask_in(client: Client) -> None:
+    """Which chunk a consumer gets depends on the chunk index only, never on arrival order."""
+    topo = Topology(dp_groups=2, workers=2)
+    consumers = [(g, w) for g in range(2) for w in range(2)]
+
+    def run(
+        order: list[tuple[int, int]], step: int
+    ) -> dict[tuple[int, int], list[tuple[int, int]]]:
+        job = client.submit("o", mixture=MIX, chunk_size=13, topology=topo, seed=4)
+        streams = {c: iter(job.stream(c[0], 0, c[1])) for c in order}
+        out: dict[tuple[int, int], list[tuple[int, int]]] = {c: [] for c in order}
+        for _ in range(60 // step):
+            for c in order:
+                out[c] += keys(streams[c], step)
+        return out
+
+    first = run(consumers, 60)
+    assert run(list(reversed(consumers)), 5) == first
+    assert run([consumers[2], consumers[0], consumers[3], consumers[1]], 1) == first
