@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,6 +43,29 @@ def write_corpus(root: Path, *, files: int = 3, per_file: int = 400, seed: int =
                 n += 1
         paths.append(path)
     return paths
+
+
+_SCRIPT = Path(sys.executable).with_name("mixplane")
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "mixplane.cli"]
+
+
+def run_cli(
+    home: Path, *args: str, cwd: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """The real ``mixplane`` command line on catalog ``home`` (MIXPLANE_HOME unset)."""
+    env = {k: v for k, v in os.environ.items() if k != "MIXPLANE_HOME"}
+    proc = subprocess.run(
+        [*COMMAND, "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 @pytest.fixture

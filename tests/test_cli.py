@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import run_cli
+
 LANGUAGES = ("en", "de", "fr")
-_SCRIPT = Path(sys.executable).with_name("mixplane")
-COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "mixplane.cli"]
 
 
 def records(n: int, prefix: str) -> list[dict[str, Any]]:
@@ -33,22 +31,7 @@ WEB = records(10, "w")
 WIKI = records(7, "k")
 
 
-def mixplane(
-    home: Path, *args: str, cwd: Path | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MIXPLANE_HOME"}
-    proc = subprocess.run(
-        [*COMMAND, "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+mixplane = run_cli
 
 
 @pytest.fixture(scope="module")

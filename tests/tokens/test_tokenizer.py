@@ -6,9 +6,6 @@ import base64
 import functools
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from mixplane.tokens.tokenizer import (
     load_tokenizer,
     train_bpe,
 )
+from tests.conftest import run_cli
 
 TEXTS = [
     "Hello world! 毕老师 1 + 1 = 2",
@@ -190,19 +188,7 @@ def test_train_bpe_is_deterministic() -> None:
 # -- command line ------------------------------------------------------------------------------
 
 
-def mixplane(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MIXPLANE_HOME"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mixplane.cli", "--home", str(home), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+mixplane = run_cli
 
 
 @pytest.fixture(scope="module")
