@@ -436,6 +436,11 @@ class Job:
         return out
 
     @property
+    def weights(self) -> np.ndarray:
+        """The weights in force for the next chunk planned."""
+        return self._planner.weights
+
+    @property
     def read_group(self) -> int:
         """How many of its chunks a stream reads together: groups start at fixed positions of
         the consumer's sequence (multiples of this), so how far planning has run ahead at any

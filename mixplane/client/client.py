@@ -118,7 +118,7 @@ class Client:
     def explain(self, job_id: str, *, chunks: int | None = None) -> dict[str, Any]:
         """Per component: samples, estimated tokens, share, what the job draws, epochs implied."""
         job = self.job(job_id)
-        weights = job._planner.weights
+        weights = job.weights
         per_chunk = job.spec.chunk_size
         total_budget = per_chunk * chunks if chunks is not None else None
         rows = []

@@ -54,6 +54,10 @@ class Stream:
     def state_dict(self) -> ConsumerState:
         return ConsumerState(j=self._state["j"], offset=self._state["offset"])
 
+    def load_state_dict(self, state: ConsumerState) -> None:
+        """Move this rank's position (the job's state must be loaded first)."""
+        self._state["j"], self._state["offset"] = int(state["j"]), int(state["offset"])
+
     def chunks(self) -> Iterator[tuple[ChunkSpec, int, int]]:
         """(chunk, first sample offset, j) for this consumer from its current position on (the
         position itself advances only as samples are consumed)."""
