@@ -78,7 +78,7 @@ class WindowStream:
         if state["tokenizer"] != self.tokenizer.fingerprint:
             msg = "the window stream state was saved with another tokenizer (fingerprints differ)"
             raise StateError(msg)
-        self._stream._state.update(state["stream"])
+        self._stream.load_state_dict(state["stream"])
         self._packer.load_state_dict(state["packer"])
         self._start = ConsumerState(j=state["stream"]["j"], offset=state["stream"]["offset"])
         self._start_packer = state["packer"]
