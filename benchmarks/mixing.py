@@ -98,14 +98,7 @@ def main() -> None:
         parts = build_corpus(work / "corpus")
         with Client.local(work / "home") as client:
             for part in parts:
-                client.catalog.register(
-                    part.name,
-                    list(part.paths),
-                    format=part.format,
-                    properties=part.fields,
-                    constants=part.constants,
-                    progress=False,
-                )
+                part.register(client.catalog, progress=False)
             texts = client.catalog.sample_texts(
                 client.catalog.components().runs, np.arange(0, 8000, 4)
             )

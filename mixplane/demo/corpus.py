@@ -108,6 +108,18 @@ class CorpusPart:
     constants: dict[str, str]
     fields: dict[str, str]
 
+    def register(self, catalog: Any, *, progress: bool | None = None) -> Any:
+        """Register this part in ``catalog`` (replacing an earlier registration)."""
+        return catalog.register(
+            self.name,
+            list(self.paths),
+            format=self.format,
+            properties=self.fields,
+            constants=self.constants,
+            replace=True,
+            progress=progress,
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Source:

@@ -81,14 +81,7 @@ def run_demo(
     )
     with Catalog.open(root) as cat:
         for part in parts:
-            info = cat.register(
-                part.name,
-                list(part.paths),
-                format=part.format,
-                properties=part.fields,
-                constants=part.constants,
-                replace=True,
-            )
+            info = part.register(cat)
             echo(
                 f"  registered {info.name:<18} {info.files:>2} files {info.samples:>6} samples "
                 f"{info.bytes / 1e6:>6.2f} MB  ({part.format})"
