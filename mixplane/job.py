@@ -9,12 +9,14 @@ lowest unfinished chunk, the mixture log, the assignment segment and each consum
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar
 
 import numpy as np
 
@@ -30,6 +32,7 @@ from mixplane.chunking.order import (
 from mixplane.chunking.planner import OnExhausted, Planner, PlannerState
 from mixplane.chunking.spec import ChunkSpec, Unit
 from mixplane.client.reader import Reader
+from mixplane.client.snapshot import JobSnapshot
 from mixplane.client.stream import READ_AHEAD_SAMPLES, ConsumerState, Stream
 from mixplane.errors import PlanError, StateError
 from mixplane.mixture.mixture import Mixture
@@ -61,6 +64,15 @@ class Phase:
             "mixture": self.mixture.to_json(),
             "on_exhausted": self.on_exhausted,
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Phase:
+        return cls(
+            start=int(data["start"]),
+            mixture=Mixture.from_json(data["mixture"]),
+            where=data.get("where"),
+            on_exhausted=data.get("on_exhausted", "repeat"),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +140,21 @@ class JobSpec:
             "algorithm_options": dict(self.algorithm_options),
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JobSpec:
+        """The spec from ``to_json``'s form (a job snapshot, a state file, a server request)."""
+        fields = dict(data)
+        try:
+            fields["mixture"] = Mixture.from_json(fields["mixture"])
+            fields["schedule"] = tuple(Phase.from_json(p) for p in fields.get("schedule", ()))
+            fields["algorithm_options"] = tuple(
+                sorted(dict(fields.get("algorithm_options") or {}).items())
+            )
+            return cls(**fields)
+        except (KeyError, TypeError) as exc:
+            msg = f"not a job definition ({exc}); expected the form JobSpec.to_json() writes"
+            raise PlanError(msg) from None
+
     def fingerprint(self) -> str:
         return hashlib.blake2b(
             json.dumps(self.to_json(), sort_keys=True).encode(), digest_size=16
@@ -147,20 +174,54 @@ class JobState(TypedDict):
     frontier: int
     carried: list[list[int]]
     consumers: dict[str, ConsumerState]
+    scope: list[int] | None  # the consumers this state holds, when not all (a part of the job)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[Job, _P], _R]) -> Callable[Concatenate[Job, _P], _R]:
+    """Run a Job method under the job's lock (prefetch threads plan while training threads
+    send feedback or take the state)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Job, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
 
 
 class Job:
+    """A job over an open catalog, or over a ``JobSnapshot`` (no catalog: another process).
+
+    ``local`` limits the consumers (dp_group, worker) this process serves; chunks are then
+    kept only for them, and the state holds only their positions (a part of the job, see
+    ``merge_states``). The default serves every consumer of the topology."""
+
     def __init__(
         self,
-        catalog: Catalog,
+        catalog: Catalog | None,
         spec: JobSpec,
         topology: Topology,
         tokenizer: Tokenizer | None = None,
+        *,
+        snapshot: JobSnapshot | None = None,
+        local: Collection[tuple[int, int]] | None = None,
     ) -> None:
         if (tokenizer.fingerprint if tokenizer else None) != spec.tokenizer:
             msg = "the job's tokenizer does not match spec.tokenizer (its fingerprint)"
             raise PlanError(msg)
+        if catalog is None and snapshot is None:
+            msg = "a job needs an open catalog or a job snapshot"
+            raise PlanError(msg)
+        self._lock = threading.RLock()
         self.catalog = catalog
+        self._snapshot = snapshot
+        self.local: frozenset[int] | None = None
+        if local is not None:
+            self.limit_consumers(local)
         self.tokenizer = tokenizer
         self.token_source: dict[str, str] = {}  # component key -> exact | sampled | bytes
         self.spec = spec
@@ -212,6 +273,8 @@ class Job:
     def _query(
         self, *, exclude_files: Sequence[int] = (), include_files: Sequence[int] | None = None
     ) -> QueryResult:
+        if self._snapshot is not None:
+            return self._snapshot_result(include_files)
         filters = [p.where for p in self.phases]
         members: list[str | None] = filters if len(filters) > 1 else []
         where = (
@@ -219,7 +282,7 @@ class Job:
             if any(f is None for f in filters)
             else (" or ".join(f"({f})" for f in filters) if len(filters) > 1 else filters[0])
         )
-        return self.catalog.components(
+        return self._catalog().components(
             where,
             by=self.by,
             sort_by=self.spec.sort_by if self.spec.order == "sorted" else None,
@@ -228,6 +291,29 @@ class Job:
             exclude_files=exclude_files,
             include_files=include_files,
         )
+
+    def _snapshot_result(self, include_files: Sequence[int] | None) -> QueryResult:
+        """The snapshot's answer to a query: the base result, or an extension's."""
+        assert self._snapshot is not None
+        if include_files is None:
+            return self._snapshot.results[0]
+        for g, ext in enumerate(self._snapshot.state["extensions"], start=1):
+            if sorted(ext["files"]) == sorted(include_files):
+                return self._snapshot.results[g]
+        msg = (
+            "the state names files added to the job after this snapshot was taken; take a new "
+            "snapshot (job.snapshot()) where the catalog is open"
+        )
+        raise StateError(msg)
+
+    def _catalog(self) -> Catalog:
+        if self.catalog is None:
+            msg = (
+                "this job runs from a snapshot, without the catalog; extend it or look for new "
+                "files where the catalog is open, then take a new snapshot"
+            )
+            raise PlanError(msg)
+        return self.catalog
 
     def _order(self, selector: str, runs: Any, generation: int) -> ComponentOrder:
         key = selector if generation == 0 else f"{selector}#{generation}"
@@ -248,18 +334,26 @@ class Job:
         """Per-sample tokens: exact counts for the job's tokenizer where the catalog has them;
         else byte lengths over a bytes-per-token ratio measured on a seeded sample of the
         component (``RATIO_SAMPLES``); else over ``bytes_per_token``."""
+        if self._snapshot is not None:
+            sizes = self._snapshot.sizes.get(key)
+            if sizes is None:
+                msg = f"the job snapshot has no token sizes for component {key!r}; take it again"
+                raise StateError(msg)
+            self.token_source[key] = self._snapshot.token_source.get(key, "bytes")
+            return sizes
+        catalog = self._catalog()
         if self.spec.tokenizer is not None:
-            exact = self.catalog.sample_tokens(runs, self.spec.tokenizer)
+            exact = catalog.sample_tokens(runs, self.spec.tokenizer)
             if exact is not None:
                 self.token_source[key] = "exact"
                 return np.maximum(exact, 1)
-        raw = self.catalog.sample_bytes(runs)
+        raw = catalog.sample_bytes(runs)
         ratio = self.spec.bytes_per_token
         self.token_source[key] = "bytes"
         if self.tokenizer is not None and len(raw):
             rng = generator(self.spec.seed, PURPOSE_RATIO, key_of(key))
             picks = np.sort(rng.choice(len(raw), size=min(RATIO_SAMPLES, len(raw)), replace=False))
-            texts = self.catalog.sample_texts(runs, picks)
+            texts = catalog.sample_texts(runs, picks)
             tokens = int(self.tokenizer.count_batch(texts).sum())
             nbytes = sum(len(t.encode()) for t in texts)
             if tokens > 0 and nbytes > 0:
@@ -280,9 +374,11 @@ class Job:
     def phase_at(self, chunk: int) -> int:
         return max(i for i, start in enumerate(self.phase_starts) if start <= chunk)
 
+    @_locked
     def extend(self) -> int:
         """Add components for samples registered since the job started (new files matching the
         filters); existing cursors are untouched. Returns the chunk from which they are mixed in."""
+        self._catalog()
         known = sorted(
             {int(f) for r in self._results for f in r.runs.column("file_id").to_pylist()}
         )
@@ -357,6 +453,7 @@ class Job:
         if pending is not None and pending["version"] > self._planner.mixture_version:
             self._planner.set_weights(np.asarray(pending["weights"]), version=pending["version"])
 
+    @_locked
     def chunk(self, index: int) -> ChunkSpec | None:
         """Chunk ``index`` (planning up to it), or None past the end of the stream."""
         while self._planner.next_chunk <= index:
@@ -388,6 +485,7 @@ class Job:
                 return
             yield spec
 
+    @_locked
     def feedback(self, step: int, loss_sum: Any, token_count: Any) -> int | None:
         """Per-component loss sums and token counts of a training step. With an adaptive
         mixture the algorithm may answer new weights; they apply from the next planned chunk,
@@ -402,6 +500,7 @@ class Job:
         self.mixture_log[-1]["step"] = step
         return at
 
+    @_locked
     def set_weights(self, weights: np.ndarray | Mapping[str, float]) -> int:
         """New weights in force from the next planned chunk; returns that chunk index."""
         if isinstance(weights, Mapping):
@@ -411,6 +510,7 @@ class Job:
         return self._change(np.asarray(weights, dtype=np.float64), cause="update")
 
     # -- consumers ---------------------------------------------------------------------------
+    @_locked
     def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream:
         """The samples of one consumer for one rank; ranks of a group get identical streams,
         each rank keeping its own position (they are separate processes in training)."""
@@ -429,11 +529,22 @@ class Job:
         for (consumer, _rank), s in self._ranks.items():
             live.setdefault(consumer, []).append(s)
         for consumer, states in live.items():
-            if len(states) < self.topology.ranks_per_group:  # a rank has not started yet
+            if self.local is None and len(states) < self.topology.ranks_per_group:
+                # a rank has not started yet (a limited job serves only the ranks it opens)
                 states = [*states, out.get(consumer, ConsumerState(j=0, offset=0))]
             low = min(states, key=lambda s: (s["j"], s["offset"]))
             out[consumer] = ConsumerState(j=low["j"], offset=low["offset"])
+        if self.local is not None:
+            out = {c: s for c, s in out.items() if c in self.local}
         return out
+
+    def limit_consumers(self, local: Collection[tuple[int, int]]) -> None:
+        """Serve only these consumers (dp_group, worker) in this process (see the class)."""
+        consumers = frozenset(self.topology.consumer(g, w) for g, w in local)
+        if not consumers:
+            msg = "limit_consumers needs at least one (dp_group, worker)"
+            raise PlanError(msg)
+        self.local = consumers
 
     @property
     def weights(self) -> np.ndarray:
@@ -456,10 +567,12 @@ class Job:
             self._reader = None
 
     def reader(self) -> Reader:
-        if self._reader is None:
-            self._reader = Reader(self.catalog)
-        return self._reader
+        with self._lock:
+            if self._reader is None:
+                self._reader = Reader(self._snapshot or self._catalog())
+            return self._reader
 
+    @_locked
     def _release(self) -> None:
         """Drop cached chunks and snapshots that no consumer can still need."""
         low = self._lowest_unfinished()
@@ -473,12 +586,13 @@ class Job:
         so it is the least of their current chunks (a consumer never opened counts at its
         restored position, or its first chunk)."""
         positions = self._positions()
+        served = self.local if self.local is not None else range(self.topology.consumers)
         return min(
-            self.assignment.chunk(c, positions[c]["j"] if c in positions else 0)[0]
-            for c in range(self.topology.consumers)
+            self.assignment.chunk(c, positions[c]["j"] if c in positions else 0)[0] for c in served
         )
 
     # -- state -------------------------------------------------------------------------------
+    @_locked
     def state_dict(self) -> JobState:
         """Consistent state of the job and all its consumers (O(components + consumers))."""
         low = min(self._lowest_unfinished(), self._planner.next_chunk)
@@ -504,8 +618,10 @@ class Job:
                 str(c): ConsumerState(j=s["j"], offset=s["offset"])
                 for c, s in sorted(self._positions().items())
             },
+            scope=sorted(self.local) if self.local is not None else None,
         )
 
+    @_locked
     def load_state_dict(self, state: JobState) -> None:
         """Continue from a saved state; the topology may differ (elastic restore)."""
         if state.get("version") != JOB_STATE_VERSION:
@@ -552,6 +668,22 @@ class Job:
             carried=tuple((k, o) for k, o in state["carried"]),
         )
         consumers = {int(c): s for c, s in state["consumers"].items()}
+        scope = state.get("scope")
+        if scope is not None:
+            if saved_topology != self.topology:
+                msg = (
+                    f"this state holds only consumers {scope} of the job (saved by one worker or "
+                    "rank); to restore under another topology, merge the states of all parts "
+                    "first (mixplane.job.merge_states)"
+                )
+                raise StateError(msg)
+            if self.local is None or not self.local <= set(scope):
+                msg = (
+                    f"this state holds only consumers {scope} of the job (saved by one worker or "
+                    "rank); restore it in a job limited to them (job.limit_consumers), or merge "
+                    "the states of all parts first (mixplane.job.merge_states)"
+                )
+                raise StateError(msg)
         self._ranks = {}
         if saved_topology == self.topology:
             self.assignment = saved
@@ -563,6 +695,99 @@ class Job:
 
     def end_of_stream(self) -> int | None:
         return self._last
+
+    # -- snapshots ---------------------------------------------------------------------------
+    @_locked
+    def snapshot(self) -> JobSnapshot:
+        """The job's definition, state and catalog data, to run it in another process
+        (``Job.from_snapshot``): DataLoader workers, ranks, tools without the catalog."""
+        state = dict(self.state_dict())
+        if self._snapshot is not None:
+            old = self._snapshot
+            rows, pointers = old.file_rows, old.file_pointers
+        else:
+            catalog = self._catalog()
+            files = sorted(
+                {int(f) for r in self._results for f in r.runs.column("file_id").to_pylist()}
+            )
+            rows = catalog.files()
+            keep = np.isin(rows.column("file_id").to_numpy(), np.asarray(files, dtype=np.int64))
+            rows = rows.filter(keep)
+            pointers = {f: catalog.pointers(f) for f in files}
+        return JobSnapshot(
+            spec=self.spec.to_json(),
+            topology=self.topology.to_json(),
+            state=state,
+            results=tuple(self._results),
+            sizes={o.key: o.sizes for o in self.orders},
+            token_source=dict(self.token_source),
+            file_rows=rows,
+            file_pointers=pointers,
+        )
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: JobSnapshot,
+        tokenizer: Tokenizer | None = None,
+        *,
+        topology: Topology | None = None,
+        local: Collection[tuple[int, int]] | None = None,
+    ) -> Job:
+        """The job of a snapshot, at the snapshot's state, without a catalog. ``topology``
+        other than the snapshot's restores elastically; ``local`` limits the consumers served."""
+        spec = JobSpec.from_json(snapshot.spec)
+        job = cls(
+            None,
+            spec,
+            topology or Topology(**snapshot.topology),
+            tokenizer,
+            snapshot=snapshot,
+            local=local,
+        )
+        job.load_state_dict(snapshot.state)  # type: ignore[arg-type]
+        return job
+
+
+def merge_states(states: Sequence[JobState]) -> JobState:
+    """One state of the whole job from the states of its parts (the workers or ranks that each
+    served some consumers, ``Job.limit_consumers``): positions of every part, the planner at the
+    lowest part's snapshot. Restore it in any topology."""
+    if not states:
+        msg = "merge_states needs at least one state"
+        raise StateError(msg)
+    first = states[0]
+    for other in states[1:]:
+        for key in ("version", "spec", "query", "topology", "frontier", "carried"):
+            if other[key] != first[key]:  # type: ignore[literal-required]
+                msg = f"the states to merge differ in {key!r}: they are not parts of one run"
+                raise StateError(msg)
+    low = min(states, key=lambda s: s["planner"]["next_chunk"])
+    consumers: dict[str, ConsumerState] = {}
+    for s in states:
+        consumers.update(s["consumers"])
+    scopes = [s.get("scope") for s in states]
+    scope = None
+    if all(sc is not None for sc in scopes):
+        covered = sorted({c for sc in scopes for c in sc or ()})
+        topology = Topology(**first["topology"])
+        scope = None if covered == list(range(topology.consumers)) else covered
+    longest = max(states, key=lambda s: len(s["mixture_log"]))
+    return JobState(
+        version=first["version"],
+        spec=first["spec"],
+        query=first["query"],
+        planner=low["planner"],
+        planned=max(s["planned"] for s in states),
+        algorithm=low["algorithm"],
+        extensions=longest["extensions"],
+        mixture_log=longest["mixture_log"],
+        topology=first["topology"],
+        frontier=first["frontier"],
+        carried=first["carried"],
+        consumers=dict(sorted(consumers.items(), key=lambda kv: int(kv[0]))),
+        scope=scope,
+    )
 
 
 def _redeal(

@@ -104,4 +104,8 @@ def make_algorithm(name: str, prior: np.ndarray, **options: Any) -> MixingAlgori
     except KeyError:
         msg = f"unknown mixing algorithm {name!r}; known: {sorted(ALGORITHMS)}"
         raise MixplaneError(msg) from None
-    return factory(prior, **options)
+    try:
+        return factory(prior, **options)
+    except TypeError as exc:
+        msg = f"bad options for mixing algorithm {name!r}: {exc}; see its documentation"
+        raise MixplaneError(msg) from None

@@ -7,7 +7,7 @@ server). The remote client (a later issue) has exactly this interface.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, Literal, Self
 
 import numpy as np
@@ -30,8 +30,10 @@ class Client:
         self._jobs: dict[str, Job] = {}
 
     @classmethod
-    def local(cls, home: str | os.PathLike[str] | None = None) -> Self:
-        return cls(Catalog.open(home))
+    def local(cls, home: str | os.PathLike[str] | None = None, *, read_only: bool = False) -> Self:
+        """A client over the catalog at ``home``. ``read_only`` lets several processes (the
+        ranks of a run) open one catalog at once while none writes to it."""
+        return cls(Catalog.open(home, read_only=read_only))
 
     def close(self) -> None:
         for job in self._jobs.values():
@@ -65,8 +67,10 @@ class Client:
         tokenizer: Tokenizer | None = None,
         algorithm: str | None = None,
         algorithm_options: Mapping[str, Any] | None = None,
+        local: Collection[tuple[int, int]] | None = None,
     ) -> Job:
-        """Create a job (replacing one with the same id in this client)."""
+        """Create a job (replacing one with the same id in this client). ``local`` limits the
+        consumers (dp_group, worker) this process serves (``Job.limit_consumers``)."""
         if not isinstance(mixture, Mixture):
             mixture = Mixture.from_json(mixture)
         spec = JobSpec(
@@ -88,7 +92,7 @@ class Client:
             algorithm=algorithm,
             algorithm_options=tuple(sorted((algorithm_options or {}).items())),
         )
-        job = Job(self.catalog, spec, topology or Topology(), tokenizer)
+        job = Job(self.catalog, spec, topology or Topology(), tokenizer, local=local)
         if job_id in self._jobs:
             self._jobs[job_id].close()
         self._jobs[job_id] = job

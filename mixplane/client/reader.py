@@ -11,17 +11,17 @@ mtime and fingerprint before its first read.
 from __future__ import annotations
 
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mixplane.catalog.catalog import Catalog
 from mixplane.catalog.files import FileIdentity, check_unchanged
 from mixplane.catalog.formats import compression_of, dig, webdataset
 from mixplane.catalog.formats.jsonl import open_stream, read_lines
@@ -40,11 +40,23 @@ class FileInfo:
     dataset: str
 
 
-class Reader:
-    """Reads samples (text and record) of registered files by (file id, ordinal)."""
+class PointerSource(Protocol):
+    """Where a reader finds file rows and sample pointers: the catalog, or a job snapshot."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def files(self) -> pa.Table: ...
+
+    def pointers(self, file_id: int) -> dict[str, np.ndarray]: ...
+
+
+class Reader:
+    """Reads samples (text and record) of registered files by (file id, ordinal).
+
+    Safe to share between threads (a lock around each read): the window streams of several
+    consumers in one process, with their prefetch threads, use one reader."""
+
+    def __init__(self, catalog: PointerSource) -> None:
         self._catalog = catalog
+        self._lock = threading.Lock()
         self._files: dict[int, FileInfo] = {}
         self._pointers: dict[int, dict[str, np.ndarray]] = {}
         self._row_groups: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
@@ -95,6 +107,12 @@ class Reader:
         self, file_id: int, ordinals: np.ndarray
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """Records at the ordinals, in the given order, and the text of each."""
+        with self._lock:
+            return self._read_with_text(file_id, ordinals)
+
+    def _read_with_text(
+        self, file_id: int, ordinals: np.ndarray
+    ) -> tuple[list[dict[str, Any]], list[str]]:
         ptr = self._load(file_id)
         info = self._files[file_id]
         if info.format == "jsonl":
@@ -123,9 +141,10 @@ class Reader:
         return fd
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
     def _jsonl_lines(
         self, info: FileInfo, ptr: dict[str, np.ndarray], ordinals: np.ndarray

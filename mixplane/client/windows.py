@@ -11,14 +11,25 @@ packer's state at that point, and how many of the chunk's windows were already y
 Restoring re-reads and re-tokenizes that one chunk and skips the windows already yielded, so the
 window stream continues exactly. Load the job's state first (``Job.load_state_dict``), then the
 window stream's.
+
+Prefetch: with ``prefetch=n`` (default ``PREFETCH_CHUNKS``) a background thread reads, tokenizes
+and packs up to n chunks ahead of the consumer (a bounded queue: memory is about n chunks of
+windows), so training never waits on data while the loader is faster. The producer has its own
+cursor; the job sees the consumer's position (the chunk being consumed), so job states and
+chunk release follow what was consumed, not what was prefetched. ``prefetch=0`` does the work
+in the consumer's thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, TypedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
-from mixplane.client.stream import ConsumerState
+from mixplane.client.stream import ConsumerState, Stream
 from mixplane.errors import StateError
 from mixplane.tokens.packing import Packer, PackerState, Window
 from mixplane.tokens.tokenizer import Tokenizer, TokenizerError
@@ -27,6 +38,7 @@ if TYPE_CHECKING:
     from mixplane.job import Job
 
 STATE_VERSION = 1
+PREFETCH_CHUNKS = 2  # chunks read, tokenized and packed ahead of the consumer by default
 
 
 class WindowStreamState(TypedDict):
@@ -35,6 +47,23 @@ class WindowStreamState(TypedDict):
     stream: ConsumerState  # consumer position at the start of the current chunk
     packer: PackerState  # packer state at that point
     windows: int  # windows of the current chunk already yielded
+
+
+class ChunkWindows(NamedTuple):
+    """The windows one chunk's rest completes, and where the stream stood before it."""
+
+    start: ConsumerState  # consumer position at the start of the chunk's rest
+    packer: PackerState  # packer state at that point
+    windows: list[Window]
+
+
+@dataclass(slots=True)
+class PrefetchStats:
+    """How the background producer kept up: chunks made, and how often the consumer waited."""
+
+    chunks_produced: int = 0
+    chunks_consumed: int = 0
+    waits: int = 0  # times the consumer found no chunk ready (after the first)
 
 
 class WindowStream:
@@ -48,7 +77,11 @@ class WindowStream:
         rank: int = 0,
         worker: int = 0,
         bos: bool = False,
+        prefetch: int = PREFETCH_CHUNKS,
     ) -> None:
+        if not isinstance(prefetch, int) or prefetch < 0:
+            msg = f"prefetch must be a number of chunks >= 0, got {prefetch!r}"
+            raise ValueError(msg)
         eos = getattr(tokenizer, "eos_id", None)
         if eos is None:
             msg = "the tokenizer has no end-of-sequence token; train or load one with an EOS"
@@ -61,6 +94,8 @@ class WindowStream:
         self._start: ConsumerState = self._stream.state_dict()
         self._start_packer: PackerState = self._packer.state_dict()
         self._windows = 0
+        self.prefetch = prefetch
+        self.stats = PrefetchStats()
 
     def state_dict(self) -> WindowStreamState:
         return WindowStreamState(
@@ -85,16 +120,109 @@ class WindowStream:
         self._windows = int(state["windows"])
 
     def __iter__(self) -> Iterator[Window]:
+        """The windows from the current position on; iterating again continues."""
+        chunks = self._produce(self._start, self._start_packer)
+        if self.prefetch > 0:
+            chunks = _prefetched(chunks, self.prefetch, self.stats)
         skip = self._windows
-        for samples in self._stream.chunk_rests():
-            self._start = self._stream.state_dict()  # the start of this chunk's rest
-            self._start_packer = self._packer.state_dict()
-            self._windows = skip
-            ids = self.tokenizer.encode_batch([s.text for s in samples])
+        try:
+            for item in chunks:
+                self.stats.chunks_consumed += 1
+                self._start, self._start_packer, self._windows = item.start, item.packer, skip
+                self._stream.load_state_dict(item.start)  # the job sees the consumed position
+                for window in item.windows[skip:]:
+                    self._windows += 1
+                    yield window
+                skip = 0
+        finally:
+            if isinstance(chunks, _Prefetch):
+                chunks.close()
+
+    def _produce(self, start: ConsumerState, packer_state: PackerState) -> Iterator[ChunkWindows]:
+        """Each chunk's rest from ``start`` on: read, tokenized in one batch, packed."""
+        cursor = Stream(self.job, self._stream.consumer, ConsumerState(**start))
+        packer = Packer(
+            self._packer.seq_len,
+            self._packer.eos_id,
+            self._packer.bos_id,
+            num_components=self._packer.num_components,
+        )
+        packer.load_state_dict(packer_state)
+        encode = self.tokenizer.encode_batch
+        for samples in cursor.chunk_rests():
+            begin = cursor.state_dict()
+            before = packer.state_dict()
+            ids = encode([s.text for s in samples])
             windows: list[Window] = []
+            add = packer.add
             for sample, doc in zip(samples, ids, strict=True):
-                windows += self._packer.add(doc, sample.component)
-            for window in windows[skip:]:
-                self._windows += 1
-                yield window
-            skip = 0
+                windows += add(doc, sample.component)
+            self.stats.chunks_produced += 1
+            yield ChunkWindows(begin, before, windows)
+
+
+_END = object()
+
+
+class _Failure(NamedTuple):
+    error: BaseException
+
+
+class _Prefetch(Iterator[ChunkWindows]):
+    """Runs a chunk producer in a daemon thread, at most ``depth`` chunks ahead."""
+
+    def __init__(self, source: Iterator[ChunkWindows], depth: int, stats: PrefetchStats) -> None:
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._stats = stats
+        self._first = True
+        self._thread = threading.Thread(
+            target=self._run, args=(source,), name="mixplane-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, source: Iterator[ChunkWindows]) -> None:
+        try:
+            for item in source:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            self._put(_Failure(exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __next__(self) -> ChunkWindows:
+        if self._queue.empty() and not self._first:
+            self._stats.waits += 1
+        self._first = False
+        item = self._queue.get()
+        if item is _END:
+            self._queue.put(_END)  # later calls end too
+            raise StopIteration
+        if isinstance(item, _Failure):
+            raise item.error
+        return item  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Stop the producer and wait for it (it finishes the chunk in hand)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                self._queue.get(timeout=0.05)
+        self._thread.join()
+
+
+def _prefetched(source: Iterator[ChunkWindows], depth: int, stats: PrefetchStats) -> _Prefetch:
+    return _Prefetch(source, depth, stats)
