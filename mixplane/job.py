@@ -220,12 +220,12 @@ class Job:
         self.catalog = catalog
         self._snapshot = snapshot
         self.local: frozenset[int] | None = None
-        if local is not None:
-            self.limit_consumers(local)
         self.tokenizer = tokenizer
         self.token_source: dict[str, str] = {}  # component key -> exact | sampled | bytes
         self.spec = spec
         self.topology = topology
+        if local is not None:
+            self.limit_consumers(local)
         self.phases = spec.phases
         self.phase_starts = spec.phase_chunks()
         self.by: list[str] = []

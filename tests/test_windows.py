@@ -83,3 +83,64 @@ def test_state_from_another_tokenizer_is_refused(client: Client, tokenizer: Any)
     other = WindowStream(submit(client), train_bpe(texts, vocab_size=280), SEQ)
     with pytest.raises(StateError, match="another tokenizer"):
         other.load_state_dict(state)
+
+
+# -- prefetch ------------------------------------------------------------------------------------
+def _prefetch_threads() -> list[Any]:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "mixplane-prefetch"]
+
+
+def test_prefetch_changes_nothing_in_the_stream(client: Client, tokenizer: Any) -> None:
+    runs = {
+        depth: [
+            item(w)
+            for w in itertools.islice(
+                WindowStream(submit(client), tokenizer, SEQ, prefetch=depth), 400
+            )
+        ]
+        for depth in (0, 1, 4)
+    }
+    assert len(runs[0]) == 400
+    assert runs[0] == runs[1] == runs[4]
+
+
+def test_prefetch_runs_ahead_but_boundedly(client: Client, tokenizer: Any) -> None:
+    import time
+
+    depth = 3
+    stream = WindowStream(submit(client, local=[(0, 0)]), tokenizer, SEQ, prefetch=depth)
+    it = iter(stream)
+    next(it)
+    deadline = time.monotonic() + 30
+    # one chunk consumed, `depth` queued, one more made and waiting to be queued
+    while stream.stats.chunks_produced < 1 + depth + 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert stream.stats.chunks_produced == 1 + depth + 1
+    # the job sees the consumer's position, not the producer's
+    state = stream.job.state_dict()
+    assert state["consumers"]["0"] == stream.state_dict()["stream"]
+    it.close()  # type: ignore[attr-defined]
+    assert not _prefetch_threads()
+
+
+def test_a_producer_failure_reaches_the_consumer(client: Client, tokenizer: Any) -> None:
+    class Failing:
+        """A user tokenizer that fails on its third batch."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.calls = inner, 0
+            self.fingerprint, self.eos_id = inner.fingerprint, inner.eos_id
+
+        def encode_batch(self, texts: Any) -> Any:
+            self.calls += 1
+            if self.calls == 3:
+                raise RuntimeError("tokenizer broke")
+            return self.inner.encode_batch(texts)
+
+    stream = WindowStream(submit(client), Failing(tokenizer), SEQ, prefetch=2)
+    with pytest.raises(RuntimeError, match="tokenizer broke"):
+        list(stream)
+    assert not _prefetch_threads()
