@@ -1,0 +1,221 @@
+"""PyTorch: a rank's token windows as an ``IterableDataset``, resumable through torchdata.
+
+``TokenWindowDataset(job, tokenizer, seq_len)`` finds the rank's place in the job's topology
+from ``torch.distributed`` (or ``rank`` / ``world_size``, ``dp_size`` / ``ranks_per_group``, a
+``device_mesh`` with a ``"dp"`` dimension, or explicit ``dp_group`` / ``group_rank``) and the
+DataLoader worker from ``get_worker_info()``. Each item is a dict of tensors for one window:
+``input_ids``, ``labels``, ``domain_ids``, ``position_ids`` (int64, ``seq_len`` each),
+``cu_seqlens`` (int32, document starts and ``seq_len``) and ``component``. ``collate_windows``
+stacks them into a batch (``cu_seqlens`` of the whole batch, flash-attention style).
+
+Workers: declare them in the job's topology (``Topology(workers=W)``) and give the DataLoader
+``num_workers=W``; every worker process runs the job from a snapshot taken when the dataset is
+made (worker processes cannot open the catalog). With ``num_workers=0`` this process serves the
+W worker streams itself, in blocks of ``batch_size`` windows: the same batches a DataLoader with W
+workers and that batch size delivers, in the same order. Only this in-process form sends
+feedback to an adaptive mixture (workers plan on their own copies; the server serves adaptive
+jobs to worker processes).
+
+``state_dict`` / ``load_state_dict`` make torchdata's ``StatefulDataLoader`` resume exactly, also
+with workers; the state is plain JSON-able data (no pickle needed to checkpoint it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mixplane.chunking.assign import Topology
+from mixplane.client.rank import Layout, RankWindows, resolve_layout
+from mixplane.client.snapshot import JobSnapshot
+from mixplane.client.windows import PREFETCH_CHUNKS
+from mixplane.errors import DependencyError, PlanError, StateError
+from mixplane.job import Job
+from mixplane.tokens.packing import Window
+from mixplane.tokens.tokenizer import Tokenizer, load_tokenizer
+
+try:
+    import torch
+    from torch.utils.data import IterableDataset, get_worker_info
+except ImportError as exc:  # pragma: no cover - the torch extra is installed in development
+    msg = "mixplane.integrations.pytorch needs PyTorch: pip install 'mixplane[torch]'"
+    raise DependencyError(msg) from exc
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
+STATE_VERSION = 1
+FIELDS = ("input_ids", "labels", "domain_ids", "position_ids")
+
+
+def window_tensors(window: Window) -> dict[str, torch.Tensor]:
+    """One window as tensors (token fields int64, as embeddings and losses take them)."""
+    out = {name: torch.from_numpy(getattr(window, name).astype(np.int64)) for name in FIELDS}
+    out["cu_seqlens"] = torch.from_numpy(np.ascontiguousarray(window.cu_seqlens, dtype=np.int32))
+    out["component"] = torch.tensor(window.component, dtype=torch.int64)
+    return out
+
+
+def collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Stack windows into a batch: ``[B, seq_len]`` token fields, ``component`` ``[B]``, and
+    ``cu_seqlens`` over the flattened batch (each window's document starts shifted by its
+    offset, then ``B * seq_len``) with ``max_seqlen``, for variable-length attention."""
+    if not batch:
+        msg = "collate_windows got an empty batch"
+        raise PlanError(msg)
+    out: dict[str, Any] = {name: torch.stack([b[name] for b in batch]) for name in FIELDS}
+    length = out["input_ids"].shape[1]
+    starts = [b["cu_seqlens"][:-1] + i * length for i, b in enumerate(batch)]
+    cu = torch.cat([*starts, torch.tensor([len(batch) * length], dtype=torch.int32)])
+    out["cu_seqlens"] = cu.to(torch.int32)
+    out["max_seqlen"] = int((cu[1:] - cu[:-1]).max())
+    out["component"] = torch.stack([b["component"] for b in batch])
+    return out
+
+
+class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
+    """One rank's token windows (see the module)."""
+
+    def __init__(
+        self,
+        job: Job | JobSnapshot | str | os.PathLike[str],
+        tokenizer: Tokenizer | str,
+        seq_len: int,
+        *,
+        dp_group: int | None = None,
+        group_rank: int | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        dp_size: int | None = None,
+        ranks_per_group: int | None = None,
+        device_mesh: DeviceMesh | None = None,
+        dp_dim: str = "dp",
+        bos: bool = False,
+        prefetch: int = PREFETCH_CHUNKS,
+        batch_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if isinstance(job, str | os.PathLike):
+            job = JobSnapshot.load(Path(job))
+        self._job = job if isinstance(job, Job) else None
+        # the snapshot worker processes run from; taken now, while the catalog is open
+        self._snapshot = job.snapshot() if isinstance(job, Job) else job
+        self.topology = Topology(**self._snapshot.topology)
+        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self.seq_len, self.bos, self.prefetch, self.batch_size = seq_len, bos, prefetch, batch_size
+        if device_mesh is not None:
+            dp_group, group_rank = _mesh_coordinates(device_mesh, dp_dim)
+            dp_size = device_mesh.size(device_mesh.mesh_dim_names.index(dp_dim))  # type: ignore[union-attr]
+        elif dp_group is None and group_rank is None and rank is None:
+            rank, world_size = _distributed()
+        self.layout: Layout = resolve_layout(
+            self.topology,
+            dp_group=dp_group,
+            group_rank=group_rank,
+            rank=rank,
+            world_size=world_size,
+            dp_size=dp_size,
+            ranks_per_group=ranks_per_group,
+        )
+        if device_mesh is not None and dp_size != self.topology.dp_groups:
+            msg = (
+                f"the device mesh has {dp_size} data-parallel groups but the job's topology "
+                f"has dp_groups={self.topology.dp_groups}; submit the job with "
+                f"topology=Topology(dp_groups={dp_size}, ...)"
+            )
+            raise PlanError(msg)
+        self._pending: dict[str, Any] | None = None
+        self._live: RankWindows | None = None
+
+    def _windows(self) -> RankWindows:
+        info = get_worker_info()
+        if info is None:
+            workers = list(range(self.topology.workers))
+            source: Job | JobSnapshot = self._job if self._job is not None else self._snapshot
+        else:
+            if info.num_workers != self.topology.workers:
+                msg = (
+                    f"the DataLoader has num_workers={info.num_workers} but the job's topology "
+                    f"has workers={self.topology.workers}; submit the job with "
+                    f"topology=Topology(..., workers={info.num_workers}) or use num_workers="
+                    f"{self.topology.workers} (or 0)"
+                )
+                raise PlanError(msg)
+            if self._snapshot.spec.get("algorithm") is not None:
+                msg = (
+                    "an adaptive mixture cannot run in DataLoader worker processes in-process "
+                    "(each would plan on its own copy); use num_workers=0, or the server"
+                )
+                raise PlanError(msg)
+            workers, source = [info.id], self._snapshot
+        return RankWindows(
+            source,
+            self.tokenizer,
+            self.seq_len,
+            dp_group=self.layout.dp_group,
+            rank=self.layout.rank,
+            workers=workers,
+            bos=self.bos,
+            prefetch=self.prefetch,
+            block=self.batch_size,
+        )
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        windows = self._windows()
+        if self._pending is not None:
+            windows.load_state_dict(self._pending["windows"])
+            self._pending = None
+        self._live = windows
+        return (window_tensors(w) for w in windows)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank (or DataLoader worker) stands: JSON-able."""
+        if self._pending is not None:
+            return self._pending
+        windows = self._live if self._live is not None else self._windows()
+        self._live = windows
+        return {"version": STATE_VERSION, "windows": windows.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()`` at the next iteration."""
+        if state.get("version") != STATE_VERSION:
+            msg = f"dataset state version {state.get('version')!r}, expected {STATE_VERSION}"
+            raise StateError(msg)
+        self._pending = state
+        self._live = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Worker processes get the snapshot, never the live job (it holds the catalog)."""
+        state = dict(self.__dict__)
+        state["_job"] = None
+        state["_live"] = None
+        return state
+
+
+def _distributed() -> tuple[int | None, int | None]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return None, None
+
+
+def _mesh_coordinates(mesh: DeviceMesh, dp_dim: str) -> tuple[int, int]:
+    """(dp group, position among the ranks sharing it) of this process in a device mesh."""
+    names = mesh.mesh_dim_names
+    if names is None or dp_dim not in names:
+        msg = f"the device mesh has no dimension named {dp_dim!r} (dims: {names}); pass dp_dim="
+        raise PlanError(msg)
+    coordinate = mesh.get_coordinate()
+    if coordinate is None:
+        msg = "this process is not part of the device mesh"
+        raise PlanError(msg)
+    d = names.index(dp_dim)
+    shape = tuple(mesh.mesh.shape)
+    others = [(c, n) for i, (c, n) in enumerate(zip(coordinate, shape, strict=True)) if i != d]
+    group_rank = 0
+    for c, n in others:
+        group_rank = group_rank * n + c
+    return coordinate[d], group_rank
