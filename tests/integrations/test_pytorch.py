@@ -42,7 +42,8 @@ def tokenizer(client: Client, tmp_path: Path) -> Any:
     return tok
 
 
-def submit(client: Client, topology: Topology = Topology(workers=2), **kw: Any) -> Job:
+def submit(client: Client, topology: Topology | None = None, **kw: Any) -> Job:
+    topology = topology or Topology(workers=2)
     return client.submit("t", mixture=MIX, chunk_size=19, seed=5, topology=topology, **kw)
 
 
@@ -182,7 +183,7 @@ def _run(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen
 
 
 def _wait(proc: subprocess.Popen[str]) -> None:
-    out, err = proc.communicate(timeout=180)
+    _out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err
 
 
@@ -201,8 +202,18 @@ def test_processes_agree_and_resume_in_a_new_process(
         _run([*common, str(tmp_path / "a.json"), "--batches", "16", "--workers", "2"]),
         _run([*common, str(tmp_path / "b.json"), "--batches", "16", "--workers", "2"]),
         _run(
-            [*common, str(tmp_path / "c.json"), "--batches", "16", "--workers", "2"]
-            + ["--stop-after", "5", "--state-out", str(tmp_path / "state.json")]
+            [
+                *common,
+                str(tmp_path / "c.json"),
+                "--batches",
+                "16",
+                "--workers",
+                "2",
+                "--stop-after",
+                "5",
+                "--state-out",
+                str(tmp_path / "state.json"),
+            ]
         ),
     ]
     for p in procs:
@@ -213,8 +224,16 @@ def test_processes_agree_and_resume_in_a_new_process(
     assert _read(tmp_path / "c.json") == full[:5]
     _wait(
         _run(
-            [*common, str(tmp_path / "d.json"), "--batches", "11", "--workers", "2"]
-            + ["--resume-from", str(tmp_path / "state.json")]
+            [
+                *common,
+                str(tmp_path / "d.json"),
+                "--batches",
+                "11",
+                "--workers",
+                "2",
+                "--resume-from",
+                str(tmp_path / "state.json"),
+            ]
         )
     )
     assert _read(tmp_path / "d.json") == full[5:]
