@@ -28,6 +28,7 @@ DEFAULT_BLOCK = 256
 
 PURPOSE_ORDER = 1
 PURPOSE_SHUFFLE = 3
+PURPOSE_WINDOWS = 5  # order of a chunk's windows (client/windows.py)
 
 
 def key_of(text: str) -> int:

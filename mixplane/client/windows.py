@@ -3,8 +3,9 @@
 ``WindowStream(job, tokenizer, seq_len, dp_group=, rank=, worker=)`` takes the consumer's
 chunks one at a time (``Stream.chunk_rests``), tokenizes each chunk's texts with one
 ``encode_batch`` call (the tokenizer's own thread pool, GIL released), feeds the documents in the
-chunk's seeded order to a per-component ``Packer`` and yields the windows. Windows of different
-components come out interleaved in the chunk's order, as their buffers fill.
+chunk's seeded order to a per-component ``Packer`` and yields the windows the chunk completes,
+interleaved across components by the same stratified rule as a chunk's samples (seeded by the
+chunk): every span of consecutive windows holds each component close to its share.
 
 State, O(components x seq_len): the consumer position at the start of the current chunk, the
 packer's state at that point, and how many of the chunk's windows were already yielded.
@@ -29,7 +30,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
-from mixplane.client.stream import ConsumerState, Stream
+import numpy as np
+
+from mixplane.chunking.order import PURPOSE_WINDOWS, generator
+from mixplane.client.stream import ConsumerState, Stream, interleave
 from mixplane.errors import StateError
 from mixplane.tokens.packing import Packer, PackerState, Window
 from mixplane.tokens.tokenizer import Tokenizer, TokenizerError
@@ -157,8 +161,24 @@ class WindowStream:
             add = packer.add
             for sample, doc in zip(samples, ids, strict=True):
                 windows += add(doc, sample.component)
+            if len(windows) > 1:
+                windows = self._interleaved(windows, samples[0].chunk)
             self.stats.chunks_produced += 1
             yield ChunkWindows(begin, before, windows)
+
+    def _interleaved(self, windows: list[Window], chunk: int) -> list[Window]:
+        """The chunk's windows, stratified across components; each component's in order."""
+        comps = np.fromiter((w.component for w in windows), dtype=np.int64, count=len(windows))
+        counts = np.bincount(comps, minlength=self._packer.num_components)
+        sequence = interleave(counts, generator(self.job.spec.seed, PURPOSE_WINDOWS, chunk))
+        by_comp = np.argsort(comps, kind="stable")
+        firsts = np.cumsum(counts) - counts
+        taken = np.zeros(len(counts), dtype=np.int64)
+        out = []
+        for c in sequence.tolist():
+            out.append(windows[int(by_comp[firsts[c] + taken[c]])])
+            taken[c] += 1
+        return out
 
 
 _END = object()
