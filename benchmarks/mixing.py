@@ -10,6 +10,11 @@ components are spread over consecutive samples.
 2. Spread: the worst deviation of any component's share over every window of 100 consecutive
    samples of a consumer's stream (the public Mixtera implementation reaches 0.60 in its
    default mode, which emits whole per-component blocks).
+3. Through the packer: the token windows (``WindowStream``, seq_len 2048) of the exact-count and
+   the sampled-ratio jobs, tokenized for real, until 10 M tokens: each component's share of the
+   windows' tokens against the mixture, and the worst deviation of any component's share over
+   every span of 32 consecutive windows (a batch; each window holds one component, so a span's
+   shares move in steps of 1/32).
 
 Run: ``.venv/bin/python benchmarks/mixing.py [--tokens 10000000]``
 """
@@ -25,6 +30,7 @@ import numpy as np
 from common import scratch
 
 from mixplane.client import Client
+from mixplane.client.windows import WindowStream
 from mixplane.demo.corpus import build_corpus
 from mixplane.query.result import expand_runs
 from mixplane.tokens import train_bpe
@@ -88,10 +94,37 @@ def spread(job, n: int) -> float:  # type: ignore[no-untyped-def]
     return worst
 
 
+def window_shares(job, tokenizer, tokens: int, seq_len: int = 2048, span: int = 32):  # type: ignore[no-untyped-def]
+    """(worst |share - target| in pp over the windows' tokens, tokens, worst span deviation)."""
+    selectors = [c.selector for c in job.result.components]
+    target = np.zeros(len(selectors))
+    for sel, w in MIX.items():
+        target[selectors.index(sel)] = w
+    comps = []
+    for window in WindowStream(job, tokenizer, seq_len):
+        comps.append(window.component)
+        if len(comps) * seq_len >= tokens:
+            break
+    series = np.array(comps)
+    shares = np.bincount(series, minlength=len(selectors)) / len(series)
+    onehot = np.eye(len(selectors))[series]
+    sums = np.cumsum(np.vstack([np.zeros(len(selectors)), onehot]), axis=0)
+    spans = (sums[span:] - sums[:-span]) / span
+    deviation = np.abs(spans - target).max(axis=1)
+    return (
+        100 * float(np.abs(shares - target).max()),
+        len(series) * seq_len,
+        (float(deviation.max()), float(deviation.mean())),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=10_000_000)
     parser.add_argument("--spread-samples", type=int, default=20_000)
+    parser.add_argument(
+        "--window-chunk", type=int, default=500_000, help="chunk size (tokens) of the window runs"
+    )
     args = parser.parse_args()
     with scratch("mixplane-mixing-") as work:
         start = time.perf_counter()
@@ -109,6 +142,14 @@ def main() -> None:
                 mixture=MIX,
                 unit="tokens",
                 chunk_size=20_000,
+                seed=1,
+                tokenizer=tokenizer,
+            )
+            sampled_windows = client.submit(
+                "sampled-windows",
+                mixture=MIX,
+                unit="tokens",
+                chunk_size=args.window_chunk,
                 seed=1,
                 tokenizer=tokenizer,
             )
@@ -141,10 +182,44 @@ def main() -> None:
             job = client.submit("spread", mixture=MIX, chunk_size=1000, seed=1)
             worst = spread(job, args.spread_samples)
             print(f"  mixplane (interleaved chunks of 1000): {worst:.3f}  (Mixtera default: 0.60)")
+            print(f"\n## through the packer: windows of 2048 tokens until {args.tokens:,} tokens")
+            print("   (a span of 32 windows moves in steps of 1/32 = 3.1 pp per component)")
+            packed = []
+
+            def exact_windows(chunk: int):  # type: ignore[no-untyped-def]
+                return client.submit(
+                    f"exact-windows-{chunk}",
+                    mixture=MIX,
+                    unit="tokens",
+                    chunk_size=chunk,
+                    seed=1,
+                    tokenizer=tokenizer,
+                )
+
+            big = args.window_chunk
+            for label, job in (
+                (f"exact counts, chunks of {big:,} tokens", exact_windows(big)),
+                (f"sampled ratio, chunks of {big:,} tokens", sampled_windows),  # made uncounted
+                ("exact counts, chunks of 20,000 tokens", exact_windows(20_000)),
+            ):
+                t = time.perf_counter()
+                error, streamed, worst_span = window_shares(job, tokenizer, args.tokens)
+                packed.append((label, error, streamed, worst_span))
+                print(
+                    f"  {label:<40} {error:6.3f} pp over {streamed:,} tokens; share deviation "
+                    f"over 32 windows: worst {worst_span[0]:.3f}, mean {worst_span[1]:.3f} "
+                    f"({time.perf_counter() - t:.1f} s)"
+                )
             print("\n| measure | value |\n| --- | --- |")
             for label, error, planned, _ in rows:
                 print(f"| token share error, {label} | {error:.3f} pp after {planned:,} tokens |")
             print(f"| worst share deviation over 100-sample windows | {worst:.3f} |")
+            for label, error, streamed, worst_span in packed:
+                print(
+                    f"| windows' token share error, {label} | {error:.3f} pp after "
+                    f"{streamed:,} tokens; over 32 windows worst {worst_span[0]:.3f}, "
+                    f"mean {worst_span[1]:.3f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""The ``mixplane`` command line: register, ls, add-property, explain, plan, tokenizer, demo.
+"""The ``mixplane`` command line: register, ls, add-property, explain, plan, stream, tokenizer,
+demo.
 
 User errors end with a one-line message and exit status 1 (2 for usage errors); ``--debug``
 shows the traceback. Output for scripts is ``--json``; everything else is for people.
@@ -6,18 +7,25 @@ shows the traceback. Output for scripts is ``--json``; everything else is for pe
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
 
 import click
+import orjson
 
-from mixplane.errors import MixplaneError
+from mixplane.errors import MixplaneError, StateError
+
+if TYPE_CHECKING:
+    from mixplane.client.windows import WindowStream, WindowStreamState
+    from mixplane.job import JobState
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +262,15 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _submit(
-    cat: Any, where: str | None, mixture: str | None, mixture_file: str | None, opts: dict[str, Any]
+    cat: Any,
+    where: str | None,
+    mixture: str | None,
+    mixture_file: str | None,
+    opts: dict[str, Any],
+    *,
+    tokenizer: Any = None,
 ) -> Any:
+    """A client and its job 'cli'; ``tokenizer`` counts the job's tokens (``--unit tokens``)."""
     from mixplane.chunking.assign import Topology
     from mixplane.client.client import Client
     from mixplane.job import Phase
@@ -321,6 +336,7 @@ def _submit(
         bytes_per_token=opts["bytes_per_token"],
         schedule=schedule,
         schedule_unit=unit,
+        tokenizer=tokenizer,
     )
 
 
@@ -381,6 +397,396 @@ def plan(
             f"chunk {chunk['index']:>5} -> group {chunk['dp_group']} worker {chunk['worker']}"
             f"  {len(chunk['ranges'])} ranges  {shares}"
         )
+
+
+STREAM_STATE_FORMAT = "mixplane stream state"
+STREAM_STATE_VERSION = 1
+_NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+class StreamState(TypedDict):
+    """The file ``stream --state-out`` writes (JSON): where one rank's window stream stands."""
+
+    format: str  # STREAM_STATE_FORMAT
+    version: int
+    dp_group: int
+    rank: int
+    worker: int
+    seq_len: int
+    bos: bool
+    topology: dict[str, int]
+    tokenizer: str  # --tokenizer as given (for messages)
+    tokenizer_fingerprint: str
+    job: dict[str, Any]  # JobSpec.to_json(): the job options (for messages)
+    windows: int  # windows of this rank's stream written so far, by all runs
+    job_state: JobState
+    window_state: WindowStreamState
+
+
+_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "dp_group": int,
+    "rank": int,
+    "worker": int,
+    "seq_len": int,
+    "bos": bool,
+    "topology": dict,
+    "tokenizer": str,
+    "tokenizer_fingerprint": str,
+    "job": dict,
+    "windows": int,
+    "job_state": dict,
+    "window_state": dict,
+}
+
+# job option of each JobSpec field that a user sets on the command line
+_JOB_OPTION_NAMES = {
+    "where": "--where",
+    "mixture": "--mixture",
+    "schedule": "--mixture-file phases",
+    "schedule_unit": "--mixture-file unit",
+    "seed": "--seed",
+    "unit": "--unit",
+    "chunk_size": "--chunk-size",
+    "on_exhausted": "--on-exhausted",
+    "bytes_per_token": "--bytes-per-token",
+}
+
+
+@main.command()
+@click.option("--where", "where", help="Filter, e.g. \"language == 'en' and quality >= 0.5\".")
+@_job_options
+@click.option(
+    "--tokenizer",
+    "tokenizer_spec",
+    required=True,
+    metavar="PATH_OR_NAME",
+    help="A tokenizer.json, a .tiktoken rank file, or a name: deepseek, qwen, qwen3.6.",
+)
+@click.option(
+    "--seq-len",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Input tokens per window (a window reads seq_len + 1 tokens).",
+)
+@click.option("--bos", is_flag=True, help="Start every document with the tokenizer's BOS token.")
+@click.option(
+    "--dp-group",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The rank's DP group (below --dp-groups).",
+)
+@click.option(
+    "--rank",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The rank in its group (every rank of a group receives the same windows).",
+)
+@click.option(
+    "--worker",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="The rank's dataloader worker (below --workers).",
+)
+@click.option(
+    "--max-windows",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Stop after this many windows (fewer if the job ends first).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    default="-",
+    show_default=True,
+    help="JSONL file to write the windows to ('-': stdout).",
+)
+@click.option(
+    "--state-out",
+    type=click.Path(dir_okay=False),
+    help="Write the stream's state after the last window to this JSON file.",
+)
+@click.option(
+    "--resume-from",
+    type=click.Path(dir_okay=False),
+    help="Continue the stream from a file written by --state-out.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary as JSON (component ids and selectors, windows, tokens).",
+)
+@click.pass_context
+def stream(
+    ctx: click.Context,
+    /,
+    where: str | None,
+    mixture: str | None,
+    mixture_file: str | None,
+    tokenizer_spec: str,
+    seq_len: int,
+    bos: bool,
+    dp_group: int,
+    rank: int,
+    worker: int,
+    max_windows: int,
+    out: str,
+    state_out: str | None,
+    resume_from: str | None,
+    as_json: bool,
+    **opts: Any,
+) -> None:
+    """Write the token windows one rank would receive, one JSON object per line.
+
+    Each line holds window (its index in the rank's stream), component (the selector),
+    component_id, input_ids, labels, domain_ids, position_ids and cu_seqlens. The run stops
+    after --max-windows windows or where the job ends (--chunks is not used).
+
+    --state-out F saves the position after the last window written; a later run with
+    --resume-from F and the same options writes the windows that follow. A summary (with
+    --json, a JSON object) goes to stdout, or to stderr when the windows go to stdout.
+    """
+    from mixplane.client.windows import WindowStream
+    from mixplane.tokens.tokenizer import load_tokenizer
+
+    saved = _read_stream_state(resume_from) if resume_from is not None else None
+    tokenizer = load_tokenizer(tokenizer_spec)
+    if bos and getattr(tokenizer, "bos_id", None) is None:
+        msg = f"tokenizer {tokenizer_spec!r} has no beginning-of-sequence token; drop --bos"
+        raise MixplaneError(msg)
+    with _catalog(ctx) as cat:
+        token_job = opts["unit"] == "tokens"
+        _, job = _submit(
+            cat, where, mixture, mixture_file, opts, tokenizer=tokenizer if token_job else None
+        )
+        try:
+            _check_coordinates(job.topology, dp_group=dp_group, rank=rank, worker=worker)
+            job.limit_consumers([(dp_group, worker)])  # plan and keep only this consumer's chunks
+            here = {
+                "dp_group": dp_group,
+                "rank": rank,
+                "worker": worker,
+                "seq_len": seq_len,
+                "bos": bos,
+                "topology": job.topology.to_json(),
+                "tokenizer": tokenizer_spec,
+                "tokenizer_fingerprint": tokenizer.fingerprint,
+                "job": orjson.loads(orjson.dumps(job.spec.to_json(), option=_NUMPY)),
+            }
+
+            def open_windows() -> WindowStream:
+                return WindowStream(
+                    job, tokenizer, seq_len, dp_group=dp_group, rank=rank, worker=worker, bos=bos
+                )
+
+            if saved is None:
+                windows = open_windows()
+            else:
+                _check_resume(saved, here, resume_from or "")
+                try:  # the job's state first, then the window stream's
+                    job.load_state_dict(saved["job_state"])
+                    windows = open_windows()
+                    windows.load_state_dict(saved["window_state"])
+                except MixplaneError as exc:
+                    msg = f"--resume-from {resume_from}: {exc}"
+                    raise StateError(msg) from exc
+                except (KeyError, TypeError, ValueError, IndexError) as exc:
+                    msg = (
+                        f"--resume-from {resume_from} holds a corrupt state ({exc!r}); pass a "
+                        "file written by 'mixplane stream --state-out'"
+                    )
+                    raise StateError(msg) from exc
+            first = saved["windows"] if saved is not None else 0
+            selectors = [c.selector for c in job.result.components]
+            iterator = iter(windows)
+            try:
+                written = _write_windows(iterator, out, max_windows, first, selectors)
+                if written is None:  # the reader of stdout went away (e.g. `| head`)
+                    if state_out is not None:
+                        msg = f"stdout was closed early; --state-out {state_out} not written"
+                        raise MixplaneError(msg)
+                    return
+                # the state right after the last window written, before anything is closed
+                state = {
+                    "format": STREAM_STATE_FORMAT,
+                    "version": STREAM_STATE_VERSION,
+                    **here,
+                    "windows": first + written,
+                    "job_state": job.state_dict(),
+                    "window_state": windows.state_dict(),
+                }
+            finally:
+                close = getattr(iterator, "close", None)  # stops a prefetching producer
+                if close is not None:
+                    close()
+        finally:
+            job.close()
+    if state_out is not None:
+        _write_atomic(Path(state_out), orjson.dumps(state, option=_NUMPY))
+    ended = written < max_windows
+    summary = {
+        "components": dict(enumerate(selectors)),
+        "windows": written,
+        "tokens": written * seq_len,
+        "first_window": first,
+        "ended": ended,
+        "dp_group": dp_group,
+        "rank": rank,
+        "worker": worker,
+        "seq_len": seq_len,
+        "out": out,
+        "state_out": state_out,
+    }
+    to_stderr = out == "-"
+    if as_json:
+        click.echo(orjson.dumps(summary, option=orjson.OPT_NON_STR_KEYS).decode(), err=to_stderr)
+        return
+    span = f"windows {first}..{first + written - 1}" if written else "no windows"
+    click.echo(
+        f"wrote {span} ({written * seq_len} tokens) of dp group {dp_group} rank {rank} "
+        f"worker {worker} to {'stdout' if to_stderr else out}"
+        + ("; the job ended" if ended else "")
+        + (f"; state in {state_out}" if state_out else ""),
+        err=to_stderr,
+    )
+
+
+def _check_coordinates(topology: Any, *, dp_group: int, rank: int, worker: int) -> None:
+    for option, value, count, limit in (
+        ("--dp-group", dp_group, "--dp-groups", topology.dp_groups),
+        ("--rank", rank, "--ranks-per-group", topology.ranks_per_group),
+        ("--worker", worker, "--workers", topology.workers),
+    ):
+        if value >= limit:
+            msg = (
+                f"{option} {value} is outside the topology ({count} {limit}: 0..{limit - 1}); "
+                f"pass a smaller {option} or a larger {count}"
+            )
+            raise MixplaneError(msg)
+
+
+def _write_windows(
+    windows: Iterator[Any], out: str, max_windows: int, first: int, selectors: list[str]
+) -> int | None:
+    """Write at most ``max_windows`` windows as JSON lines; how many, or None when stdout was
+    closed by its reader. Stops right after the last one (no window is drawn beyond it)."""
+    written = 0
+    sink: BinaryIO = sys.stdout.buffer if out == "-" else open(out, "wb")  # noqa: SIM115
+    try:
+        for window in windows:
+            line = {
+                "window": first + written,
+                "component": selectors[window.component],
+                "component_id": window.component,
+                "input_ids": window.input_ids.tolist(),
+                "labels": window.labels.tolist(),
+                "domain_ids": window.domain_ids.tolist(),
+                "position_ids": window.position_ids.tolist(),
+                "cu_seqlens": window.cu_seqlens.tolist(),
+            }
+            sink.write(orjson.dumps(line) + b"\n")
+            written += 1
+            if written == max_windows:
+                break
+        sink.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return None
+    finally:
+        if out != "-":
+            sink.close()
+    return written
+
+
+def _read_stream_state(path: str) -> StreamState:
+    """A state file written by ``stream --state-out``, checked for shape (not yet for fit)."""
+    fix = "pass a file written by 'mixplane stream --state-out'"
+    try:
+        data = orjson.loads(Path(path).read_bytes())
+    except FileNotFoundError:
+        msg = f"--resume-from {path}: no such file; {fix}, or start without --resume-from"
+        raise StateError(msg) from None
+    except orjson.JSONDecodeError as exc:
+        msg = f"--resume-from {path} is not JSON ({exc}); {fix}"
+        raise StateError(msg) from exc
+    if not isinstance(data, dict) or data.get("format") != STREAM_STATE_FORMAT:
+        msg = f"--resume-from {path} is not a stream state file; {fix}"
+        raise StateError(msg)
+    if data.get("version") != STREAM_STATE_VERSION:
+        msg = (
+            f"--resume-from {path} has stream state version {data.get('version')!r}, this "
+            f"mixplane reads version {STREAM_STATE_VERSION}; {fix} of this version"
+        )
+        raise StateError(msg)
+    bad = [k for k, t in _STATE_TYPES.items() if not isinstance(data.get(k), t)]
+    if bad:
+        msg = f"--resume-from {path} is corrupt (missing or mistyped: {', '.join(bad)}); {fix}"
+        raise StateError(msg)
+    return data  # type: ignore[return-value]
+
+
+def _check_resume(saved: StreamState, here: dict[str, Any], path: str) -> None:
+    """Refuse a state saved for another rank, window shape, tokenizer or job, naming each."""
+    diffs = []
+    for key, option in (
+        ("dp_group", "--dp-group"),
+        ("rank", "--rank"),
+        ("worker", "--worker"),
+        ("seq_len", "--seq-len"),
+    ):
+        if saved[key] != here[key]:  # type: ignore[literal-required]
+            diffs.append(f"{option} {saved[key]} (saved) vs {here[key]}")  # type: ignore[literal-required]
+    if saved["bos"] != here["bos"]:
+        diffs.append("--bos " + ("given (saved) vs not" if saved["bos"] else "not given (saved)"))
+    if saved["topology"] != here["topology"]:
+
+        def shape(t: dict[str, Any]) -> str:
+            return f"{t.get('dp_groups')}/{t.get('ranks_per_group')}/{t.get('workers')}"
+
+        diffs.append(
+            f"--dp-groups/--ranks-per-group/--workers {shape(saved['topology'])} (saved) vs "
+            f"{shape(here['topology'])}"
+        )
+    if saved["tokenizer_fingerprint"] != here["tokenizer_fingerprint"]:
+        diffs.append(
+            f"--tokenizer {saved['tokenizer']} (saved) vs {here['tokenizer']} (fingerprints differ)"
+        )
+    for key in sorted((set(saved["job"]) | set(here["job"])) - {"job_id", "tokenizer"}):
+        a, b = saved["job"].get(key), here["job"].get(key)
+        if a != b:
+            show = orjson.dumps
+            diffs.append(
+                f"{_JOB_OPTION_NAMES.get(key, key)} {show(a).decode()} (saved) vs {show(b).decode()}"
+            )
+    if diffs:
+        msg = (
+            f"--resume-from {path} was saved with other options: {', '.join(diffs)}; pass the "
+            "options it was saved with, or start without --resume-from"
+        )
+        raise StateError(msg)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``: a
+    reader sees the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as umask allows
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 @main.command()
