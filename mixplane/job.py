@@ -43,6 +43,8 @@ JOB_STATE_VERSION = 1
 PURPOSE_RATIO = 4
 RATIO_SAMPLES = 64
 DEFAULT_BYTES_PER_TOKEN = 4.0
+MILESTONE_EVERY = 256  # planner states kept every this many chunks, to re-plan released chunks
+REPLANNED_CACHE = 64  # re-planned chunks kept
 
 
 ScheduleUnit = Literal["chunks", "samples", "tokens"]
@@ -210,7 +212,7 @@ class Job:
         snapshot: JobSnapshot | None = None,
         local: Collection[tuple[int, int]] | None = None,
     ) -> None:
-        if (tokenizer.fingerprint if tokenizer else None) != spec.tokenizer:
+        if tokenizer is not None and tokenizer.fingerprint != spec.tokenizer:
             msg = "the job's tokenizer does not match spec.tokenizer (its fingerprint)"
             raise PlanError(msg)
         if catalog is None and snapshot is None:
@@ -242,6 +244,8 @@ class Job:
         self.assignment = Assignment(topology=topology)
         self._chunks: dict[int, ChunkSpec] = {}
         self._before: dict[int, PlannerState] = {}
+        self._milestones: dict[int, PlannerState] = {}  # every MILESTONE_EVERY chunks
+        self._replanned: dict[int, ChunkSpec | None] = {}
         self._applied_through = 0  # mixture changes for chunks <= this are in the planner
         self._planned = 0  # how far chunks have been planned (mixture changes apply after)
         self._last: int | None = None
@@ -400,7 +404,7 @@ class Job:
         self.orders += orders
         self._planner.add_components(orders)
         n = len(orders)
-        for snapshot in self._before.values():
+        for snapshot in [*self._before.values(), *self._milestones.values()]:
             snapshot["epochs"] = [*snapshot["epochs"], *([0] * n)]
             snapshot["positions"] = [*snapshot["positions"], *([0] * n)]
             snapshot["given"] = [*snapshot["given"], *([0] * n)]
@@ -462,6 +466,8 @@ class Job:
             k = self._planner.next_chunk
             self._apply_changes(k)
             self._before[k] = self._planner.state_dict()
+            if k % MILESTONE_EVERY == 0:
+                self._milestones[k] = self._before[k]
             spec = self._planner.plan()
             if spec is None:
                 return None
@@ -473,9 +479,66 @@ class Job:
             return None
         spec = self._chunks.get(index)
         if spec is None:
-            msg = f"chunk {index} was released; no consumer holds it any more"
-            raise PlanError(msg)
+            return self._replan(index)
         return spec
+
+    def _replan(self, index: int) -> ChunkSpec | None:
+        """A chunk released since it was planned (a consumer restored from an older state):
+        planned again from the nearest milestone before it, replaying the mixture log, so it
+        is the chunk it was."""
+        if index in self._replanned:
+            return self._replanned[index]
+        bases = [k for k in self._milestones if k <= index]
+        if not bases:
+            msg = (
+                f"chunk {index} was released and precedes this job's restored state; restore "
+                "the job from a state at or before the consumer's"
+            )
+            raise PlanError(msg)
+        base = max(bases)
+        planner = Planner(
+            self.orders,
+            self._planner.weights,
+            unit=self.spec.unit,
+            chunk_size=self.spec.chunk_size,
+            on_exhausted=self.phases[0].on_exhausted,
+        )
+        planner.load_state_dict(self._milestones[base])
+        spec: ChunkSpec | None = None
+        for k in range(base, index + 1):
+            at_k = [e for e in self.mixture_log if e["chunk"] == k]
+            for e in at_k:  # a phase start first, then the latest update (as _apply_changes)
+                if e["cause"] == "phase" and e["version"] > planner.mixture_version:
+                    planner.start_phase(
+                        np.asarray(e["weights"]),
+                        version=e["version"],
+                        on_exhausted=self.phases[e["phase"]].on_exhausted,
+                    )
+            updates = [e for e in at_k if e["cause"] != "phase"]
+            if updates and updates[-1]["version"] > planner.mixture_version:
+                last = updates[-1]
+                planner.set_weights(np.asarray(last["weights"]), version=last["version"])
+            spec = planner.plan()
+            if spec is None:
+                break
+        while len(self._replanned) >= REPLANNED_CACHE:
+            del self._replanned[next(iter(self._replanned))]
+        self._replanned[index] = spec
+        return spec
+
+    def consumer_chunk(self, consumer: int, j: int) -> tuple[ChunkSpec | None, int]:
+        """The consumer's j-th chunk (None past the end) and the sample offset it starts at."""
+        index, start = self.assignment.chunk(consumer, j)
+        return self.chunk(index), start
+
+    @property
+    def num_components(self) -> int:
+        return len(self.orders)
+
+    @property
+    def selectors(self) -> list[str]:
+        """Each component's selector, by component id."""
+        return [c.selector for c in self.result.components]
 
     def plan(self, count: int) -> Iterator[ChunkSpec]:
         """The first ``count`` chunks in global order (for inspection and the CLI)."""
@@ -658,6 +721,8 @@ class Job:
         start = self._planner.next_chunk
         self._chunks.clear()
         self._before = {start: self._planner.state_dict()}
+        self._milestones = {start: self._before[start]}
+        self._replanned = {}
         self._applied_through = start
         self._planned = int(state["planned"])
         self._last = None

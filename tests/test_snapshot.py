@@ -168,3 +168,22 @@ def test_saving_replaces_atomically(client: Client, tmp_path: Path) -> None:
     assert np.array_equal(
         loaded.file_pointers[first]["offset"], job.catalog.pointers(first)["offset"]
     )
+
+
+def test_released_chunks_are_planned_again_identically(client: Client) -> None:
+    job = submit(
+        client,
+        topology=Topology(),
+        chunk_size=5,
+        schedule=[Phase(start=700, mixture=Mixture.static({"language=en": 1.0}))],
+    )
+    specs = {}
+    for i, sample in enumerate(itertools.islice(job.stream(), 5000)):
+        if sample.chunk not in specs:
+            specs[sample.chunk] = job.chunk(sample.chunk)
+        if i == 1500:
+            job.set_weights({"language=de": 0.5, "language=fr": 0.5})
+    assert 0 not in job._chunks  # released
+    assert {e["cause"] for e in job.mixture_log} == {"phase", "update"}
+    for k in (0, 1, 255, 256, 299, 300, 301, 310, 699, 700, 701, 990):
+        assert job.chunk(k) == specs[k], k

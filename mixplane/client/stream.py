@@ -12,7 +12,7 @@ a tuple, a generator step; per chunk: one generator, two sorts.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, Protocol, TypedDict
 
 import numpy as np
 
@@ -21,15 +21,33 @@ from mixplane.chunking.spec import ChunkSpec
 from mixplane.client.reader import Reader
 from mixplane.query.result import expand_runs
 
-if TYPE_CHECKING:
-    from mixplane.job import Job
-
 READ_AHEAD_SAMPLES = 1000  # a stream reads its chunks in groups of about this many samples
 
 
 class ConsumerState(TypedDict):
     j: int  # index into the consumer's chunk sequence
     offset: int  # samples already read from that chunk
+
+
+class JobHandle(Protocol):
+    """What consumer streams need of a job: an in-process ``Job`` or a ``RemoteJob`` (server)."""
+
+    @property
+    def spec(self) -> Any: ...  # JobSpec: seed, order
+
+    @property
+    def read_group(self) -> int: ...
+
+    @property
+    def num_components(self) -> int: ...
+
+    def consumer_chunk(self, consumer: int, j: int) -> tuple[ChunkSpec | None, int]: ...
+
+    def reader(self) -> Reader: ...
+
+    def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream: ...
+
+    def _release(self) -> None: ...
 
 
 class Sample(NamedTuple):
@@ -46,7 +64,7 @@ class Sample(NamedTuple):
 class Stream:
     """One consumer's samples, in order; ``state_dict`` is its position."""
 
-    def __init__(self, job: Job, consumer: int, state: ConsumerState) -> None:
+    def __init__(self, job: JobHandle, consumer: int, state: ConsumerState) -> None:
         self.job = job
         self.consumer = consumer
         self._state = state
@@ -63,8 +81,7 @@ class Stream:
         position itself advances only as samples are consumed)."""
         j = self._state["j"]
         while True:
-            index, start = self.job.assignment.chunk(self.consumer, j)
-            spec = self.job.chunk(index)
+            spec, start = self.job.consumer_chunk(self.consumer, j)
             if spec is None:
                 return
             yield spec, start, j

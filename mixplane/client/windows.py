@@ -28,18 +28,15 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 import numpy as np
 
 from mixplane.chunking.order import PURPOSE_WINDOWS, generator
-from mixplane.client.stream import ConsumerState, Stream, interleave
+from mixplane.client.stream import ConsumerState, JobHandle, Stream, interleave
 from mixplane.errors import StateError
 from mixplane.tokens.packing import Packer, PackerState, Window
 from mixplane.tokens.tokenizer import Tokenizer, TokenizerError
-
-if TYPE_CHECKING:
-    from mixplane.job import Job
 
 STATE_VERSION = 1
 PREFETCH_CHUNKS = 2  # chunks read, tokenized and packed ahead of the consumer by default
@@ -73,7 +70,7 @@ class PrefetchStats:
 class WindowStream:
     def __init__(
         self,
-        job: Job,
+        job: JobHandle,
         tokenizer: Tokenizer,
         seq_len: int,
         *,
@@ -94,7 +91,7 @@ class WindowStream:
         self.job = job
         self.tokenizer = tokenizer
         self._stream = job.stream(dp_group, rank, worker)
-        self._packer = Packer(seq_len, eos, bos_id, num_components=len(job.orders))
+        self._packer = Packer(seq_len, eos, bos_id, num_components=job.num_components)
         self._start: ConsumerState = self._stream.state_dict()
         self._start_packer: PackerState = self._packer.state_dict()
         self._windows = 0
