@@ -163,6 +163,50 @@ class JobSpec:
         ).hexdigest()
 
 
+def make_spec(
+    job_id: str,
+    *,
+    where: Any = None,
+    mixture: Mixture | Mapping[str, Any],
+    seed: int = 0,
+    unit: Unit = "samples",
+    chunk_size: int = 1000,
+    on_exhausted: OnExhausted = "repeat",
+    order: OrderKind | Literal["sorted"] = "shuffled",
+    sort_by: str | None = None,
+    descending: bool = False,
+    block_size: int = 256,
+    bytes_per_token: float = DEFAULT_BYTES_PER_TOKEN,
+    schedule: Sequence[Phase] = (),
+    schedule_unit: ScheduleUnit = "chunks",
+    tokenizer: Tokenizer | None = None,
+    algorithm: str | None = None,
+    algorithm_options: Mapping[str, Any] | None = None,
+) -> JobSpec:
+    """A job definition from ``Client.submit``'s arguments (in-process and remote alike)."""
+    if not isinstance(mixture, Mixture):
+        mixture = Mixture.from_json(mixture)
+    return JobSpec(
+        job_id=job_id,
+        where=str(where) if where is not None else None,
+        mixture=mixture,
+        seed=seed,
+        unit=unit,
+        chunk_size=chunk_size,
+        on_exhausted=on_exhausted,
+        order=order,
+        sort_by=sort_by,
+        descending=descending,
+        block_size=block_size,
+        bytes_per_token=bytes_per_token,
+        schedule=tuple(schedule),
+        schedule_unit=schedule_unit,
+        tokenizer=tokenizer.fingerprint if tokenizer is not None else None,
+        algorithm=algorithm,
+        algorithm_options=tuple(sorted((algorithm_options or {}).items())),
+    )
+
+
 class JobState(TypedDict):
     version: int
     spec: str  # JobSpec fingerprint

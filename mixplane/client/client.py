@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterator, Mapping, Sequence
-from typing import Any, Literal, Self
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import numpy as np
 
@@ -18,10 +19,13 @@ from mixplane.chunking.planner import OnExhausted
 from mixplane.chunking.spec import Unit
 from mixplane.client.stream import Sample
 from mixplane.errors import PlanError
-from mixplane.job import Job, JobSpec, JobState, Phase, ScheduleUnit
+from mixplane.job import Job, JobState, Phase, ScheduleUnit, make_spec
 from mixplane.mixture.mixture import Mixture
 from mixplane.query.expr import Expr
 from mixplane.tokens.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from mixplane.client.remote import RemoteClient
 
 
 class Client:
@@ -34,6 +38,28 @@ class Client:
         """A client over the catalog at ``home``. ``read_only`` lets several processes (the
         ranks of a run) open one catalog at once while none writes to it."""
         return cls(Catalog.open(home, read_only=read_only))
+
+    @staticmethod
+    def remote(
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        token_file: str | os.PathLike[str] | None = None,
+        retry_for: float = 60.0,
+    ) -> RemoteClient:
+        """A client of the mixplane server at ``url`` (default: ``MIXPLANE_SERVER``), with the
+        same interface as ``Client.local``. The bearer token comes from ``token``,
+        ``token_file`` or ``MIXPLANE_TOKEN_FILE``."""
+        from mixplane.client.remote import RemoteClient, ServerAddress
+
+        url = url or os.environ.get("MIXPLANE_SERVER")
+        if not url:
+            msg = "no server URL: pass Client.remote(url) or set MIXPLANE_SERVER"
+            raise PlanError(msg)
+        token_file = token_file or os.environ.get("MIXPLANE_TOKEN_FILE")
+        if token is None and token_file:
+            token = Path(token_file).read_text().strip()
+        return RemoteClient(ServerAddress(url, token, retry_for))
 
     def close(self) -> None:
         for job in self._jobs.values():
@@ -71,11 +97,9 @@ class Client:
     ) -> Job:
         """Create a job (replacing one with the same id in this client). ``local`` limits the
         consumers (dp_group, worker) this process serves (``Job.limit_consumers``)."""
-        if not isinstance(mixture, Mixture):
-            mixture = Mixture.from_json(mixture)
-        spec = JobSpec(
-            job_id=job_id,
-            where=str(where) if where is not None else None,
+        spec = make_spec(
+            job_id,
+            where=where,
             mixture=mixture,
             seed=seed,
             unit=unit,
@@ -86,11 +110,11 @@ class Client:
             descending=descending,
             block_size=block_size,
             bytes_per_token=bytes_per_token,
-            schedule=tuple(schedule),
+            schedule=schedule,
             schedule_unit=schedule_unit,
-            tokenizer=tokenizer.fingerprint if tokenizer is not None else None,
+            tokenizer=tokenizer,
             algorithm=algorithm,
-            algorithm_options=tuple(sorted((algorithm_options or {}).items())),
+            algorithm_options=algorithm_options,
         )
         job = Job(self.catalog, spec, topology or Topology(), tokenizer, local=local)
         if job_id in self._jobs:

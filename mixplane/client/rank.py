@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from mixplane.chunking.assign import Topology
 from mixplane.client.snapshot import JobSnapshot
@@ -28,6 +28,9 @@ from mixplane.errors import PlanError, StateError
 from mixplane.job import Job, JobSpec, JobState
 from mixplane.tokens.packing import Window
 from mixplane.tokens.tokenizer import Tokenizer, load_tokenizer
+
+if TYPE_CHECKING:
+    from mixplane.client.remote import RemoteJob
 
 STATE_VERSION = 1
 
@@ -89,7 +92,7 @@ class RankWindowsState(TypedDict):
     rank: int
     workers: list[int]
     seq_len: int
-    job: JobState
+    job: JobState | dict[str, Any]  # a remote job's is a marker: the server holds the state
     windows: dict[str, WindowStreamState]
     turn: int  # index into workers of the stream whose block is current
     in_block: int  # windows of the current block already yielded
@@ -100,7 +103,7 @@ class RankWindows:
 
     def __init__(
         self,
-        source: Job | JobSnapshot,
+        source: Job | JobSnapshot | RemoteJob,
         tokenizer: Tokenizer | str,
         seq_len: int,
         *,
@@ -113,7 +116,9 @@ class RankWindows:
     ) -> None:
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         self.source = source
-        self.topology = source.topology if isinstance(source, Job) else Topology(**source.topology)
+        self.topology = (
+            Topology(**source.topology) if isinstance(source, JobSnapshot) else source.topology
+        )
         self.workers = list(range(self.topology.workers)) if workers is None else list(workers)
         for w in self.workers:
             self.topology.consumer(dp_group, w, rank)  # checks the coordinates
@@ -125,7 +130,7 @@ class RankWindows:
             raise PlanError(msg)
         self.dp_group, self.rank, self.seq_len = dp_group, rank, seq_len
         self.bos, self.prefetch, self.block = bos, prefetch, block
-        self.job: Job | None = None
+        self.job: Job | RemoteJob | None = None
         self._streams: list[WindowStream] = []
         self._turn = 0
         self._in_block = 0
@@ -137,15 +142,16 @@ class RankWindows:
         if self.job is not None and state is None:
             return
         local = [(self.dp_group, w) for w in self.workers]
-        if isinstance(self.source, Job):
-            job = self.source
-            job.limit_consumers(local)
-        else:
+        job: Job | RemoteJob
+        if isinstance(self.source, JobSnapshot):
             spec = JobSpec.from_json(self.source.spec)
             tokenizer = self.tokenizer if spec.tokenizer is not None else None
             job = Job.from_snapshot(self.source, tokenizer, local=local)
+        else:  # a live job: in-process, or the server's
+            job = self.source
+            job.limit_consumers(local)
         if state is not None:
-            job.load_state_dict(state["job"])
+            job.load_state_dict(state["job"])  # type: ignore[arg-type]
         self.job = job
         self._streams = []
         for w in self.workers:

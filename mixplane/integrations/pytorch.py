@@ -31,6 +31,7 @@ import numpy as np
 
 from mixplane.chunking.assign import Topology
 from mixplane.client.rank import Layout, RankWindows, resolve_layout
+from mixplane.client.remote import RemoteJob
 from mixplane.client.snapshot import JobSnapshot
 from mixplane.client.windows import PREFETCH_CHUNKS
 from mixplane.errors import DependencyError, PlanError, StateError
@@ -82,7 +83,7 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
 
     def __init__(
         self,
-        job: Job | JobSnapshot | str | os.PathLike[str],
+        job: Job | JobSnapshot | RemoteJob | str | os.PathLike[str],
         tokenizer: Tokenizer | str,
         seq_len: int,
         *,
@@ -101,10 +102,20 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         super().__init__()
         if isinstance(job, str | os.PathLike):
             job = JobSnapshot.load(Path(job))
-        self._job = job if isinstance(job, Job) else None
-        # the snapshot worker processes run from; taken now, while the catalog is open
-        self._snapshot = job.snapshot() if isinstance(job, Job) else job
-        self.topology = Topology(**self._snapshot.topology)
+        self._job = job if isinstance(job, Job | RemoteJob) else None
+        # worker processes run the job from a snapshot taken now, while the catalog is open,
+        # or reconnect to the server's job
+        self._snapshot = job.snapshot() if isinstance(job, Job) else None
+        if isinstance(job, JobSnapshot):
+            self._snapshot = job
+        self._remote = (job.address, job.job_id) if isinstance(job, RemoteJob) else None
+        self.topology = (
+            job.topology
+            if isinstance(job, RemoteJob)
+            else Topology(
+                **self._snapshot.topology  # type: ignore[union-attr]
+            )
+        )
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         self.seq_len, self.bos, self.prefetch, self.batch_size = seq_len, bos, prefetch, batch_size
         if device_mesh is not None:
@@ -135,7 +146,14 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         info = get_worker_info()
         if info is None:
             workers = list(range(self.topology.workers))
-            source: Job | JobSnapshot = self._job if self._job is not None else self._snapshot
+            source: Job | JobSnapshot | RemoteJob
+            if self._job is not None:
+                source = self._job
+            elif self._remote is not None:
+                source = RemoteJob.attach(*self._remote)
+            else:
+                assert self._snapshot is not None
+                source = self._snapshot
         else:
             if info.num_workers != self.topology.workers:
                 msg = (
@@ -145,13 +163,19 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
                     f"{self.topology.workers} (or 0)"
                 )
                 raise PlanError(msg)
-            if self._snapshot.spec.get("algorithm") is not None:
-                msg = (
-                    "an adaptive mixture cannot run in DataLoader worker processes in-process "
-                    "(each would plan on its own copy); use num_workers=0, or the server"
-                )
-                raise PlanError(msg)
-            workers, source = [info.id], self._snapshot
+            workers = [info.id]
+            if self._remote is not None:  # the server plans; workers fetch from it
+                source = RemoteJob.attach(*self._remote)
+            else:
+                assert self._snapshot is not None
+                if self._snapshot.spec.get("algorithm") is not None:
+                    msg = (
+                        "an adaptive mixture cannot run in DataLoader worker processes "
+                        "in-process (each would plan on its own copy); use num_workers=0, or "
+                        "the server (Client.remote)"
+                    )
+                    raise PlanError(msg)
+                source = self._snapshot
         return RankWindows(
             source,
             self.tokenizer,
