@@ -24,6 +24,7 @@ in the consumer's thread.
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -39,7 +40,18 @@ from mixplane.tokens.packing import Packer, PackerState, Window
 from mixplane.tokens.tokenizer import Tokenizer, TokenizerError
 
 STATE_VERSION = 1
-PREFETCH_CHUNKS = 2  # chunks read, tokenized and packed ahead of the consumer by default
+
+def _default_prefetch() -> int:
+    """2 chunks ahead, or none where this process may use one CPU only: a background thread
+    cannot overlap anything there and costs 4-10% (benchmarks/stream.py)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return 2 if cpus > 1 else 0
+
+
+PREFETCH_CHUNKS = _default_prefetch()  # chunks read, tokenized and packed ahead by default
 
 
 class WindowStreamState(TypedDict):

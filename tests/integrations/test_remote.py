@@ -1,0 +1,113 @@
+"""Jobs streamed through a real server equal jobs streamed in-process; faults and restarts."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from mixplane.chunking import Topology
+from mixplane.client import Client
+from mixplane.client.rank import RankWindows
+from mixplane.client.windows import WindowStream
+from mixplane.tokens import load_tokenizer, train_bpe
+from tests.conftest import write_corpus
+from tests.integrations.server import Server
+
+pytestmark = pytest.mark.integration
+
+MIX = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
+SEQ = 32
+TOPOLOGY = Topology(dp_groups=2, workers=2)
+RANKS = [(g, w) for g in range(2) for w in range(2)]
+
+
+def submit(client: Any, **kw: Any) -> Any:
+    return client.submit("remote", mixture=MIX, chunk_size=19, seed=7, topology=TOPOLOGY, **kw)
+
+
+def digest(window: Any) -> str:
+    return hashlib.sha256(
+        window.input_ids.tobytes() + window.labels.tobytes() + bytes([window.component])
+    ).hexdigest()
+
+
+def hashes(job: Any, tokenizer: Any, g: int, w: int, n: int) -> list[str]:
+    stream = WindowStream(job, tokenizer, SEQ, dp_group=g, worker=w)
+    return [digest(x) for x in itertools.islice(stream, n)]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[tuple[Path, Any, dict[tuple[int, int], list[str]]]]:
+    """A registered corpus, a tokenizer, and each rank's first 80 windows in-process; the
+    catalog is closed afterwards so the server can own it."""
+    write_corpus(tmp_path / "data")
+    home = tmp_path / "home"
+    with Client.local(home) as client:
+        client.catalog.register(
+            "corpus",
+            tmp_path / "data",
+            properties={"language": "meta.language", "source": "meta.source"},
+            progress=False,
+        )
+        texts = client.catalog.sample_texts(client.catalog.components().runs, np.arange(200))
+        tokenizer = train_bpe(texts, vocab_size=300)
+        tokenizer.save(tmp_path / "tokenizer.json")
+        expected = {(g, w): hashes(submit(client), tokenizer, g, w, 80) for g, w in RANKS}
+    yield home, load_tokenizer(str(tmp_path / "tokenizer.json")), expected
+
+
+def test_the_server_streams_what_the_job_streams(setup: Any) -> None:
+    home, tokenizer, expected = setup
+    server = Server(home).start()
+    try:
+        client = Client.remote(server.url)
+        for g, w in RANKS:
+            job = client.submit("remote", mixture=MIX, chunk_size=19, seed=7, topology=TOPOLOGY)
+            assert hashes(job, tokenizer, g, w, 80) == expected[(g, w)]
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_a_server_killed_mid_stream_is_restarted_and_clients_continue(setup: Any) -> None:
+    home, tokenizer, expected = setup
+    server = Server(home).start()
+    try:
+        client = Client.remote(server.url, retry_for=60)
+        job = submit(client)
+        stream = iter(WindowStream(job, tokenizer, SEQ, dp_group=1, worker=1, prefetch=2))
+        first = [digest(x) for x in itertools.islice(stream, 30)]
+        server.kill()
+        restarted = Server(home, port=server.port).start()
+        rest = [digest(x) for x in itertools.islice(stream, 50)]
+        assert first + rest == expected[(1, 1)]
+        restarted.stop()
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_a_killed_client_resumes_from_its_last_state(setup: Any) -> None:
+    home, tokenizer, expected = setup
+    server = Server(home).start()
+    try:
+        client = Client.remote(server.url)
+        windows = RankWindows(submit(client), tokenizer, SEQ, dp_group=0, workers=[1])
+        it = iter(windows)
+        first = [digest(x) for x in itertools.islice(it, 23)]
+        state = windows.state_dict()
+        client.close()  # the client is gone; its state survives
+        again = Client.remote(server.url)
+        restored = RankWindows(submit(again), tokenizer, SEQ, dp_group=0, workers=[1])
+        restored.load_state_dict(state)
+        rest = [digest(x) for x in itertools.islice(iter(restored), 80 - 23)]
+        assert first + rest == expected[(0, 1)]
+        again.close()
+    finally:
+        server.stop()
