@@ -263,6 +263,8 @@ class Job:
             msg = "a job needs an open catalog or a job snapshot"
             raise PlanError(msg)
         self._lock = threading.RLock()
+        self._algorithm_lock = threading.Lock()  # held while the algorithm updates
+        self.feedback_log: list[tuple[int, np.ndarray, np.ndarray]] = []  # not in the state
         self.catalog = catalog
         self._snapshot = snapshot
         self.local: frozenset[int] | None = None
@@ -592,20 +594,42 @@ class Job:
                 return
             yield spec
 
-    @_locked
     def feedback(self, step: int, loss_sum: Any, token_count: Any) -> int | None:
         """Per-component loss sums and token counts of a training step. With an adaptive
         mixture the algorithm may answer new weights; they apply from the next planned chunk,
-        whose index is returned (None when the weights did not change)."""
+        whose index is returned (None when the weights did not change).
+
+        The algorithm runs under its own lock, not the job's: planning and chunk serving go on
+        while it works (an ADO refit takes up to a second or two); only the weight change
+        itself takes the job's lock."""
         loss, count = check_feedback(len(self.orders), loss_sum, token_count)
+        self.feedback_log.append((int(step), loss, count))
         if self.algorithm is None:
             return None
-        weights = self.algorithm.update(step, loss, count)
-        if weights is None:
-            return None
-        at = self._change(np.asarray(weights, dtype=np.float64), cause="adapt")
-        self.mixture_log[-1]["step"] = step
+        with self._algorithm_lock:
+            weights = self.algorithm.update(step, loss, count)
+            if weights is None:
+                return None
+            with self._lock:
+                at = self._change(np.asarray(weights, dtype=np.float64), cause="adapt")
+                self.mixture_log[-1]["step"] = step
         return at
+
+    def trace(self) -> list[dict[str, Any]]:
+        """The feedback this job received (since it was made or restored), in the long
+        format replay reads: one row per (step, component) with ``step``, ``domain`` (the
+        selector), ``loss_sum`` and ``tokens``."""
+        selectors = self.selectors
+        return [
+            {
+                "step": step,
+                "domain": selectors[k],
+                "loss_sum": float(loss[k]),
+                "tokens": float(count[k]),
+            }
+            for step, loss, count in list(self.feedback_log)
+            for k in range(len(selectors))
+        ]
 
     @_locked
     def set_weights(self, weights: np.ndarray | Mapping[str, float]) -> int:
@@ -699,9 +723,14 @@ class Job:
         )
 
     # -- state -------------------------------------------------------------------------------
-    @_locked
     def state_dict(self) -> JobState:
-        """Consistent state of the job and all its consumers (O(components + consumers))."""
+        """Consistent state of the job and all its consumers (O(components + consumers)).
+        Locks in the order feedback takes them (algorithm, then job): an update in progress
+        finishes first, so the algorithm's state and the mixture log agree."""
+        with self._algorithm_lock, self._lock:
+            return self._state_dict()
+
+    def _state_dict(self) -> JobState:
         low = min(self._lowest_unfinished(), self._planner.next_chunk)
         if low == self._planner.next_chunk:  # not planned yet: snapshot the planner as it is now
             self._apply_changes(low)
@@ -715,7 +744,7 @@ class Job:
             query=self.result.fingerprint,
             planner=self._before[low],
             planned=max(self._planned, self._planner.next_chunk),
-            algorithm=self.algorithm.state_dict() if self.algorithm is not None else None,
+            algorithm=self._algorithm_state(),
             extensions=list(self.extensions),
             mixture_log=list(self.mixture_log),
             topology=self.topology.to_json(),
@@ -728,8 +757,15 @@ class Job:
             scope=sorted(self.local) if self.local is not None else None,
         )
 
-    @_locked
+    def _algorithm_state(self) -> dict[str, Any] | None:
+        return self.algorithm.state_dict() if self.algorithm is not None else None
+
     def load_state_dict(self, state: JobState) -> None:
+        """Continue from a saved state; the topology may differ (elastic restore)."""
+        with self._algorithm_lock, self._lock:
+            self._load_state_dict(state)
+
+    def _load_state_dict(self, state: JobState) -> None:
         """Continue from a saved state; the topology may differ (elastic restore)."""
         if state.get("version") != JOB_STATE_VERSION:
             msg = f"job state version {state.get('version')!r}, expected {JOB_STATE_VERSION}"
@@ -806,11 +842,14 @@ class Job:
         return self._last
 
     # -- snapshots ---------------------------------------------------------------------------
-    @_locked
     def snapshot(self) -> JobSnapshot:
         """The job's definition, state and catalog data, to run it in another process
         (``Job.from_snapshot``): DataLoader workers, ranks, tools without the catalog."""
-        state = dict(self.state_dict())
+        with self._algorithm_lock, self._lock:  # the order state_dict and feedback take
+            return self._snapshot_now()
+
+    def _snapshot_now(self) -> JobSnapshot:
+        state = dict(self._state_dict())
         if self._snapshot is not None:
             old = self._snapshot
             rows, pointers = old.file_rows, old.file_pointers
