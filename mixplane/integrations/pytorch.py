@@ -220,6 +220,84 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         return state
 
 
+def domain_loss_sums(
+    loss: torch.Tensor,
+    domain_ids: torch.Tensor,
+    num_components: int,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-component sums of per-token loss and token counts (float64, on the loss's device)
+    from per-token losses (``cross_entropy(..., reduction="none")``) and the batch's
+    ``domain_ids``; ``mask`` (e.g. ``labels != -100``) leaves tokens out."""
+    values = loss.detach().reshape(-1).to(torch.float64)
+    domains = domain_ids.reshape(-1).to(device=values.device, dtype=torch.int64)
+    if values.shape != domains.shape:
+        msg = f"loss has {values.numel()} tokens but domain_ids {domains.numel()}"
+        raise PlanError(msg)
+    if mask is not None:
+        keep = mask.reshape(-1).to(device=values.device, dtype=torch.bool)
+        values, domains = values[keep], domains[keep]
+    if domains.numel() and (int(domains.min()) < 0 or int(domains.max()) >= num_components):
+        msg = f"domain_ids must lie in 0..{num_components - 1} (the job's components)"
+        raise PlanError(msg)
+    sums = torch.zeros(num_components, dtype=torch.float64, device=values.device)
+    sums.scatter_add_(0, domains, values)
+    counts = torch.bincount(domains, minlength=num_components).to(torch.float64)
+    return sums, counts
+
+
+class LossFeedback:
+    """Per-domain loss feedback from a training loop: ``feedback(step, loss, domain_ids)``.
+
+    Sums the per-token loss and counts tokens per component, all-reduces both over
+    ``group`` (the data-parallel process group; by default every rank, divided by the ranks
+    per DP group, which hold the same data), and sends them to the job from one rank (rank 0
+    of the group). Any backend (gloo, nccl). An in-process job plans separately in every
+    rank, so adaptive mixing across several ranks needs the server (``Client.remote``).
+    """
+
+    def __init__(
+        self,
+        job: Job | RemoteJob,
+        *,
+        group: Any = None,
+        ranks_per_group: int | None = None,
+    ) -> None:
+        self.job = job
+        self.group = group
+        self.ranks_per_group = ranks_per_group or job.topology.ranks_per_group
+        self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world = torch.distributed.get_world_size(group) if self.distributed else 1
+        if isinstance(job, Job) and job.algorithm is not None and world > 1:
+            msg = (
+                "adaptive mixing across ranks needs one planner: run the job on the server "
+                "(Client.remote) so every rank streams what its feedback changes"
+            )
+            raise PlanError(msg)
+
+    def __call__(
+        self,
+        step: int,
+        loss: torch.Tensor,
+        domain_ids: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> int | None:
+        """Reduce this step's losses and send them; returns the chunk the new weights apply
+        from (on the sending rank, when they changed), else None."""
+        sums, counts = domain_loss_sums(loss, domain_ids, self.job.num_components, mask)
+        sender = True
+        if self.distributed:
+            both = torch.stack([sums, counts])
+            torch.distributed.all_reduce(both, group=self.group)
+            if self.group is None and self.ranks_per_group > 1:
+                both /= self.ranks_per_group
+            sums, counts = both[0], both[1]
+            sender = torch.distributed.get_rank(self.group) == 0
+        if not sender:
+            return None
+        return self.job.feedback(step, sums.cpu().numpy(), counts.cpu().numpy())
+
+
 def _distributed() -> tuple[int | None, int | None]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()

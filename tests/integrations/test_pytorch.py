@@ -23,7 +23,11 @@ from mixplane.chunking import Topology  # noqa: E402
 from mixplane.client import Client  # noqa: E402
 from mixplane.client.rank import resolve_layout  # noqa: E402
 from mixplane.errors import PlanError, StateError  # noqa: E402
-from mixplane.integrations.pytorch import TokenWindowDataset, collate_windows  # noqa: E402
+from mixplane.integrations.pytorch import (  # noqa: E402
+    TokenWindowDataset,
+    collate_windows,
+    domain_loss_sums,
+)
 from mixplane.job import Job  # noqa: E402
 from mixplane.tokens import train_bpe  # noqa: E402
 from tests.resume import check_resume  # noqa: E402
@@ -277,3 +281,53 @@ def test_gloo_ranks_dp_disjoint_and_group_identical(
     assert c == d  # ranks_per_group=2: both ranks of the group read the same batches
     e, f = _two_ranks(group, tok, tmp_path, "mesh", "--mesh", "1,2")
     assert e == f == c  # a (dp=1, tp=2) device mesh gives the same layout
+
+
+# -- feedback --------------------------------------------------------------------------------
+def test_domain_loss_sums() -> None:
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    domains = torch.tensor([[0, 0, 2], [2, 2, 2]])
+    sums, counts = domain_loss_sums(loss, domains, 3)
+    assert sums.tolist() == [3.0, 0.0, 18.0] and counts.tolist() == [2.0, 0.0, 4.0]
+    sums, counts = domain_loss_sums(loss, domains, 3, mask=loss != 6.0)
+    assert sums.tolist() == [3.0, 0.0, 12.0] and counts.tolist() == [2.0, 0.0, 3.0]
+    with pytest.raises(PlanError, match="domain_ids must lie"):
+        domain_loss_sums(loss, domains, 2)
+
+
+@pytest.mark.integration
+def test_gloo_feedback_is_reduced_and_sent_once(
+    client: Client, tokenizer: Any, tmp_path: Path
+) -> None:
+    snap = submit(client, Topology(dp_groups=2)).snapshot().save(tmp_path / "fb")
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "GLOO_SOCKET_IFNAME": "lo",
+        }
+        args = [str(snap), str(tmp_path / "tokenizer.json"), str(tmp_path / f"fb-{rank}.json")]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.integrations.feedback_proc", *args],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for p in procs:
+        _wait(p)
+    r0, r1 = (json.loads((tmp_path / f"fb-{r}.json").read_text()) for r in range(2))
+    assert r1["logged"] == []  # only rank 0 sends
+    assert len(r0["logged"]) == 1
+    step, sums, counts = r0["logged"][0]
+    assert step == 5
+    assert np.allclose(sums, np.add(r0["local"][0], r1["local"][0]))
+    assert np.allclose(counts, np.add(r0["local"][1], r1["local"][1]))
+    assert sum(counts) == 2 * 6 * SEQ
