@@ -994,5 +994,71 @@ def _load(spec: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+@main.command()
+@click.option(
+    "--home",
+    "serve_home",
+    type=click.Path(file_okay=False),
+    help="Catalog home directory (default: the global --home).",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback needs --token-file.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8411,
+    show_default=True,
+    help="Port to listen on (0: any free port; the listening line names it).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    envvar="MIXPLANE_TOKEN_FILE",
+    help="File holding the bearer token clients must send (default: $MIXPLANE_TOKEN_FILE).",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds between checkpoints of changed jobs (0: no periodic checkpoints).",
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    serve_home: str | None,
+    host: str,
+    port: int,
+    token_file: str | None,
+    checkpoint_every: float,
+) -> None:
+    """Serve the catalog and jobs over HTTP to remote clients (mixplane/protocol.py).
+
+    Prints 'mixplane server listening on http://HOST:PORT' once it accepts connections. One
+    process owns the catalog; stop it with Ctrl-C or SIGTERM (jobs are checkpointed).
+    """
+    from mixplane.server.app import read_token
+    from mixplane.server.app import serve as run_server
+
+    token = read_token(token_file) if token_file else None
+
+    def announce(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()
+
+    run_server(
+        serve_home or ctx.obj["home"],
+        host=host,
+        port=port,
+        token=token,
+        checkpoint_every=checkpoint_every,
+        announce=announce,
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -528,12 +528,9 @@ class Job:
             return self._replan(index)
         return spec
 
-    def _replan(self, index: int) -> ChunkSpec | None:
-        """A chunk released since it was planned (a consumer restored from an older state):
-        planned again from the nearest milestone before it, replaying the mixture log, so it
-        is the chunk it was."""
-        if index in self._replanned:
-            return self._replanned[index]
+    def _replay_to(self, index: int) -> Planner:
+        """A planner about to plan chunk ``index`` (its mixture changes applied), replayed
+        from the nearest milestone before it and the mixture log."""
         bases = [k for k in self._milestones if k <= index]
         if not bases:
             msg = (
@@ -550,7 +547,6 @@ class Job:
             on_exhausted=self.phases[0].on_exhausted,
         )
         planner.load_state_dict(self._milestones[base])
-        spec: ChunkSpec | None = None
         for k in range(base, index + 1):
             at_k = [e for e in self.mixture_log if e["chunk"] == k]
             for e in at_k:  # a phase start first, then the latest update (as _apply_changes)
@@ -564,9 +560,18 @@ class Job:
             if updates and updates[-1]["version"] > planner.mixture_version:
                 last = updates[-1]
                 planner.set_weights(np.asarray(last["weights"]), version=last["version"])
-            spec = planner.plan()
-            if spec is None:
+            if k < index and planner.plan() is None:
                 break
+        return planner
+
+    def _replan(self, index: int) -> ChunkSpec | None:
+        """A chunk released since it was planned (a consumer restored from an older state):
+        planned again from the nearest milestone before it, replaying the mixture log, so it
+        is the chunk it was."""
+        if index in self._replanned:
+            return self._replanned[index]
+        planner = self._replay_to(index)
+        spec = planner.plan()
         while len(self._replanned) >= REPLANNED_CACHE:
             del self._replanned[next(iter(self._replanned))]
         self._replanned[index] = spec
@@ -735,9 +740,8 @@ class Job:
         if low == self._planner.next_chunk:  # not planned yet: snapshot the planner as it is now
             self._apply_changes(low)
             self._before[low] = self._planner.state_dict()
-        if low not in self._before:
-            msg = f"no planner snapshot for chunk {low}"
-            raise StateError(msg)
+        if low not in self._before:  # a consumer moved back (restored from an older state)
+            self._before[low] = self._replay_to(low).state_dict()
         return JobState(
             version=JOB_STATE_VERSION,
             spec=self.spec.fingerprint(),
