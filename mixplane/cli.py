@@ -50,10 +50,30 @@ class _Group(click.Group):
     envvar="MIXPLANE_HOME",
     help="Catalog home directory (default: $MIXPLANE_HOME or ~/.mixplane).",
 )
+@click.option(
+    "--server",
+    envvar="MIXPLANE_SERVER",
+    metavar="URL",
+    help="Run ls, register, explain, plan and stream against this mixplane server "
+    "(default: $MIXPLANE_SERVER; without it, the catalog at --home in this process).",
+)
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    envvar="MIXPLANE_TOKEN_FILE",
+    help="File holding the server's bearer token (default: $MIXPLANE_TOKEN_FILE).",
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.pass_context
-def main(ctx: click.Context, home: str | None, debug: bool, verbose: int) -> None:
+def main(
+    ctx: click.Context,
+    home: str | None,
+    server: str | None,
+    token_file: str | None,
+    debug: bool,
+    verbose: int,
+) -> None:
     """mixplane: a declarative training-data plane.
 
     Register corpora with per-sample properties, query and mix them, and stream them to
@@ -61,13 +81,28 @@ def main(ctx: click.Context, home: str | None, debug: bool, verbose: int) -> Non
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"home": home, "debug": debug}
+    ctx.obj = {"home": home, "debug": debug, "server": server, "token_file": token_file}
 
 
-def _catalog(ctx: click.Context) -> Any:
+def _catalog(ctx: click.Context, what: str = "this command") -> Any:
     from mixplane.catalog.catalog import Catalog
 
+    if ctx.obj.get("server"):
+        msg = (
+            f"{what} runs on the catalog in this process, not through a server: drop --server "
+            "(and MIXPLANE_SERVER) and give --home where the catalog is"
+        )
+        raise MixplaneError(msg)
     return Catalog.open(ctx.obj["home"])
+
+
+def _client(ctx: click.Context) -> Any:
+    """The server's client with --server (or MIXPLANE_SERVER), else the local catalog's."""
+    from mixplane.client.client import Client
+
+    if ctx.obj.get("server"):
+        return Client.remote(ctx.obj["server"], token_file=ctx.obj.get("token_file"))
+    return Client.local(ctx.obj["home"])
 
 
 def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
@@ -147,6 +182,35 @@ def register(
     from mixplane.catalog.properties import parse_constant
 
     consts = {k: parse_constant(v) for k, v in _pairs(constants, "--constant").items()}
+    if ctx.obj.get("server"):
+        if function:
+            msg = (
+                "--function runs your code, which never travels to a server: register with "
+                "field properties and constants through it, or run add-property locally"
+            )
+            raise MixplaneError(msg)
+        with _client(ctx) as client:
+            report = client.register(
+                name,
+                [str(Path(p).resolve()) if not any(c in p for c in "*?[") else p for p in paths],
+                format=fmt,
+                properties=_pairs(properties, "--property"),
+                constants=consts,
+                preset=preset,
+                text_field=text_field,
+                on_error=on_error,  # type: ignore[arg-type]
+                replace=replace,
+            )
+        if as_json:
+            click.echo(json.dumps(report, default=str))
+            return
+        click.echo(
+            f"registered {report['name']}: {report['files']} files, {report['samples']} samples, "
+            f"{report['bytes'] / 1e6:.1f} MB of text, {report['skipped']} skipped"
+        )
+        for message in report.get("messages", []):
+            click.echo(f"  skipped {message}")
+        return
     with _catalog(ctx) as cat:
         info = cat.register(
             name,
@@ -178,6 +242,24 @@ def register(
 @click.pass_context
 def ls(ctx: click.Context, as_json: bool) -> None:
     """List registered datasets and properties."""
+    if ctx.obj.get("server"):
+        with _client(ctx) as client:
+            rows = client.datasets()
+        if as_json:
+            click.echo(json.dumps(rows, default=str))
+            return
+        if not rows:
+            click.echo("no datasets registered; add one with 'mixplane register NAME PATH...'")
+            return
+        click.echo(
+            f"{'dataset':<24} {'files':>6} {'samples':>12} {'MB':>10} {'skipped':>8}  properties"
+        )
+        for d in rows:
+            click.echo(
+                f"{d['name']:<24} {d['files']:>6} {d['samples']:>12} {d['bytes'] / 1e6:>10.1f} "
+                f"{d['skipped']:>8}  {', '.join(d['properties'])}"
+            )
+        return
     with _catalog(ctx) as cat:
         datasets = cat.datasets()
         properties = cat.properties()
@@ -262,7 +344,7 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _submit(
-    cat: Any,
+    client: Any,
     where: str | None,
     mixture: str | None,
     mixture_file: str | None,
@@ -270,9 +352,10 @@ def _submit(
     *,
     tokenizer: Any = None,
 ) -> Any:
-    """A client and its job 'cli'; ``tokenizer`` counts the job's tokens (``--unit tokens``)."""
+    """The job 'cli' of a client (``Client.local`` or ``Client.remote``; on a server its id is
+    'cli-' and a digest of the options, so the same command line attaches to the same job);
+    ``tokenizer`` counts the job's tokens (``--unit tokens``)."""
     from mixplane.chunking.assign import Topology
-    from mixplane.client.client import Client
     from mixplane.job import Phase
     from mixplane.mixture.mixture import Mixture
 
@@ -318,14 +401,12 @@ def _submit(
             )
             for p in phases[1:]
         ]
-    client = Client(cat)
     topology = Topology(
         dp_groups=opts["dp_groups"],
         ranks_per_group=opts["ranks_per_group"],
         workers=opts["workers"],
     )
-    return client, client.submit(
-        "cli",
+    options: dict[str, Any] = dict(
         where=where,
         mixture=Mixture.from_json(data),
         topology=topology,
@@ -338,6 +419,14 @@ def _submit(
         schedule_unit=unit,
         tokenizer=tokenizer,
     )
+    job_id = "cli"
+    if hasattr(client, "connection"):  # a server: one job per distinct command line
+        from mixplane.job import make_spec
+
+        fields = {k: v for k, v in options.items() if k != "topology"}
+        digest = make_spec("cli", **fields).fingerprint()[:12]
+        job_id = f"cli-{digest}-{topology.dp_groups}x{topology.ranks_per_group}x{topology.workers}"
+    return client, client.submit(job_id, **options)
 
 
 @main.command()
@@ -355,12 +444,11 @@ def plan(
     **opts: Any,
 ) -> None:
     """Plan a job's first chunks: which ranges each chunk reads and who consumes it."""
-    with _catalog(ctx) as cat:
-        _, job = _submit(cat, where, mixture, mixture_file, opts)
-        selectors = [c.selector for c in job.result.components]
+    with _client(ctx) as client:
+        _, job = _submit(client, where, mixture, mixture_file, opts)
+        selectors = job.selectors
         out = []
-        for spec in job.plan(opts["chunks"]):
-            group, worker = job.assignment.owner(spec.index)
+        for spec, group, worker in _first_chunks(job, opts["chunks"]):
             amounts = spec.tokens if spec.unit == "tokens" else spec.counts
             counts: dict[str, int] = {}
             for sel, n in zip(selectors, amounts.tolist(), strict=True):
@@ -397,6 +485,22 @@ def plan(
             f"chunk {chunk['index']:>5} -> group {chunk['dp_group']} worker {chunk['worker']}"
             f"  {len(chunk['ranges'])} ranges  {shares}"
         )
+
+
+def _first_chunks(job: Any, count: int) -> list[tuple[Any, int, int]]:
+    """(chunk, dp group, worker) of a job's first chunks in global order."""
+    if hasattr(job, "plan"):  # in-process
+        return [(spec, *job.assignment.owner(spec.index)) for spec in job.plan(count)]
+    topology = job.topology  # a server's job: chunk k is consumer (k mod G, k div G mod W)'s
+    g, w = topology.dp_groups, topology.workers
+    owners = [(k % g, (k // g) % w, k // (g * w)) for k in range(count)]
+    answers = job.fetch([(topology.consumer(group, worker), j) for group, worker, j in owners])
+    out = []
+    for (spec, _start), (group, worker, _j) in zip(answers, owners, strict=True):
+        if spec is None:
+            break
+        out.append((spec, group, worker))
+    return out
 
 
 STREAM_STATE_FORMAT = "mixplane stream state"
@@ -559,10 +663,10 @@ def stream(
     if bos and getattr(tokenizer, "bos_id", None) is None:
         msg = f"tokenizer {tokenizer_spec!r} has no beginning-of-sequence token; drop --bos"
         raise MixplaneError(msg)
-    with _catalog(ctx) as cat:
+    with _client(ctx) as client:
         token_job = opts["unit"] == "tokens"
         _, job = _submit(
-            cat, where, mixture, mixture_file, opts, tokenizer=tokenizer if token_job else None
+            client, where, mixture, mixture_file, opts, tokenizer=tokenizer if token_job else None
         )
         try:
             _check_coordinates(job.topology, dp_group=dp_group, rank=rank, worker=worker)
@@ -602,7 +706,7 @@ def stream(
                     )
                     raise StateError(msg) from exc
             first = saved["windows"] if saved is not None else 0
-            selectors = [c.selector for c in job.result.components]
+            selectors = job.selectors
             iterator = iter(windows)
             try:
                 written = _write_windows(iterator, out, max_windows, first, selectors)
@@ -809,18 +913,21 @@ def explain(
 ) -> None:
     """Show the SQL of a query and its components; with --mixture, what a job would draw."""
     props = [p.strip() for p in by.split(",") if p.strip()]
-    with _catalog(ctx) as cat:
+    with _client(ctx) as client:
         if mixture is not None or mixture_file is not None:
-            client, _ = _submit(cat, where, mixture, mixture_file, opts)
-            report = client.explain("cli", chunks=opts["chunks"])
+            _, job = _submit(client, where, mixture, mixture_file, opts)
+            report = client.explain(job.spec.job_id, chunks=opts["chunks"])
             if as_json:
                 click.echo(json.dumps(report, default=str))
                 return
             click.echo(render_job(report))
             return
-        result = cat.explain(where, by=props)
+        if hasattr(client, "catalog"):
+            result = client.catalog.explain(where, by=props).to_dict(runs=runs)
+        else:
+            result = client.explain_query(where, props, runs=runs)
     if as_json:
-        click.echo(json.dumps(result.to_dict(runs=runs), default=str))
+        click.echo(json.dumps(result, default=str))
         return
     click.echo(render_explain(result))
 
@@ -838,23 +945,34 @@ def render_job(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_explain(result: Any) -> str:
-    """The human-readable explain table."""
-    lines = ["sql:", *("  " + line for line in result.sql.splitlines())]
-    if result.params:
-        lines.append(f"params: {result.params}")
-    total_s, total_b = max(result.total_samples, 1), max(result.total_bytes, 1)
-    width = max([len(c.selector) for c in result.components] + [9])
+def render_explain(result: dict[str, Any]) -> str:
+    """The human-readable explain table, from ``QueryResult.to_dict()``."""
+    from mixplane.query.result import format_value
+
+    lines = ["sql:", *("  " + line for line in result["sql"].splitlines())]
+    if result["params"]:
+        lines.append(f"params: {result['params']}")
+    total_s, total_b = max(result["total_samples"], 1), max(result["total_bytes"], 1)
+    rows = [
+        (
+            ",".join(f"{k}={format_value(v)}" for k, v in c["properties"].items()) or "*",
+            c,
+        )
+        for c in result["components"]
+    ]
+    width = max([len(sel) for sel, _ in rows] + [9])
     lines.append(
         f"{'component':<{width}} {'samples':>10} {'share':>7} {'MB':>9} {'share':>7} {'runs':>6}"
     )
-    for c in result.components:
+    for sel, c in rows:
+        runs = c["runs"] if isinstance(c["runs"], int) else len(c.get("ranges", []))
         lines.append(
-            f"{c.selector:<{width}} {c.samples:>10} {c.samples / total_s:>7.1%} "
-            f"{c.bytes / 1e6:>9.2f} {c.bytes / total_b:>7.1%} {c.runs.num_rows:>6}"
+            f"{sel:<{width}} {c['samples']:>10} {c['samples'] / total_s:>7.1%} "
+            f"{c['bytes'] / 1e6:>9.2f} {c['bytes'] / total_b:>7.1%} {runs:>6}"
         )
     lines.append(
-        f"{'total':<{width}} {result.total_samples:>10} {'':>7} {result.total_bytes / 1e6:>9.2f}"
+        f"{'total':<{width}} {result['total_samples']:>10} {'':>7} "
+        f"{result['total_bytes'] / 1e6:>9.2f}"
     )
     return "\n".join(lines)
 

@@ -219,6 +219,22 @@ class RemoteJob:
     def read_group(self) -> int:
         return self._read_group
 
+    def fetch(self, pairs: Sequence[tuple[int, int]]) -> list[tuple[ChunkSpec | None, int]]:
+        """(chunk, start) of each (consumer, j), in one request (inspection: nothing is
+        reported consumed)."""
+        answer = self.connection.call(
+            "POST",
+            f"/v1/jobs/{_quote(self.job_id)}/chunks",
+            {"requests": [{"consumer": c, "j": j} for c, j in pairs], "consumed": []},
+        )
+        return [
+            (
+                ChunkSpec.from_wire(item["chunk"]) if item["chunk"] is not None else None,
+                int(item["start"]),
+            )
+            for item in answer["chunks"]
+        ]
+
     def consumer_chunk(self, consumer: int, j: int) -> tuple[ChunkSpec | None, int]:
         with self._lock:
             hit = self._cache.pop((consumer, j), None)

@@ -88,6 +88,6 @@ def run_demo(
             )
         for by in (["source"], ["language"], ["language", "domain"]):
             echo(f"\nexplain --where \"split == 'train'\" --by {','.join(by)}")
-            echo(render_explain(cat.explain("split == 'train'", by=by)))
+            echo(render_explain(cat.explain("split == 'train'", by=by).to_dict()))
         _stream_job(Client(cat), echo)
     echo(f"\ndemo finished in {time.perf_counter() - started:.1f} s; catalog at {root}")
