@@ -1,5 +1,21 @@
-"""Adaptive mixing: algorithms that turn per-component loss feedback into new weights."""
+"""Adaptive mixing: algorithms that turn per-component loss feedback into new weights.
 
+``ALGORITHMS`` holds them by name: ``ado`` and ``ado-mixtera`` (``ado.py``), ``odm``
+(``odm.py``) and ``loss-proportional`` (``base.py``); ``replay.py`` runs one on a logged
+feedback trace without training. docs/adaptation.md describes each with its options.
+"""
+
+from mixplane.adapt.ado import ADO, AlgorithmOptionError, fit_scaling_laws
 from mixplane.adapt.base import ALGORITHMS, LossProportional, MixingAlgorithm, make_algorithm
+from mixplane.adapt.odm import ODM
 
-__all__ = ["ALGORITHMS", "LossProportional", "MixingAlgorithm", "make_algorithm"]
+__all__ = [
+    "ADO",
+    "ALGORITHMS",
+    "ODM",
+    "AlgorithmOptionError",
+    "LossProportional",
+    "MixingAlgorithm",
+    "fit_scaling_laws",
+    "make_algorithm",
+]

@@ -94,8 +94,31 @@ class LossProportional:
         self._seen = np.asarray(state["seen"], dtype=bool)
 
 
+def _ado(prior: np.ndarray, **options: Any) -> MixingAlgorithm:
+    from mixplane.adapt.ado import ADO  # here: ado.py imports this module
+
+    return ADO(prior, **options)
+
+
+def _ado_mixtera(prior: np.ndarray, **options: Any) -> MixingAlgorithm:
+    from mixplane.adapt.ado import ado_mixtera
+
+    return ado_mixtera(prior, **options)
+
+
+def _odm(prior: np.ndarray, **options: Any) -> MixingAlgorithm:
+    from mixplane.adapt.odm import ODM
+
+    return ODM(prior, **options)
+
+
 #: Algorithms by name: a factory from (prior weights, options) to an algorithm.
-ALGORITHMS: dict[str, Callable[..., MixingAlgorithm]] = {"loss-proportional": LossProportional}
+ALGORITHMS: dict[str, Callable[..., MixingAlgorithm]] = {
+    "ado": _ado,  # mixplane/adapt/ado.py, docs/adaptation.md
+    "ado-mixtera": _ado_mixtera,  # ADO as the public Mixtera code computes it
+    "odm": _odm,  # mixplane/adapt/odm.py
+    "loss-proportional": LossProportional,
+}
 
 
 def make_algorithm(name: str, prior: np.ndarray, **options: Any) -> MixingAlgorithm:
