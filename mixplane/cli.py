@@ -996,6 +996,53 @@ def demo(ctx: click.Context, out: str | None, max_docs: int | None) -> None:
     )
 
 
+@main.command()
+@click.option(
+    "--algorithm",
+    required=True,
+    help="A mixing algorithm: ado, ado-mixtera, odm, loss-proportional.",
+)
+@click.option(
+    "--losses",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Trace (CSV or Parquet): columns step, domain, loss_sum, tokens.",
+)
+@click.option(
+    "--prior",
+    help="Initial weights: JSON mapping domain -> weight, inline or a file (default: uniform).",
+)
+@click.option("--param", "params", multiple=True, metavar="K=V", help="Algorithm option.")
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False), help="Weights CSV to write."
+)
+def replay(
+    algorithm: str, losses: str, prior: str | None, params: tuple[str, ...], out: str
+) -> None:
+    """Run a mixing algorithm on a logged loss trace (no training): the weights after each
+    step, one column per domain."""
+    from mixplane.adapt.replay import parse_value, read_prior, write_weights
+    from mixplane.adapt.replay import replay as run_replay
+
+    weights: dict[str, float] | None = None
+    if prior is not None:
+        if prior.lstrip().startswith("{"):
+            try:
+                weights = {str(k): float(v) for k, v in json.loads(prior).items()}
+            except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as exc:
+                msg = f"--prior is not a JSON object of domain -> weight ({exc})"
+                raise MixplaneError(msg) from exc
+        else:
+            weights = read_prior(prior)
+    options = {k: parse_value(v) for k, v in _pairs(params, "--param").items()}
+    table = run_replay(algorithm, losses, prior=weights, params=options)
+    write_weights(table, out)
+    click.echo(
+        f"replayed {algorithm} over {table.num_rows} steps and {table.num_columns - 1} domains; "
+        f"weights in {out}"
+    )
+
+
 @main.group()
 def tokenizer() -> None:
     """Train a BPE tokenizer on a dataset, or inspect one by path or name."""
