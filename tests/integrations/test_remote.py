@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mixplane.adapt.base import FeedbackError
 from mixplane.chunking import Topology
 from mixplane.client import Client
 from mixplane.client.rank import RankWindows
+from mixplane.client.remote import RemoteError
 from mixplane.client.windows import WindowStream
 from mixplane.tokens import load_tokenizer, train_bpe
 from tests.conftest import write_corpus
@@ -109,5 +111,40 @@ def test_a_killed_client_resumes_from_its_last_state(setup: Any) -> None:
         rest = [digest(x) for x in itertools.islice(iter(restored), 80 - 23)]
         assert first + rest == expected[(0, 1)]
         again.close()
+    finally:
+        server.stop()
+
+
+def test_feedback_through_the_server_adapts_the_mixture(setup: Any) -> None:
+    home, _tokenizer, _expected = setup
+    server = Server(home).start()
+    try:
+        client = Client.remote(server.url)
+        options = {"start_step": 20, "refit_interval": 20, "ignore_steps": 2}
+        job = client.submit(
+            "adaptive",
+            mixture=MIX,
+            chunk_size=19,
+            algorithm="ado",
+            algorithm_options={**options, "subsample": 2, "savgol_window": 11, "seq_len": 64},
+        )
+        improving = job.selectors.index("language=fr")
+        stream = job.stream()
+        samples = iter(stream)
+        for step in range(1, 121):
+            list(itertools.islice(samples, 10))
+            mean = np.full(job.num_components, 3.0)
+            mean[improving] = 2.0 + 5.0 * (step * 40.0) ** -0.3
+            tokens = np.full(job.num_components, 100.0)
+            job.feedback(step, mean * tokens, tokens)
+        assert job.weights[improving] > 0.25  # from 0.2 toward the improving component
+        log = job.mixture_log
+        assert sum(e["cause"] == "adapt" for e in log) >= 50
+        assert all("step" in e for e in log if e["cause"] == "adapt")
+        with pytest.raises(FeedbackError):
+            job.feedback(121, [1.0], [1.0])  # wrong length: refused before it is sent
+        with pytest.raises(RemoteError, match="404"):
+            client.feedback("no-such-job", 1, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
+        client.close()
     finally:
         server.stop()
