@@ -34,6 +34,7 @@ from mixplane.catalog.properties import (
     preset_sources,
     unify,
 )
+from mixplane.catalog.runs import scan_runs
 from mixplane.catalog.schema import ensure_schema
 from mixplane.errors import (
     CatalogError,
@@ -660,7 +661,12 @@ class Catalog:
                 f"FROM islands GROUP BY {lead}file_id, island\n"
                 "ORDER BY component, file_id, start"
             )
-        table = self._con.sql(sql, params=params).to_arrow_table()
+        table = None
+        own = " ".join([condition, *keys])
+        if not sort_by and "d." not in own and "f." not in own:
+            table = scan_runs(self._con, keys, names, condition, params)
+        if table is None:  # the window-function form (sorted components, dataset columns)
+            table = self._con.sql(sql, params=params).to_arrow_table()
         key_values: list[tuple[Any, ...]] = []
         member_values: list[tuple[bool, ...]] = []
         if table.num_rows:
