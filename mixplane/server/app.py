@@ -4,8 +4,9 @@
 jobs, binds the socket and runs uvicorn (uvloop, httptools) in this one process, which owns the
 DuckDB catalog file.
 
-Every request passes ``Guard`` (pure ASGI, a few microseconds): the bearer token on ``/v1/`` and
-``/metrics`` (``hmac.compare_digest``), the protocol header on ``/v1/``, the body limit
+Every request passes ``Guard`` (pure ASGI, a few microseconds): the bearer token on ``/v1/``,
+``/metrics`` and the dashboard (``/``, ``/static/``, which also take it as ``?token=``;
+``hmac.compare_digest``), the protocol header on ``/v1/``, the body limit
 (``MAX_BODY_BYTES``, counted as the body streams in, so a missing Content-Length does not get
 around it), and the latency histogram. Bodies are decoded by their Content-Type (msgpack with
 length limits and ``raw=False``, or JSON) and validated by pydantic models before anything acts
@@ -24,9 +25,12 @@ import ipaddress
 import logging
 import math
 import os
+import re
 import socket
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -58,6 +62,7 @@ from mixplane.protocol import (
     PROTOCOL_HEADER,
     PROTOCOL_VERSION,
 )
+from mixplane.server import dashboard
 from mixplane.server.jobs import (
     JOB_ID_PATTERN,
     JobConflictError,
@@ -91,6 +96,21 @@ MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
 LOOPBACK_NAMES = {"localhost": "127.0.0.1"}
 MAX_TEXT = 64 * 1024  # characters of a filter or another free-text field
 MAX_INT = 2**63 - 1
+STATIC = {  # the dashboard's files (mixplane/server/static) and their types; nothing else
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the page's address may carry the token
+    "Cache-Control": "no-store",
+}
+_ASSET_LINK = re.compile(r'(src|href)="/static/([A-Za-z0-9_.-]+)"')
 
 M = TypeVar("M", bound=BaseModel)
 Scalar = bool | int | float | str | None
@@ -434,17 +454,21 @@ class Guard:
     def _check(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
         path: str = scope["path"]
         api = path.startswith("/v1/") or path == "/v1"
-        if not (api or path == "/metrics"):
+        page = path == "/" or path.startswith("/static/")  # the dashboard
+        if not (api or page or path == "/metrics"):
             return None
         headers: dict[bytes, bytes] = {}
         for k, v in scope["headers"]:
             headers.setdefault(k.lower(), v)
         if self.token is not None:
             scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(
+            bearer = scheme.lower() == b"bearer" and hmac.compare_digest(
                 credentials.strip(), self.token
-            ):
+            )
+            if not bearer and not (page and self._query_token(scope)):
                 message = "missing or wrong bearer token; send 'Authorization: Bearer TOKEN'"
+                if page:
+                    message = "missing or wrong token; open the dashboard as /?token=TOKEN"
                 return 401, message, {"WWW-Authenticate": "Bearer"}
         if api:
             got = headers.get(PROTOCOL_HEADER.lower().encode())
@@ -464,6 +488,14 @@ class Guard:
             if too_large:
                 return 413, BodyTooLargeError().detail, {}
         return None
+
+    def _query_token(self, scope: Scope) -> bool:
+        """Whether the query string carries the token (``?token=``; the dashboard's page and
+        files, which a browser loads without headers)."""
+        assert self.token is not None
+        query = scope.get("query_string", b"").decode("latin-1")
+        given = urllib.parse.parse_qs(query).get("token", [])
+        return any(hmac.compare_digest(t.encode("utf-8"), self.token) for t in given[:1])
 
     @staticmethod
     def _limited(receive: Receive) -> Receive:
@@ -765,6 +797,43 @@ def create_app(
     @app.get("/v1/jobs/{job_id}/weights", summary="Current weights and the mixture log")
     async def weights(request: Request, job_id: JobId) -> Response:
         return await off_loop(request, lambda: store.weights(job_id), pool="job")
+
+    # -- dashboard ----------------------------------------------------------------------------
+    folder = resources.files("mixplane.server") / "static"
+    assets = {name: (folder / name).read_bytes() for name in STATIC}
+
+    @app.get("/", include_in_schema=False)
+    async def page(request: Request) -> Response:
+        html = assets["index.html"].decode("utf-8")
+        token = request.query_params.get("token")
+        if token is not None:  # the Guard checked it: the page's files need it too
+            quoted = urllib.parse.quote(token, safe="")
+            html = _ASSET_LINK.sub(rf'\1="/static/\2?token={quoted}"', html)
+        return Response(html, media_type=STATIC["index.html"], headers=PAGE_HEADERS)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: Annotated[str, PathParam(max_length=64)]) -> Response:
+        if name not in STATIC:
+            msg = f"no dashboard file {name!r}; the dashboard has {sorted(STATIC)}"
+            raise HTTPException(404, msg)
+        return Response(assets[name], media_type=STATIC[name], headers=PAGE_HEADERS)
+
+    @app.get("/v1/dashboard/jobs", summary="Every job in a line, for the dashboard")
+    async def dashboard_jobs(request: Request) -> Response:
+        return await off_loop(request, lambda: dashboard.overview(store), pool="job")
+
+    @app.get("/v1/jobs/{job_id}/dashboard", summary="One job's dashboard panels")
+    async def job_dashboard(
+        request: Request,
+        job_id: JobId,
+        history: Annotated[int, Query(ge=1, le=dashboard.HISTORY_MAX)] = dashboard.HISTORY,
+        steps: Annotated[int, Query(ge=0, le=dashboard.STEPS_MAX)] = dashboard.STEPS,
+    ) -> Response:
+        return await off_loop(
+            request,
+            lambda: dashboard.dashboard(store, job_id, history=history, steps=steps),
+            pool="job",
+        )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
