@@ -36,6 +36,14 @@ Endpoints (``ID`` a job id; bodies and answers as plain maps):
 - ``POST /v1/jobs/ID/checkpoint`` -> ``{path}`` (written to the server's home now)
 - ``GET /v1/jobs/ID/weights`` -> ``{weights: [K], mixture_log: [...]}``
 
+- ``GET /v1/dashboard/jobs`` and ``GET /v1/jobs/ID/dashboard?history=N&steps=M``: the
+  dashboard's data (``mixplane/server/dashboard.py``); the page itself is ``GET /`` (token as
+  Bearer header or ``?token=``)
+
+Statuses: 400 bad input or protocol version, 401 token, 404 unknown job/dataset/file, 409 a
+different spec under a taken job id or a changed file, 413 body too large, 415 body type, 422
+schema violation. A chunk request may reach a bounded number of chunks past those planned.
+
 ``JobInfo``: ``{job_id, spec, topology, selectors: [K], num_components, read_group}``.
 """
 
