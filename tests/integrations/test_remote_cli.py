@@ -60,6 +60,22 @@ def test_commands_through_the_server_match_local(tmp_path: Path) -> None:
             local["explain"]
         )
         assert cli(*stream, "--dp-group", "1", "--max-windows", "9", server=url) == local["stream"]
+        # several client processes at once, each a rank of another DP group
+        env = {k: v for k, v in os.environ.items() if k not in ("MIXPLANE_HOME", "MIXPLANE_SERVER")}
+        procs = [
+            subprocess.Popen(
+                [*COMMAND, "--server", url, *stream, "--dp-group", str(g), "--max-windows", "9"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for g in (0, 1, 1)
+        ]
+        outputs = [p.communicate(timeout=120)[0] for p in procs]
+        assert all(p.returncode == 0 for p in procs)
+        assert outputs[1] == outputs[2] == local["stream"]
+        assert outputs[0] != outputs[1]
         state = tmp_path / "s.json"
         first = cli(
             *stream, "--dp-group", "1", "--max-windows", "4", "--state-out", str(state), server=url
