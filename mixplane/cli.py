@@ -161,6 +161,18 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     show_default=True,
     help="Parquet: read the text column, or estimate from the footer.",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where files are scanned and functions run: this process, or a Ray cluster.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="The Ray cluster for --engine ray (default: the running one, or a local one).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def register(
@@ -176,12 +188,15 @@ def register(
     on_error: str,
     replace: bool,
     text_lengths: str,
+    engine: str,
+    ray_address: str | None,
     as_json: bool,
 ) -> None:
     """Register files (paths, directories or globs) as dataset NAME, all or nothing."""
     from mixplane.catalog.properties import parse_constant
 
     consts = {k: parse_constant(v) for k, v in _pairs(constants, "--constant").items()}
+    _check_engine(ctx, engine, ray_address)
     if ctx.obj.get("server"):
         if function:
             msg = (
@@ -192,7 +207,10 @@ def register(
         with _client(ctx) as client:
             report = client.register(
                 name,
-                [str(Path(p).resolve()) if not any(c in p for c in "*?[") else p for p in paths],
+                [
+                    p if "://" in p or any(c in p for c in "*?[") else str(Path(p).resolve())
+                    for p in paths
+                ],
                 format=fmt,
                 properties=_pairs(properties, "--property"),
                 constants=consts,
@@ -224,6 +242,8 @@ def register(
             on_error=on_error,
             replace=replace,
             text_lengths=text_lengths,
+            engine=engine,
+            ray_address=ray_address,
         )
     if as_json:
         click.echo(json.dumps(info.to_dict()))
@@ -285,20 +305,56 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 @click.argument("function", metavar="MODULE:FUNCTION")
 @click.option("--datasets", help="Comma-separated datasets (default: all).")
 @click.option("--replace", is_flag=True, help="Recompute a property that has values.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where files are scanned and functions run: this process, or a Ray cluster.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="The Ray cluster for --engine ray (default: the running one, or a local one).",
+)
 @click.pass_context
 def add_property(
-    ctx: click.Context, name: str, function: str, datasets: str | None, replace: bool
+    ctx: click.Context,
+    name: str,
+    function: str,
+    datasets: str | None,
+    replace: bool,
+    engine: str,
+    ray_address: str | None,
 ) -> None:
     """Compute property NAME with a Python function over batches of registered records.
 
     The function takes a pyarrow.Table of records and returns one value per record.
     """
+    _check_engine(ctx, engine, ray_address)
     fn = _load(function)
     with _catalog(ctx) as cat:
         n = cat.add_property(
-            name, fn, datasets=datasets.split(",") if datasets else None, replace=replace
+            name,
+            fn,
+            datasets=datasets.split(",") if datasets else None,
+            replace=replace,
+            engine=engine,
+            ray_address=ray_address,
         )
     click.echo(f"added property {name} to {n} samples")
+
+
+def _check_engine(ctx: click.Context, engine: str, ray_address: str | None) -> None:
+    if ray_address is not None and engine != "ray":
+        msg = f"--ray-address {ray_address} needs --engine ray"
+        raise MixplaneError(msg)
+    if engine == "ray" and ctx.obj.get("server"):
+        msg = (
+            "--engine ray scans on this machine for its local catalog, not through --server; "
+            "drop one of them"
+        )
+        raise MixplaneError(msg)
 
 
 def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from mixplane.catalog.engines import Engine, EngineName, get_engine
 from mixplane.catalog.files import FileIdentity, check_unchanged, discover
 from mixplane.catalog.formats import FormatName, OnError, get_format
 from mixplane.catalog.ingest import DatasetInfo, FileReport, register_files
@@ -28,7 +30,6 @@ from mixplane.catalog.properties import (
     ConstantSource,
     FieldSource,
     PropertyType,
-    as_column,
     check_name,
     infer_type,
     preset_sources,
@@ -108,6 +109,8 @@ class Catalog:
         replace: bool = False,
         progress: bool | None = None,
         text_lengths: Literal["exact", "metadata"] = "exact",
+        engine: EngineName | Engine = "local",
+        ray_address: str | None = None,
     ) -> DatasetInfo:
         """Register files as dataset ``name``: all of it, or nothing (one transaction).
 
@@ -117,7 +120,9 @@ class Catalog:
         ``fineweb``); ``function`` computes properties from batches of records (an Arrow table)
         and returns ``{name: values}``. ``on_error='skip'`` counts malformed records instead of
         raising. ``text_lengths="metadata"`` estimates Parquet text lengths from the file footer
-        instead of reading the text column.
+        instead of reading the text column. ``engine="ray"`` scans the files (and runs
+        ``function``) on a Ray cluster (``ray_address``, the running one, or a local one); the
+        catalog is the same as with ``engine="local"``.
         """
         if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
             msg = f"invalid dataset name {name!r}; use letters, digits, '_', '-' or '.'"
@@ -135,6 +140,7 @@ class Catalog:
             msg = f"properties {sorted(clash)} are given both as fields and as constants; keep one"
             raise PropertyError(msg)
         files = discover([paths] if isinstance(paths, (str, os.PathLike)) else paths, format)
+        scanner = get_engine(engine, address=ray_address)
         formats = sorted({fmt for _, fmt in files})
         total = sum(p.stat().st_size for p, _ in files)
         con = self._con
@@ -168,6 +174,7 @@ class Catalog:
                     on_error=on_error,
                     progress=bar.update,
                     text_lengths=text_lengths,
+                    engine=scanner,
                 )
                 samples = sum(r.samples for r in reports)
                 skipped = sum(r.skipped for r in reports)
@@ -335,6 +342,14 @@ class Catalog:
             raise CatalogError(msg)
         return get_format(fmt).read(Path(path), pointers, text_field or "text")
 
+    def _pointer_table(self, file_id: int) -> pa.Table:
+        """One file's pointers in ordinal order, as ``read`` hands them to the format."""
+        return self._con.sql(
+            'SELECT ordinal, "offset", length, row_group, "row" FROM samples WHERE file_id = ? '
+            "ORDER BY ordinal",
+            params=[file_id],
+        ).to_arrow_table()
+
     def pointers(self, file_id: int) -> dict[str, np.ndarray]:
         """Pointer columns of one file's samples, indexed by ordinal (for readers)."""
         table = self._con.sql(
@@ -489,12 +504,15 @@ class Catalog:
         replace: bool = False,
         batch_size: int = ADD_PROPERTY_BATCH,
         progress: bool | None = None,
+        engine: EngineName | Engine = "local",
+        ray_address: str | None = None,
     ) -> int:
         """Compute property ``name`` with ``function`` over batches of registered records.
 
         ``function`` receives an Arrow table of records (read through the catalog's pointers)
         and returns one value per record. All of it is stored, or nothing. Returns the number of
-        samples that received a value.
+        samples that received a value. ``engine="ray"`` runs ``function`` on a Ray cluster
+        (``ray_address``, the running one, or a local one), one task per file.
         """
         check_name(name)
         names = list(datasets) if datasets is not None else [d.name for d in self.datasets()]
@@ -513,6 +531,7 @@ class Catalog:
                 raise PropertyError(msg)
         for n in names:
             self.check_files(n)
+        computer = get_engine(engine, address=ray_address)
         total = sum(f["samples"] for f in files)
         ptype = known
         parts: list[pa.Table] = []
@@ -523,13 +542,16 @@ class Catalog:
             leave=False,
             disable=not progress if progress is not None else None,
         ) as bar:
-            for f in files:
-                for start in range(0, f["samples"], batch_size):
-                    ordinals = np.arange(
-                        start, min(start + batch_size, f["samples"]), dtype=np.int64
-                    )
-                    records = self.read(f["file_id"], ordinals)
-                    values = _values(name, function, records, f["path"])
+            batches = computer.values(
+                name,
+                function,
+                files,
+                batch_size=batch_size,
+                read=self.read,
+                pointers=self._pointer_table,
+            )
+            with closing(batches):
+                for f, ordinals, values in batches:
                     ptype = unify(name, ptype, infer_type(values.type), f"file {f['path']}")
                     parts.append(
                         pa.table(
@@ -706,15 +728,6 @@ class Catalog:
     def explain(self, where: Expr | str | None = None, by: Sequence[str] = ()) -> QueryResult:
         """The SQL and the components (samples and bytes each) a filter and grouping give."""
         return self.components(where, by)
-
-
-def _values(name: str, function: Callable[..., Any], records: pa.Table, path: str) -> pa.Array:
-    try:
-        values = function(records)
-    except Exception as exc:
-        msg = f"the function for {name!r} failed on a batch of {path}: {type(exc).__name__}: {exc}"
-        raise RegistrationError(msg) from exc
-    return as_column(name, values, records.num_rows, path)
 
 
 __all__ = ["Catalog", "DatasetInfo", "FileReport", "default_home"]

@@ -6,21 +6,25 @@ their types inferred and unified with the catalog's, and each batch is appended 
 with one Arrow-backed INSERT. Everything happens inside one DuckDB transaction: any error rolls
 back, so the catalog is exactly as before. Cost is dominated by the format's parser (JSONL: Arrow's
 JSON reader; Parquet: decoding only the needed columns).
+
+Scanning a file (``scan_file``: the format's scan and the property function) needs no catalog, so
+an engine (``mixplane.catalog.engines``) may run it here or on Ray workers; the owner of the
+catalog stores what comes back, file by file in order, in its one transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from mixplane.catalog.files import identify
+from mixplane.catalog.files import FileIdentity, Location, identify
 from mixplane.catalog.formats import (
     RESTART,
     FormatName,
@@ -40,7 +44,10 @@ from mixplane.catalog.properties import (
     infer_type,
     unify,
 )
-from mixplane.errors import MalformedRecordError, PropertyError, RegistrationError
+from mixplane.errors import MalformedRecordError, MixplaneError, PropertyError, RegistrationError
+
+if TYPE_CHECKING:
+    from mixplane.catalog.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +117,7 @@ def register_files(
     con: duckdb.DuckDBPyConnection,
     *,
     dataset_id: int,
-    files: Sequence[tuple[Path, FormatName]],
+    files: Sequence[tuple[Location, FormatName]],
     fields: Sequence[FieldSource],
     constants: Sequence[ConstantSource],
     function: BatchFunction | None,
@@ -118,8 +125,15 @@ def register_files(
     on_error: OnError,
     progress: Callable[[int], object],
     text_lengths: Literal["exact", "metadata"] = "exact",
+    engine: Engine | None = None,
 ) -> list[FileReport]:
-    """Insert a dataset's samples; the caller owns the transaction and the dataset row."""
+    """Insert a dataset's samples; the caller owns the transaction and the dataset row.
+
+    ``engine`` scans the files (``scan_file``, here or on workers) and hands back their batches
+    in file order; only this function writes to the catalog.
+    """
+    from mixplane.catalog.engines import LocalEngine
+
     known = {
         r[0]: PropertyType(r[1])
         for r in con.execute("SELECT name, type FROM properties").fetchall()
@@ -131,68 +145,59 @@ def register_files(
         ).fetchall()
     }
     types = PropertyTypes(con=con, types=dict(known), columns=columns)
+    job = ScanJob(
+        fields=tuple(fields),
+        constants=tuple(constants),
+        function=function,
+        text_field=text_field,
+        on_error=on_error,
+        text_lengths=text_lengths,
+    )
     reports = []
-    for path, fmt in files:
-        identity = identify(path)
-        file_id = int(con.execute("SELECT nextval('file_ids')").fetchall()[0][0])
-        field_text = text_field or ("txt" if fmt == "webdataset" else "text")
-        request = ScanRequest(
-            # records are checked against the types this dataset has shown so far; a clash with
-            # another dataset's type is a PropertyError naming the property and file (accept)
-            fields={f.path: types.found.get(f.name) for f in fields},
-            text_field=field_text,
-            on_error=on_error,
-            want_table=function is not None,
-            text_lengths=text_lengths,
-        )
-        count = 0
-        for batch in get_format(fmt).scan(path, request):
-            if batch is RESTART:
-                con.execute("DELETE FROM samples WHERE file_id = ?", [file_id])
-                count = 0
-                continue
-            rows = _rows(batch, file_id, count, fields, constants, function, types, str(path))
-            if rows.num_rows:
-                con.register("_mixplane_batch", rows)
-                con.execute("INSERT INTO samples BY NAME SELECT * FROM _mixplane_batch")
-                con.unregister("_mixplane_batch")
-            count += rows.num_rows
-            for f in fields:  # the slow path checks later batches against found types
-                request.fields[f.path] = types.found.get(f.name)
-            progress(batch.scanned_bytes)
-        if count == 0 and request.skipped == 0:
-            if on_error == "raise":
-                msg = "file holds no samples; remove it from the paths or register with on_error='skip'"
-                raise MalformedRecordError(msg, path=str(path))
-            request.messages.append(f"{path}: file holds no samples")
-        if identify(path) != identity:
-            msg = f"file {path} changed while it was being registered; register again when it is stable"
-            raise RegistrationError(msg)
-        con.execute(
-            "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                file_id,
-                dataset_id,
-                str(path),
-                fmt,
-                compression_of(path),
-                identity.size,
-                identity.mtime_ns,
-                identity.fingerprint,
-                count,
-                request.skipped,
-            ],
-        )
-        reports.append(
-            FileReport(
-                path=str(path),
-                samples=count,
-                skipped=request.skipped,
-                messages=tuple(request.messages),
+    scans = (engine or LocalEngine()).scan(job, files, lambda: types.found)
+    with closing(scans):
+        for path, fmt, events in scans:
+            file_id = int(con.execute("SELECT nextval('file_ids')").fetchall()[0][0])
+            count = 0
+            end: FileEnd | None = None
+            for event in events:
+                if isinstance(event, FileEnd):
+                    end = event
+                    continue
+                if event.batch is RESTART:
+                    con.execute("DELETE FROM samples WHERE file_id = ?", [file_id])
+                    count = 0
+                    continue
+                rows = _rows(event, file_id, count, fields, constants, types, str(path))
+                if rows.num_rows:
+                    con.register("_mixplane_batch", rows)
+                    con.execute("INSERT INTO samples BY NAME SELECT * FROM _mixplane_batch")
+                    con.unregister("_mixplane_batch")
+                count += rows.num_rows
+                progress(event.batch.scanned_bytes)
+            assert end is not None, "a file's scan ends with a FileEnd"
+            con.execute(
+                "INSERT INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    file_id,
+                    dataset_id,
+                    str(path),
+                    fmt,
+                    compression_of(path),
+                    end.identity.size,
+                    end.identity.mtime_ns,
+                    end.identity.fingerprint,
+                    count,
+                    end.skipped,
+                ],
             )
-        )
-        for message in request.messages:
-            log.warning("skipped: %s", message)
+            reports.append(
+                FileReport(
+                    path=str(path), samples=count, skipped=end.skipped, messages=end.messages
+                )
+            )
+            for message in end.messages:
+                log.warning("skipped: %s", message)
     unresolved = [n for n, t in types.types.items() if t is None]
     if unresolved:
         msg = f"properties {unresolved} hold only null values; their type cannot be inferred"
@@ -206,16 +211,114 @@ def register_files(
     return reports
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScanJob:
+    """What scanning each file of one registration needs (the same for every file)."""
+
+    fields: tuple[FieldSource, ...]
+    constants: tuple[ConstantSource, ...]
+    function: BatchFunction | None
+    text_field: str | None
+    on_error: OnError
+    text_lengths: Literal["exact", "metadata"] = "exact"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scanned:
+    """One batch of a file's scan (``RESTART``: start the file over) with the values the
+    property function computed from its records."""
+
+    batch: ScanBatch  # without ``table``: the function has seen the records
+    outputs: dict[str, pa.Array]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileEnd:
+    """The end of a file's scan: its identity before the scan and what was skipped."""
+
+    identity: FileIdentity
+    skipped: int
+    messages: tuple[str, ...]
+
+
+def scan_file(
+    job: ScanJob, path: Location, fmt: FormatName, found: Mapping[str, PropertyType | None]
+) -> Iterator[Scanned | FileEnd]:
+    """Scan one file without the catalog: its batches, then a ``FileEnd``; errors raise where the
+    local registration raises them.
+
+    ``found`` holds this dataset's property types before the file (``PropertyTypes.found``).
+    The scan checks records against the types of field properties and learns them as it goes,
+    exactly as the catalog's owner does (``PropertyTypes.accept``), so the batches are the same
+    wherever this runs, given the same ``found``. A batch whose properties conflict, or whose
+    property function fails, is yielded before the error is raised, so the owner stores (and
+    checks) what precedes the error in the same order as a local registration.
+    """
+    identity = identify(path)
+    where = str(path)
+    seen = {f.name: found.get(f.name) for f in job.fields}
+    request = ScanRequest(
+        # records are checked against the types this dataset has shown so far; a clash with
+        # another dataset's type is a PropertyError naming the property and file (accept)
+        fields={f.path: seen[f.name] for f in job.fields},
+        text_field=job.text_field or ("txt" if fmt == "webdataset" else "text"),
+        on_error=job.on_error,
+        want_table=job.function is not None,
+        text_lengths=job.text_lengths,
+    )
+    count = 0
+    for batch in get_format(fmt).scan(path, request):
+        if batch is RESTART:
+            count = 0
+            yield Scanned(batch=batch, outputs={})
+            continue
+        try:
+            for f in job.fields:
+                _learn(seen, f.name, batch.fields[f.path], f"file {where}")
+        except PropertyError:
+            yield Scanned(batch=replace(batch, table=None), outputs={})
+            raise
+        outputs: dict[str, pa.Array] = {}
+        if job.function is not None and batch.num_samples:
+            assert batch.table is not None
+            try:
+                outputs = _call(job.function, batch.table, where)
+                for prop, values in outputs.items():
+                    if prop in seen:
+                        _learn(seen, prop, values, f"the property function on file {where}")
+            except MixplaneError:
+                yield Scanned(batch=replace(batch, table=None), outputs=outputs)
+                raise
+        yield Scanned(batch=replace(batch, table=None), outputs=outputs)
+        count += batch.num_samples
+        for f in job.fields:  # the slow path checks later batches against found types
+            request.fields[f.path] = seen[f.name]
+    if count == 0 and request.skipped == 0:
+        if job.on_error == "raise":
+            msg = "file holds no samples; remove it from the paths or register with on_error='skip'"
+            raise MalformedRecordError(msg, path=where)
+        request.messages.append(f"{path}: file holds no samples")
+    if identify(path) != identity:
+        msg = f"file {path} changed while it was being registered; register again when it is stable"
+        raise RegistrationError(msg)
+    yield FileEnd(identity=identity, skipped=request.skipped, messages=tuple(request.messages))
+
+
+def _learn(seen: dict[str, PropertyType | None], name: str, values: pa.Array, where: str) -> None:
+    """Track a property's type as ``PropertyTypes.accept`` does for ``found``."""
+    seen[name] = unify(name, seen[name], infer_type(values.type), where)
+
+
 def _rows(
-    batch: ScanBatch,
+    scanned: Scanned,
     file_id: int,
     first: int,
     fields: Sequence[FieldSource],
     constants: Sequence[ConstantSource],
-    function: BatchFunction | None,
     types: PropertyTypes,
     where: str,
 ) -> pa.Table:
+    batch = scanned.batch
     n = batch.num_samples
     columns: dict[str, pa.Array] = {
         "file_id": pa.array(np.full(n, file_id, dtype=np.int32)),
@@ -236,10 +339,8 @@ def _rows(
         columns[c.name] = types.accept(
             c.name, pa.array([c.value] * n, c.type.arrow), f"file {where}"
         )
-    if function is not None and n:
-        assert batch.table is not None
-        for prop, values in _call(function, batch.table, where).items():
-            columns[prop] = types.accept(prop, values, f"the property function on file {where}")
+    for prop, values in scanned.outputs.items():
+        columns[prop] = types.accept(prop, values, f"the property function on file {where}")
     return pa.table(columns)
 
 

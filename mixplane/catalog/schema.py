@@ -97,7 +97,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, path: str) -> None:
         _migrate(con, 1)
         con.execute("COMMIT")
         return
-    row = con.execute("SELECT version FROM schema_version").fetchone()
+    rows = con.execute("SELECT version FROM schema_version").fetchall()  # no result left open
+    row = rows[0] if rows else None
     version = int(row[0]) if row else 0
     if version > SCHEMA_VERSION:
         msg = (

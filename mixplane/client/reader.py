@@ -6,10 +6,17 @@ database round trip. JSONL ranges are read as windows of nearby lines (``jsonl.r
 window; compressed files are decompressed sequentially once and cached). Parquet row groups are
 decoded once and cached (a few at a time). Every file is checked against its registered size,
 mtime and fingerprint before its first read.
+
+Objects in object storage (``s3://...``, see ``catalog.remote_fs``) are read by ranged requests
+of exactly the windows the pointers name (JSONL), the footer and column chunks of the row groups
+named (Parquet), or the whole object (compressed JSONL), through the process's bounded range
+cache (``remote_fs.shared_cache``, ``MIXPLANE_REMOTE_CACHE_BYTES``), keyed by the registered
+fingerprint. Local files take exactly the paths above.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from collections import OrderedDict
@@ -24,7 +31,15 @@ import pyarrow.parquet as pq
 
 from mixplane.catalog.files import FileIdentity, check_unchanged
 from mixplane.catalog.formats import compression_of, dig, webdataset
-from mixplane.catalog.formats.jsonl import open_stream, read_lines
+from mixplane.catalog.formats.jsonl import open_stream, read_lines, uncompressed
+from mixplane.catalog.remote_fs import (
+    RangeCache,
+    RemoteFile,
+    RemoteObject,
+    RemotePath,
+    location,
+    shared_cache,
+)
 from mixplane.errors import CatalogError
 
 OPEN_FILES = 64  # file descriptors kept open per reader
@@ -34,10 +49,12 @@ ROW_GROUP_CACHE = 4
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileInfo:
     file_id: int
-    path: Path
+    path: Path | RemotePath
     format: str
     text_field: str
     dataset: str
+    size: int = 0
+    fingerprint: str = ""
 
 
 class PointerSource(Protocol):
@@ -52,10 +69,13 @@ class Reader:
     """Reads samples (text and record) of registered files by (file id, ordinal).
 
     Safe to share between threads (a lock around each read): the window streams of several
-    consumers in one process, with their prefetch threads, use one reader."""
+    consumers in one process, with their prefetch threads, use one reader. ``cache`` holds
+    ranges fetched from object storage (default: the process's shared cache)."""
 
-    def __init__(self, catalog: PointerSource) -> None:
+    def __init__(self, catalog: PointerSource, *, cache: RangeCache | None = None) -> None:
         self._catalog = catalog
+        self._cache = cache
+        self._objects: OrderedDict[int, RemoteObject] = OrderedDict()
         self._lock = threading.Lock()
         self._files: dict[int, FileInfo] = {}
         self._pointers: dict[int, dict[str, np.ndarray]] = {}
@@ -73,10 +93,12 @@ class Reader:
             text = row["text_field"] or ("txt" if fmt == "webdataset" else "text")
             self._files[file_id] = FileInfo(
                 file_id=file_id,
-                path=Path(row["path"]),
+                path=location(row["path"]),
                 format=fmt,
                 text_field=text,
                 dataset=row["dataset"],
+                size=row["size"],
+                fingerprint=row["fingerprint"],
             )
 
     def _load(self, file_id: int) -> dict[str, np.ndarray]:
@@ -90,7 +112,7 @@ class Reader:
             msg = f"file id {file_id} is not in the catalog; was its dataset removed?"
             raise CatalogError(msg)
         check_unchanged(
-            Path(row["path"]),
+            location(row["path"]),
             FileIdentity(
                 size=row["size"], mtime_ns=row["mtime_ns"], fingerprint=row["fingerprint"]
             ),
@@ -123,7 +145,11 @@ class Reader:
             pointers = pa.table(
                 {"offset": ptr["offset"][ordinals], "length": ptr["length"][ordinals]}
             )
-            records = webdataset.read(info.path, pointers, info.text_field).to_pylist()
+            if isinstance(info.path, RemotePath):
+                shard = RemoteFile(self._remote(info))
+                records = webdataset.read_spans(shard, pointers, str(info.path)).to_pylist()
+            else:
+                records = webdataset.read(info.path, pointers, info.text_field).to_pylist()
         field = info.text_field
         if "." not in field:
             texts = [_as_text(r.get(field)) for r in records]
@@ -134,17 +160,36 @@ class Reader:
     def _fd(self, info: FileInfo) -> int:
         fd = self._fds.get(info.file_id)
         if fd is None:
+            assert isinstance(info.path, Path)
             fd = os.open(info.path, os.O_RDONLY)
             self._fds[info.file_id] = fd
             while len(self._fds) > OPEN_FILES:
                 os.close(self._fds.popitem(last=False)[1])
         return fd
 
+    def _remote(self, info: FileInfo) -> RemoteObject:
+        """The object of a remote file, read through the cache under its registered version."""
+        obj = self._objects.get(info.file_id)
+        if obj is None:
+            assert isinstance(info.path, RemotePath)
+            if self._cache is None:
+                self._cache = shared_cache()
+            obj = RemoteObject(
+                info.path, size=info.size, cache=self._cache, version=info.fingerprint
+            )
+            self._objects[info.file_id] = obj
+            while len(self._objects) > OPEN_FILES:
+                self._objects.popitem(last=False)[1].close()
+        return obj
+
     def close(self) -> None:
         with self._lock:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            for obj in self._objects.values():
+                obj.close()
+            self._objects.clear()
 
     def _jsonl_lines(
         self, info: FileInfo, ptr: dict[str, np.ndarray], ordinals: np.ndarray
@@ -156,14 +201,20 @@ class Reader:
             return [
                 data[o : o + n] for o, n in zip(offsets.tolist(), lengths.tolist(), strict=True)
             ]
+        if isinstance(info.path, RemotePath):
+            return read_lines(self._remote(info).read_at, offsets, lengths)
         return read_lines(self._fd(info), offsets, lengths)
 
     def _whole(self, info: FileInfo) -> bytes:
         data = self._decompressed.get(info.file_id)
         if data is None:
-            raw, stream = open_stream(info.path)
-            with raw:
-                data = stream.read()
+            if isinstance(info.path, RemotePath):  # the whole object, one request
+                packed = self._remote(info).read_at(info.size, 0)
+                data = uncompressed(io.BytesIO(packed), info.path).read()
+            else:
+                raw, stream = open_stream(info.path)
+                with raw:
+                    data = stream.read()
             self._decompressed[info.file_id] = data
             while len(self._decompressed) > 2:
                 self._decompressed.popitem(last=False)
@@ -179,7 +230,12 @@ class Reader:
             key = (info.file_id, g)
             table = self._row_groups.get(key)
             if table is None:
-                table = pq.ParquetFile(info.path).read_row_group(g)
+                source = (
+                    RemoteFile(self._remote(info))
+                    if isinstance(info.path, RemotePath)
+                    else info.path
+                )
+                table = pq.ParquetFile(source).read_row_group(g)
                 self._row_groups[key] = table
                 while len(self._row_groups) > ROW_GROUP_CACHE:
                     self._row_groups.popitem(last=False)

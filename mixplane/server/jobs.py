@@ -28,7 +28,7 @@ import re
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import orjson
 from mixplane.adapt.base import FeedbackError
 from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Topology
+from mixplane.chunking.spec import ChunkSpec
 from mixplane.client.client import Client
 from mixplane.client.stream import ConsumerState
 from mixplane.errors import MixplaneError, PlanError, StateError
@@ -54,6 +55,7 @@ PLAN_AHEAD_MAX = 4096  # chunks a background thread plans past the furthest chun
 REACH_MIN = 4096  # a request may ask this many chunks past those planned (more for big topologies)
 REACH_MAX = 1 << 18  # ... but never more than this
 RELEASE_EVERY_S = 0.2  # how often a job drops chunks every consumer has finished
+WIRE_CACHE = 4096  # chunks whose wire maps are kept (every rank of a group asks for each)
 SERVED_SAMPLE_S = 1.0  # throughput: at most one (time, chunks served) sample a second
 SERVED_SAMPLES = 300  # ... of which the last 300 are kept (5 minutes while serving)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
@@ -139,6 +141,7 @@ class ServerJob:
         self.removed = False  # deleted or replaced: never written again
         self.served = ServedLog()  # chunks served, for the dashboard's throughput
         self._counted = job._planner.next_chunk  # chunks below this are in the metrics
+        self._wires: OrderedDict[int, dict[str, Any]] = OrderedDict()  # encoded once per chunk
         self._released_at = 0.0
         self._target = 0
         self._wake = threading.Event()
@@ -263,7 +266,7 @@ class ServerJob:
                     "consumer": consumer,
                     "j": j,
                     "start": start,
-                    "chunk": spec.to_wire() if spec is not None else None,
+                    "chunk": self._wire(spec) if spec is not None else None,
                 }
             )
         if served:
@@ -276,6 +279,16 @@ class ServerJob:
             self._released_at = now
             job._release()
         return out
+
+    def _wire(self, spec: ChunkSpec) -> dict[str, Any]:
+        """A chunk's wire map, made once for all the ranks of its group (an LRU)."""
+        wire = self._wires.get(spec.index)
+        if wire is None:
+            wire = spec.to_wire()
+            self._wires[spec.index] = wire
+            while len(self._wires) > WIRE_CACHE:
+                self._wires.popitem(last=False)
+        return wire
 
     @staticmethod
     def _coordinates(topology: Topology, consumer: int) -> tuple[int, int]:

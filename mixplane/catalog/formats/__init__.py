@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mixplane.catalog.properties import PropertyType, infer_type
+from mixplane.catalog.remote_fs import RemotePath
 from mixplane.errors import MalformedRecordError, PropertyError, RegistrationError
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,12 @@ RESTART = ScanBatch(fields={}, text_bytes=np.zeros(0, dtype=np.int64))
 
 
 class SampleFormat(Protocol):
-    def scan(self, path: Path, request: ScanRequest) -> Iterator[ScanBatch]: ...
+    """``path`` is a local path or a ``RemotePath`` (object storage); a ``Path`` made from a
+    stored URI is recognized too (``remote_fs.location``)."""
 
-    def read(self, path: Path, pointers: pa.Table, text_field: str) -> pa.Table: ...
+    def scan(self, path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]: ...
+
+    def read(self, path: Path | RemotePath, pointers: pa.Table, text_field: str) -> pa.Table: ...
 
 
 def get_format(name: str) -> SampleFormat:
@@ -104,7 +108,7 @@ _SUFFIXES: dict[str, FormatName] = {
 }
 
 
-def detect(path: Path) -> FormatName | None:
+def detect(path: PurePath | RemotePath) -> FormatName | None:
     """The format a file name suggests, ignoring a .gz/.zst/.zstd compression suffix."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in {".gz", ".zst", ".zstd"}:
@@ -112,7 +116,7 @@ def detect(path: Path) -> FormatName | None:
     return _SUFFIXES.get(suffixes[-1]) if suffixes else None
 
 
-def compression_of(path: Path) -> Literal["gzip", "zstd"] | None:
+def compression_of(path: PurePath | RemotePath) -> Literal["gzip", "zstd"] | None:
     suffix = path.suffix.lower()
     if suffix == ".gz":
         return "gzip"

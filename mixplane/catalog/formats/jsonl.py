@@ -13,6 +13,7 @@ it back seeks there (plain files) or decompresses up to it (compressed files).
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import itertools
@@ -21,7 +22,7 @@ import mmap
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,6 +50,7 @@ from mixplane.catalog.formats import (
     take,
 )
 from mixplane.catalog.properties import PropertyType
+from mixplane.catalog.remote_fs import ObjectStoreError, RemotePath, location
 from mixplane.errors import MalformedRecordError, RegistrationError
 
 log = logging.getLogger(__name__)
@@ -56,15 +58,29 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 32 << 20
 
 
-def open_stream(path: Path) -> tuple[IO[bytes], IO[bytes]]:
+#: Read-ahead of a sequential stream of an object in object storage (one ranged GET each).
+REMOTE_BUFFER = 8 << 20
+
+
+def open_stream(path: Path | RemotePath) -> tuple[IO[bytes], IO[bytes]]:
     """(raw file, uncompressed stream) for a possibly compressed file."""
-    raw = path.open("rb")
+    path = location(path)
+    raw: IO[bytes] = (
+        io.BufferedReader(path.open("rb"), buffer_size=REMOTE_BUFFER)
+        if isinstance(path, RemotePath)
+        else path.open("rb")
+    )
+    return raw, uncompressed(raw, path)
+
+
+def uncompressed(raw: IO[bytes], path: Path | RemotePath) -> IO[bytes]:
+    """The uncompressed stream of ``raw``, by the compression ``path``'s name says."""
     kind = compression_of(path)
     if kind == "gzip":
-        return raw, gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     if kind == "zstd":
-        return raw, _ZstdStream(raw)  # type: ignore[return-value]
-    return raw, raw
+        return _ZstdStream(raw)  # type: ignore[return-value]
+    return raw
 
 
 class _ZstdStream:
@@ -105,7 +121,7 @@ class _ZstdStream:
         return data[:cut]
 
 
-def _blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
+def _blocks(path: Path | RemotePath) -> Iterator[tuple[int, bytes, int]]:
     """(uncompressed offset, block of whole lines, raw bytes consumed) for each block."""
     raw, stream = open_stream(path)
     carry, pos, raw_pos = b"", 0, 0
@@ -128,16 +144,19 @@ def _blocks(path: Path) -> Iterator[tuple[int, bytes, int]]:
             if carry:
                 yield pos, carry, raw.tell() - raw_pos
     except (zstandard.ZstdError, gzip.BadGzipFile, EOFError, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
+        if isinstance(exc, (FileNotFoundError, ObjectStoreError)):
             raise
         msg = f"cannot decompress ({exc}); the file is corrupt or truncated, replace or remove it"
         raise MalformedRecordError(msg, path=str(path), location=f"byte {pos}") from exc
 
 
-def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
-    """Scan with DuckDB's JSON reader; on any problem, restart with the block-wise path."""
+def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
+    """Scan with DuckDB's JSON reader; on any problem, restart with the block-wise path.
+    Objects in object storage take the block-wise path (one streamed pass; DuckDB would read
+    the object a second time for the line offsets)."""
+    path = location(path)
     yielded = False
-    if not request.want_table:
+    if not request.want_table and isinstance(path, Path):
         try:
             for batch in _scan_duckdb(path, request):
                 yielded = True
@@ -396,7 +415,7 @@ def _spans(arr: np.ndarray, lines_before: int) -> tuple[np.ndarray, np.ndarray, 
     return starts[nonblank], lengths[nonblank], numbers[nonblank], len(ends)
 
 
-def _scan_blocks(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
+def _scan_blocks(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
     lines_before = 0
     schema: pa.Schema | None = None
     for start, block, consumed in _blocks(path):
@@ -442,7 +461,7 @@ def _fast(
     numbers: np.ndarray,
     request: ScanRequest,
     schema: pa.Schema | None,
-    path: Path,
+    path: Path | RemotePath,
 ) -> ScanBatch | None:
     """Parse a block with Arrow; None when the block needs the line-by-line path."""
     if len(starts) == 0:
@@ -496,7 +515,7 @@ def _slow(
     lengths: np.ndarray,
     numbers: np.ndarray,
     request: ScanRequest,
-    path: Path,
+    path: Path | RemotePath,
 ) -> ScanBatch:
     """Parse a block line by line, naming each malformed line (error policy applies)."""
     where = str(path)
@@ -555,12 +574,16 @@ def _slow(
 WINDOW_GAP = 64 << 10
 
 
-def read_lines(fd: int, offsets: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+def read_lines(
+    source: int | Callable[[int, int], bytes], offsets: np.ndarray, lengths: np.ndarray
+) -> list[bytes]:
     """The lines at ``offsets`` of an uncompressed file, in the given order: sorted, merged into
-    windows (gaps under ``WINDOW_GAP``), one ``pread`` per window."""
+    windows (gaps under ``WINDOW_GAP``), one read per window: ``pread`` on a file descriptor,
+    or ``source(nbytes, offset)`` (a ranged request of exactly the window)."""
     out: list[bytes] = [b""] * len(offsets)
     if len(offsets) == 0:
         return out
+    pread = functools.partial(os.pread, source) if isinstance(source, int) else source
     order = np.argsort(offsets, kind="stable")
     so, sl = offsets[order], lengths[order]
     ends = so + sl
@@ -569,15 +592,16 @@ def read_lines(fd: int, offsets: np.ndarray, lengths: np.ndarray) -> list[bytes]
     order_list, so_list, sl_list = order.tolist(), so.tolist(), sl.tolist()
     for a, b in itertools.pairwise(bounds):
         start = so_list[a]
-        window = os.pread(fd, int(ends[a:b].max()) - start, start)
+        window = pread(int(ends[a:b].max()) - start, start)
         for idx in range(a, b):
             o = so_list[idx] - start
             out[order_list[idx]] = window[o : o + sl_list[idx]]
     return out
 
 
-def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
+def read(path: Path | RemotePath, pointers: pa.Table, text_field: str) -> pa.Table:
     """Records at the given pointers (columns ``offset``, ``length``), in pointer order."""
+    path = location(path)
     if pointers.column("offset").null_count:
         msg = f"{path}: asked for samples the file does not hold"
         raise RegistrationError(msg)
@@ -589,7 +613,10 @@ def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
         first[inverse[::-1]] = np.arange(len(offsets))[::-1]
         once = read(path, pointers.take(pa.array(first)), text_field)
         return once.take(pa.array(inverse))
-    if compression_of(path) is None:
+    if compression_of(path) is None and isinstance(path, RemotePath):
+        with path.open("rb") as remote:
+            lines = read_lines(remote.read_at, offsets, lengths)
+    elif compression_of(path) is None and isinstance(path, Path):
         fd = os.open(path, os.O_RDONLY)
         try:
             lines = read_lines(fd, offsets, lengths)

@@ -26,20 +26,25 @@ from mixplane.catalog.formats import (
     reject_missing,
     take,
 )
+from mixplane.catalog.remote_fs import ObjectStoreError, RemotePath, location
 from mixplane.errors import MalformedRecordError
 
 
-def open_file(path: Path) -> pq.ParquetFile:
+def open_file(path: Path | RemotePath) -> pq.ParquetFile:
+    """The file's reader; an object in object storage is read by ranged requests (the footer,
+    then the column chunks a row group read names)."""
+    path = location(path)
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path.open("rb") if isinstance(path, RemotePath) else path)
     except (pa.ArrowInvalid, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
+        if isinstance(exc, (FileNotFoundError, ObjectStoreError)):
             raise
         msg = f"not a readable Parquet file ({exc}); is it truncated? replace or remove it"
         raise MalformedRecordError(msg, path=str(path)) from exc
 
 
-def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
+def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
+    path = location(path)
     pf = open_file(path)
     estimate = request.text_lengths == "metadata" and not request.want_table
     top = {f.split(".")[0] for f in [*request.fields, *([] if estimate else [request.text_field])]}
@@ -51,6 +56,8 @@ def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
         try:
             table = pf.read_row_group(group, columns=columns)
         except (pa.ArrowInvalid, OSError) as exc:
+            if isinstance(exc, ObjectStoreError):
+                raise
             msg = (
                 f"cannot read row group {group} ({exc}); the file is corrupt, replace or remove it"
             )
@@ -97,7 +104,9 @@ def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
         first_row += n
 
 
-def _average_text_bytes(meta: pq.FileMetaData, group: int, text_field: str, path: Path) -> int:
+def _average_text_bytes(
+    meta: pq.FileMetaData, group: int, text_field: str, path: Path | RemotePath
+) -> int:
     rg = meta.row_group(group)
     for i in range(rg.num_columns):
         column = rg.column(i)
@@ -108,7 +117,7 @@ def _average_text_bytes(meta: pq.FileMetaData, group: int, text_field: str, path
     raise MalformedRecordError(msg, path=str(path))
 
 
-def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
+def read(path: Path | RemotePath, pointers: pa.Table, text_field: str) -> pa.Table:
     """Records at the given pointers (columns ``row_group``, ``row``), in pointer order."""
     del text_field
     pf = open_file(path)

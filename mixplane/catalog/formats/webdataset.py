@@ -8,15 +8,17 @@ A member ``dir/abc.001.json`` has key ``dir/abc`` and extension ``001.json``. A 
 Scan: tar headers are walked sequentially (one 512-byte header per member, the only per-member
 Python work; member data is never copied except the small json/text members). A sample's pointer
 is the offset of its first header and the byte span of its members, so reading it back is one
-seek and one read.
+seek and one read. A shard in object storage is walked through ``_RemoteBuffer``: blocks of
+``REMOTE_BLOCK`` bytes fetched by ranged requests as the walk reaches them, a few kept.
 """
 
 from __future__ import annotations
 
 import mmap
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import orjson
@@ -24,13 +26,51 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mixplane.catalog.formats import ScanBatch, ScanRequest, arrow_type, check_record, dig
+from mixplane.catalog.remote_fs import RemoteFile, RemotePath, location
 from mixplane.errors import MalformedRecordError, RegistrationError
 
 BATCH_SAMPLES = 8192
 TEXT_EXTENSIONS = frozenset({"txt", "text", "md"})
+REMOTE_BLOCK = 8 << 20
+REMOTE_BLOCKS_KEPT = 4
 
 
-def _members(buf: mmap.mmap | bytes, path: str) -> Iterator[tuple[str, int, int, int]]:
+class _RemoteBuffer:
+    """Slices of a remote shard by ranged reads of whole blocks (a sequential walk fetches each
+    block once; the last few are kept for members that straddle them)."""
+
+    def __init__(self, file: RemoteFile) -> None:
+        self._file = file
+        self._size = file.size()
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self._size
+
+    def _block(self, index: int) -> bytes:
+        block = self._blocks.get(index)
+        if block is None:
+            block = self._file.read_at(REMOTE_BLOCK, index * REMOTE_BLOCK)
+            self._blocks[index] = block
+            while len(self._blocks) > REMOTE_BLOCKS_KEPT:
+                self._blocks.popitem(last=False)
+        return block
+
+    def __getitem__(self, where: slice) -> bytes:
+        start, stop, _ = where.indices(self._size)
+        if stop <= start:
+            return b""
+        first, last = start // REMOTE_BLOCK, (stop - 1) // REMOTE_BLOCK
+        if last - first >= REMOTE_BLOCKS_KEPT:  # a large member: one read, not kept
+            return self._file.read_at(stop - start, start)
+        data = b"".join(self._block(i) for i in range(first, last + 1))
+        return data[start - first * REMOTE_BLOCK : stop - first * REMOTE_BLOCK]
+
+
+Buffer = mmap.mmap | bytes | _RemoteBuffer
+
+
+def _members(buf: Buffer, path: str) -> Iterator[tuple[str, int, int, int]]:
     """(name, header offset, data offset, data size) of each regular file member; the header
     offset is that of the first extended header (GNU ``L``, PAX ``x``) naming the member, so a
     span read back from it carries the full name."""
@@ -87,9 +127,7 @@ def _decode(ext: str, raw: bytes) -> Any:
     return raw
 
 
-def _groups(
-    buf: mmap.mmap | bytes, path: str
-) -> Iterator[tuple[str, int, int, dict[str, tuple[int, int]]]]:
+def _groups(buf: Buffer, path: str) -> Iterator[tuple[str, int, int, dict[str, tuple[int, int]]]]:
     """(key, span offset, span length, {ext: (data offset, size)}) per sample."""
     key: str | None = None
     start = stop = 0
@@ -106,56 +144,61 @@ def _groups(
         yield key, start, stop - start, members
 
 
-def _record(
-    buf: mmap.mmap | bytes, key: str, members: dict[str, tuple[int, int]]
-) -> dict[str, Any]:
+def _record(buf: Buffer, key: str, members: dict[str, tuple[int, int]]) -> dict[str, Any]:
     record: dict[str, Any] = {"__key__": key}
     for ext, (data, size) in members.items():
         record[ext] = _decode(ext, bytes(buf[data : data + size]))
     return record
 
 
-def scan(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
-    where = str(path)
-    text_ext = "txt" if request.text_field == "text" else request.text_field
-    needed = {f.split(".")[0] for f in request.fields} | {text_ext}
-    expected = request.fields
+def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
+    path = location(path)
+    if isinstance(path, RemotePath):
+        with path.open("rb") as remote:
+            if remote.size():
+                yield from _scan_buffer(_RemoteBuffer(remote), str(path), request)
+        return
     with path.open("rb") as f:
         if path.stat().st_size == 0:
             return
         buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         try:
-            records: list[dict[str, Any]] = []
-            spans: list[tuple[int, int]] = []
-            last_end = 0
-            for key, offset, length, members in _groups(buf, where):
-                location = f"sample {key!r}"
-                missing = sorted(needed - members.keys())
-                if missing:
-                    request.reject(
-                        where, location, f"missing member(s) {missing}; has {sorted(members)}"
-                    )
-                    continue
-                try:
-                    chosen = {ext: members[ext] for ext in needed}
-                    record = _record(buf, key, members if request.want_table else chosen)
-                except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-                    request.reject(where, location, f"undecodable member ({exc})")
-                    continue
-                problem = check_record(record, expected, text_ext)
-                if problem:
-                    request.reject(where, location, problem)
-                    continue
-                records.append(record)
-                spans.append((offset, length))
-                if len(records) >= BATCH_SAMPLES:
-                    end = offset + length
-                    yield _batch(records, spans, request, text_ext, end - last_end)
-                    records, spans, last_end = [], [], end
-            if records:
-                yield _batch(records, spans, request, text_ext, len(buf) - last_end)
+            yield from _scan_buffer(buf, str(path), request)
         finally:
             buf.close()
+
+
+def _scan_buffer(buf: Buffer, where: str, request: ScanRequest) -> Iterator[ScanBatch]:
+    text_ext = "txt" if request.text_field == "text" else request.text_field
+    needed = {f.split(".")[0] for f in request.fields} | {text_ext}
+    expected = request.fields
+    records: list[dict[str, Any]] = []
+    spans: list[tuple[int, int]] = []
+    last_end = 0
+    for key, offset, length, members in _groups(buf, where):
+        sample = f"sample {key!r}"
+        missing = sorted(needed - members.keys())
+        if missing:
+            request.reject(where, sample, f"missing member(s) {missing}; has {sorted(members)}")
+            continue
+        try:
+            chosen = {ext: members[ext] for ext in needed}
+            record = _record(buf, key, members if request.want_table else chosen)
+        except (UnicodeDecodeError, orjson.JSONDecodeError) as exc:
+            request.reject(where, sample, f"undecodable member ({exc})")
+            continue
+        problem = check_record(record, expected, text_ext)
+        if problem:
+            request.reject(where, sample, problem)
+            continue
+        records.append(record)
+        spans.append((offset, length))
+        if len(records) >= BATCH_SAMPLES:
+            end = offset + length
+            yield _batch(records, spans, request, text_ext, end - last_end)
+            records, spans, last_end = [], [], end
+    if records:
+        yield _batch(records, spans, request, text_ext, len(buf) - last_end)
 
 
 def _batch(
@@ -188,18 +231,24 @@ def _batch(
     )
 
 
-def read(path: Path, pointers: pa.Table, text_field: str) -> pa.Table:
+def read(path: Path | RemotePath, pointers: pa.Table, text_field: str) -> pa.Table:
     """Records at the given pointers (columns ``offset``, ``length``), in pointer order."""
     del text_field
-    records = []
+    path = location(path)
     with path.open("rb") as f:
-        for offset, length in zip(
-            pointers.column("offset").to_pylist(),
-            pointers.column("length").to_pylist(),
-            strict=True,
-        ):
-            f.seek(offset)
-            span = f.read(length)
-            for key, _, _, members in _groups(span + b"\0" * 1024, str(path)):
-                records.append(_record(span, key, members))
+        return read_spans(f, pointers, str(path))
+
+
+def read_spans(file: IO[bytes] | RemoteFile, pointers: pa.Table, where: str) -> pa.Table:
+    """Records at the given pointers of an open shard: one seek and one read each."""
+    records = []
+    for offset, length in zip(
+        pointers.column("offset").to_pylist(),
+        pointers.column("length").to_pylist(),
+        strict=True,
+    ):
+        file.seek(offset)
+        span = file.read(length)
+        for key, _, _, members in _groups(span + b"\0" * 1024, where):
+            records.append(_record(span, key, members))
     return pa.Table.from_pylist(records)
