@@ -1129,6 +1129,9 @@ def demo(
     if ctx.obj.get("server"):
         msg = "the demo starts its own server: drop --server (and MIXPLANE_SERVER)"
         raise MixplaneError(msg)
+    # OpenMP threads that sleep while they wait, set before torch loads: the server and the
+    # prefetch thread share the cores, and spinning threads then ran steps 1.6x slower
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from mixplane.catalog.catalog import default_home
         from mixplane.demo.run import DemoOptions, run_demo

@@ -10,11 +10,12 @@ packed window trains like separate documents. The mask is a ``[B, 1, T, T]`` boo
 given to ``scaled_dot_product_attention`` (the form a CPU takes; on a GPU the same segments go
 to a variable-length kernel through ``cu_seqlens``).
 
-Cost, for the demo's defaults (vocabulary 4,096, d_model 128, 4 layers, 4 heads, windows of
-128): 1.33 M parameters, of which 0.52 M in the tied embedding; about 8 MFLOP per trained token
-(6 x parameters, attention adds 2 %), so the 4,096-way output layer is about 40 % of the work.
-A 128k vocabulary (DeepSeek-V3's) would make that layer 16 M parameters and 97 % of the work:
-that is why the demo trains its own small tokenizer.
+Cost, for the demo's defaults (vocabulary 4,096, d_model 128, 2 layers, 4 heads, windows of
+128): 0.94 M parameters, of which 0.52 M in the tied embedding; about 5.6 MFLOP per trained
+token (6 x parameters; attention adds about 3 %), so the 4,096-way output layer is about 57 %
+of the work. DeepSeek-V3's vocabulary (129,280 tokens) would make that layer 16.5 M parameters
+and 98 % of the work, each step about 18 times slower: that is why the demo trains its own
+small tokenizer. Measured: 1,000 steps of 8 x 128 tokens in about 65 s on 2 cores.
 """
 
 from __future__ import annotations

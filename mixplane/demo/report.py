@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
+from tqdm import tqdm
 
 from mixplane.adapt.ado import law_loss
 from mixplane.errors import DependencyError
@@ -207,8 +208,30 @@ def build_manifest(
         "corpus": dict(corpus),
         "runs": built,
     }
+    manifest["difference"] = validation_difference(built)
     manifest["summary"] = summary_rows(manifest)
     return manifest
+
+
+def validation_difference(runs: Mapping[str, Any]) -> dict[str, Any]:
+    """ADO's validation loss minus the natural run's, per domain and for the mean, at each
+    evaluation (both runs are measured at the same token counts)."""
+    natural, ado = runs["natural"]["validation"], runs["ado"]["validation"]
+    if natural["tokens"] != ado["tokens"]:
+        msg = "the runs were evaluated at different token counts; they cannot be compared"
+        raise ValueError(msg)
+
+    def minus(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    return {
+        "tokens": list(natural["tokens"]),
+        "loss": [
+            [minus(a, b) for a, b in zip(row_ado, row_nat, strict=True)]
+            for row_ado, row_nat in zip(ado["loss"], natural["loss"], strict=True)
+        ],
+        "mean": [minus(a, b) for a, b in zip(ado["mean"], natural["mean"], strict=True)],
+    }
 
 
 def summary_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -323,7 +346,7 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
     out: dict[str, Figure] = {}
 
     # the mixture over steps (ADO), the natural weights dashed
-    fig = figure(figsize=(8, 4.5), layout="constrained")
+    fig = figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for name in RUNS:
         series = runs[name]["weights"]
@@ -340,7 +363,7 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
     ax.set(
         xlabel="training step", ylabel="weight", title="Mixture weights (ADO solid, natural dashed)"
     )
-    ax.legend(fontsize=7, ncols=2)
+    fig.legend(fontsize=7, loc="outside right upper")
     out["weights"] = fig
 
     # requested vs delivered tokens, both runs
@@ -364,9 +387,9 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
     ax.legend(fontsize=8)
     out["tokens"] = fig
 
-    # validation loss per domain (and their mean) at the same token counts
+    # validation loss per domain (and their mean) at the same token counts, and ADO - natural
     fig = figure(figsize=(11, 7), layout="constrained")
-    axes = _panels(fig, len(domains) + 1)
+    axes = _panels(fig, len(domains) + 2)
     for name in RUNS:
         val = runs[name]["validation"]
         axes[0].plot(
@@ -378,7 +401,20 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
                 val["tokens"], _column(val["loss"], i), STYLES[name], color=colors[i],
                 marker=".", label=LABELS[name], gid=f"{name}:{domain}",
             )  # fmt: skip
-    for ax, title in zip(axes, ["mean over domains", *domains], strict=True):
+    difference = manifest["difference"]
+    ax = axes[-1]
+    ax.axhline(0.0, color="gray", linewidth=0.8)
+    ax.plot(
+        difference["tokens"], _values(difference["mean"]), color="black", linewidth=2,
+        label="mean", gid="difference:mean",
+    )  # fmt: skip
+    for i, domain in enumerate(domains):
+        ax.plot(
+            difference["tokens"], _column(difference["loss"], i), color=colors[i],
+            label=domain, gid=f"difference:{domain}",
+        )  # fmt: skip
+    titles = ["mean over domains", *domains, "ADO - natural (below 0: ADO better)"]
+    for ax, title in zip(axes, titles, strict=True):
         ax.set(title=title, xlabel="training tokens", ylabel="validation loss (nats/token)")
         ax.legend(fontsize=7)
     fig.suptitle("Validation loss on held-out windows")
@@ -415,7 +451,7 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
             if pts["n"]:
                 ax.plot(
                     _column(pts["n"], i), _column(pts["loss"], i), "o", color="black",
-                    markersize=3, label="smoothed points fitted", gid=f"points:{domain}",
+                    markersize=2, label="smoothed points fitted", gid=f"points:{domain}",
                 )  # fmt: skip
             if curve["loss"][i] is not None:
                 lb, le, alpha = laws["laws"][i]
@@ -450,7 +486,11 @@ def _png(fig: Figure) -> bytes:
 
 
 def write_report(
-    manifest: Mapping[str, Any], folder: Path, *, notes: Sequence[str] = ()
+    manifest: Mapping[str, Any],
+    folder: Path,
+    *,
+    notes: Sequence[str] = (),
+    progress: bool | None = None,
 ) -> ReportFiles:
     """Write ``manifest.json``, the PNGs drawn from it (as read back) and ``index.html``."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -459,7 +499,15 @@ def write_report(
     stored = orjson.loads(manifest_path.read_bytes())
     images: dict[str, Path] = {}
     encoded: dict[str, str] = {}
-    for name, fig in figures(stored).items():
+    drawn = figures(stored)
+    for name, fig in tqdm(
+        drawn.items(),
+        total=len(drawn),
+        desc="report",
+        unit="figure",
+        leave=False,
+        disable=not progress if progress is not None else None,
+    ):
         data = _png(fig)
         path = folder / f"{name}.png"
         path.write_bytes(data)

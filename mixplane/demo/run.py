@@ -1,22 +1,23 @@
 """The demo: a small model trained on real multi-domain text, natural mixture vs ADO, through
 the server.
 
-Stages (defaults; seconds on 2 cores):
+Stages, with the defaults and their time on 2 cores (``docs/demo.md`` has the measured run):
 
-1. Corpus (~4 s): ``build_corpus`` writes eight datasets of package text as JSONL (plain and
-   zstd) and Parquet under ``HOME/demo-corpus``; each is registered with ``language``,
-   ``source``, ``domain`` (constants) and ``split``, ``chars`` (record fields). About 5 % of
-   the documents are held out (``split == 'validation'``), chosen per document id, so every
-   domain keeps its share.
+1. Corpus (~3 s): ``build_corpus`` writes eight datasets of package text as JSONL (plain and
+   zstd) and Parquet under ``HOME/demo-corpus``, documents cut into records of at most 1 KB
+   (``piece_bytes``, see below); each dataset is registered with ``language``, ``source``,
+   ``domain`` (constants) and ``split``, ``chars`` (record fields). About 5 % of the documents
+   are held out (``split == 'validation'``), chosen per document id, so every domain keeps its
+   share and no document straddles the splits.
 2. Tokenizer (~15 s): a byte-level BPE of 4,096 tokens trained on up to 1 MB of training text
    per domain (``train_bpe``), saved as ``HOME/demo/tokenizer.json``; the catalog then stores
-   exact token counts for it, so jobs can be budgeted in tokens. Why not DeepSeek's tokenizer:
-   its 128k vocabulary makes the output layer 97 % of the model's work (``model.py``).
+   exact token counts for it, so jobs are budgeted in tokens. Not DeepSeek's tokenizer: its
+   129,280-token vocabulary would make the output layer 98 % of the model's work (``model.py``).
 3. Server: the catalog is closed and ``mixplane serve`` starts on 127.0.0.1, port 0, as a
-   subprocess over the same home, with a fresh bearer token (``HOME/demo/token``); its log is
-   ``HOME/demo/server.log``. It is stopped at the end, also after an error or Ctrl-C.
-4. Training (~2 x 80 s): through ``Client.remote(url)``, two token-budgeted jobs over the
-   training split grouped by ``domain``: the natural mixture (``Mixture.inferred``: weights
+   subprocess over the same home, with a fresh bearer token (``HOME/demo/token``, mode 600);
+   its log is ``HOME/demo/server.log``. It is stopped at the end, also after an error or Ctrl-C.
+4. Training (~2 x 65 s): through ``Client.remote(url)``, two token-unit jobs over the training
+   split grouped by ``domain``: the natural mixture (``Mixture.inferred``: weights
    proportional to each domain's tokens) and ADO starting from it, its step options scaled to
    the run (``ado_options``). The same model from the same initial weights trains on each for
    the same number of steps, sending per-domain losses every step (``train.py``); held-out
@@ -24,6 +25,17 @@ Stages (defaults; seconds on 2 cores):
    evaluated every ``eval_every`` steps.
 5. Report (~3 s): ``HOME/report/`` holds ``index.html`` (self-contained), the PNGs and
    ``manifest.json`` with every plotted series (``report.py``); the console gets a summary.
+
+Two choices keep the realized mixture close to the requested one. Jobs use ``block_size=1``:
+the default draws 256 consecutive records of a component at a time (sequential reads), which
+over a run this short would feed the model one stretch of one dataset (the standard library's
+codec tables) for hundreds of steps. Documents are cut into records of at most 1 KB because
+the planner starts a new mixture segment at every weight change and forgets there how far
+each component overshot its token quota (``Planner.set_weights`` sets ``given`` to 0); in a
+token budget a component always overshoots by part of a record, so with whole files (up to
+58k tokens) as records the ADO run's delivered tokens were off by up to a factor of two (news:
+76k delivered of 147k requested, code 34 % over). With 1 KB records and 4,096-token chunks
+they stay within a few percent of the requested ones (the report plots both).
 """
 
 from __future__ import annotations
@@ -180,7 +192,10 @@ def _prepare(options: DemoOptions, echo: Echo) -> tuple[HFTokenizer, dict[str, A
         for part in parts:
             info = part.register(catalog, progress=options.progress)
             samples += info.samples
-        echo(f"registered {len(parts)} datasets, {samples:,} documents, in {options.home}")
+        echo(
+            f"registered {len(parts)} datasets, {samples:,} records (documents cut at "
+            f"{options.piece_bytes:,} bytes), in {options.home}"
+        )
         started = time.perf_counter()
         with _bar(1, "train tokenizer", "tokenizer", options.progress) as bar:
             tokenizer = train_bpe(
@@ -313,6 +328,7 @@ def run_demo(
                 validation = validation_windows(
                     client, tokenizer, seq_len=settings.seq_len,
                     per_domain=settings.eval_windows, seed=settings.seed,
+                    progress=options.progress,
                 )  # fmt: skip
                 counts = ", ".join(f"{d} {len(b['input_ids'])}" for d, b in validation.items())
                 echo(f"validation: held-out windows per domain: {counts or 'none'}")
@@ -355,9 +371,15 @@ def run_demo(
         chunk_size=chunk_size,
         ado_options=ado,
         tokenizer=tokenizer_info,
-        corpus={"folder": str(options.corpus_dir), "max_docs": options.max_docs},
+        corpus={
+            "folder": str(options.corpus_dir),
+            "max_docs": options.max_docs,
+            "piece_bytes": options.piece_bytes,
+        },
     )
-    files = report.write_report(manifest, options.report_dir, notes=_notes(manifest))
+    files = report.write_report(
+        manifest, options.report_dir, notes=_notes(manifest), progress=options.progress
+    )
     times["report"] = time.perf_counter() - started
     echo("")
     echo(report.summary_text(manifest))
@@ -381,25 +403,32 @@ def _bind(
 def _notes(manifest: dict[str, Any]) -> list[str]:
     s = manifest["settings"]
     tok = manifest["tokenizer"]
+    corpus = manifest["corpus"]
     return [
-        f"Corpus: eight datasets of text shipped in installed packages, registered with "
-        f"language, source and domain; grouped by domain ({', '.join(manifest['domains'])}); "
-        "about 5% of the documents of every dataset held out as the validation split.",
+        "Corpus: eight datasets of text shipped in installed packages (English, Bulgarian, "
+        "Chinese, Python), registered with language, source and domain and grouped by domain "
+        f"({', '.join(manifest['domains'])}); documents cut into records of at most "
+        f"{corpus['piece_bytes']:,} bytes; about 5% of the documents of every dataset held "
+        "out as the validation split.",
         f"Tokenizer: a byte-level BPE of {tok['vocab_size']:,} tokens trained on up to "
         f"{tok['trained_on_bytes_per_domain'] / 1e6:.1f} MB of training text per domain. "
-        "DeepSeek's 128k vocabulary would make the output softmax about 97% of the model's "
-        "work on the CPU (16 M of its parameters); 4k keeps it near 40%.",
+        "DeepSeek's 129,280-token vocabulary would make the output layer about 98% of the "
+        "model's work, each step some 18 times slower on the CPU; with 4k it is about 57%.",
         f"Model: GPT-style decoder, {s['layers']} layers, d_model {s['d_model']}, "
         f"{s['heads']} heads, learned positions from position_ids, output tied to the "
         "embeddings; causal attention masked per document (segments from position_ids, the "
         "ones cu_seqlens lists), so packed documents do not see each other. AdamW "
         f"(lr {s['lr']}, linear warm-up over {s['warmup']} steps, then constant), gradient "
-        "clipping at 1, float32 on the CPU.",
-        f"Data: token-unit jobs (chunks of {s['chunk_size']:,} tokens) over the training "
-        "split, planned by the server and read here through TokenWindowDataset "
-        "(Client.remote); per-domain loss (reduction='none' with the batch's domain_ids) sent "
-        "every step through LossFeedback in both runs; only the ADO job acts on it.",
+        "clipping at 1, float32 on the CPU, the same initial weights in both runs.",
+        f"Data: token-unit jobs (chunks of {s['chunk_size']:,} tokens, every record drawn on "
+        "its own: block_size=1) over the training split, planned by the server and read here "
+        "through TokenWindowDataset (Client.remote); per-domain loss (reduction='none' with the "
+        "batch's domain_ids) sent every step through LossFeedback in both runs; only the ADO "
+        "job acts on it. New weights apply from the next chunk the server plans; the client "
+        "asks for 8 chunks at a time, so they reach the data in steps of about 8 chunks.",
         f"Validation: up to {s['eval_windows']} windows of every domain from the validation "
         "split (a job over split == 'validation', read through the server), evaluated every "
         f"{s['eval_every']} steps in both runs.",
+        "One seed, one run each: differences of a few hundredths of a nat per token are within "
+        "what another seed could change.",
     ]

@@ -197,6 +197,17 @@ def test_plots_are_drawn_from_the_manifest(demo: tuple[DemoResult, Recorded, Pat
         }
         for kind in ("requested", "delivered"):
             assert bars[f"{LABELS[run]}: {kind}"] == series["tokens"][kind]
+    difference = manifest["difference"]
+    same(validation["difference:mean"], difference["tokens"], difference["mean"])
+    natural, ado = manifest["runs"]["natural"]["validation"], manifest["runs"]["ado"]["validation"]
+    for i, domain in enumerate(domains):
+        same(
+            validation[f"difference:{domain}"],
+            difference["tokens"],
+            [row[i] for row in difference["loss"]],
+        )
+        for row, a, b in zip(difference["loss"], ado["loss"], natural["loss"], strict=True):
+            assert row[i] == (None if a[i] is None or b[i] is None else a[i] - b[i])
     ado_laws = manifest["runs"]["ado"]["laws"]
     for i, domain in enumerate(domains):
         if ado_laws["curve"]["loss"][i] is not None:
