@@ -1063,10 +1063,21 @@ def render_explain(result: dict[str, Any]) -> str:
     help="Tokens of the BPE trained on the corpus.",
 )
 @click.option(
-    "--d-model", type=click.IntRange(min=8), default=128, show_default=True, help="Model width."
+    "--d-model",
+    type=click.IntRange(min=8),
+    default=128,
+    show_default=True,
+    help="Model width (a multiple of the 4 heads).",
 )
 @click.option(
     "--layers", type=click.IntRange(min=1), default=2, show_default=True, help="Decoder blocks."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3e-3,
+    show_default=True,
+    help="Peak learning rate (AdamW).",
 )
 @click.option(
     "--eval-every",
@@ -1078,7 +1089,8 @@ def render_explain(result: dict[str, Any]) -> str:
 @click.option(
     "--max-docs",
     type=click.IntRange(min=1),
-    help="At most this many documents per dataset (e.g. 40 for a run of seconds).",
+    help="At most this many documents per dataset (e.g. 40, with a small model, for a run "
+    "of about 20 s).",
 )
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed of the model and the jobs."
@@ -1103,6 +1115,7 @@ def demo(
     vocab_size: int,
     d_model: int,
     layers: int,
+    lr: float,
     eval_every: int,
     max_docs: int | None,
     seed: int,
@@ -1116,8 +1129,9 @@ def demo(
     Chinese, Python; six domains), registers it, trains a 4k byte-level BPE on it, starts a
     mixplane server on 127.0.0.1 and trains the same small GPT twice through it, on the
     natural mixture of domains and on ADO starting from it, at equal token budgets. Writes
-    HOME/report/index.html, the PNGs and manifest.json, and prints a summary. About 4 minutes
-    on 2 cores with the defaults; nothing is downloaded.
+    HOME/report/index.html, the PNGs and manifest.json, and prints a summary. About 3 minutes
+    on 2 idle cores with the defaults (5 with other load); nothing is downloaded. See
+    docs/demo.md.
 
     \b
     Examples:
@@ -1152,6 +1166,7 @@ def demo(
         seq_len=seq_len,
         d_model=d_model,
         layers=layers,
+        lr=lr,
         eval_every=eval_every,
         warmup=max(1, min(30, steps // 10)),
         seed=seed,

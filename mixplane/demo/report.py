@@ -27,7 +27,7 @@ import base64
 import html
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,8 +192,10 @@ def build_manifest(
     ado_options: Mapping[str, Any],
     tokenizer: Mapping[str, Any],
     corpus: Mapping[str, Any],
+    notes: Callable[[Mapping[str, Any]], Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """Every series the report plots (see the module), plus what produced them."""
+    """Every series the report plots (see the module), plus what produced them; ``notes``
+    makes the report's lines on how it was run from the manifest."""
     first = runs["natural"]
     domains = [_domain(s) for s in first.selectors]
     built = {name: _run_series(runs[name], settings) for name in RUNS}
@@ -210,6 +212,7 @@ def build_manifest(
     }
     manifest["difference"] = validation_difference(built)
     manifest["summary"] = summary_rows(manifest)
+    manifest["notes"] = list(notes(manifest)) if notes is not None else []
     return manifest
 
 
@@ -225,6 +228,7 @@ def validation_difference(runs: Mapping[str, Any]) -> dict[str, Any]:
         return None if a is None or b is None else a - b
 
     return {
+        "step": list(natural["step"]),
         "tokens": list(natural["tokens"]),
         "loss": [
             [minus(a, b) for a, b in zip(row_ado, row_nat, strict=True)]
@@ -295,11 +299,25 @@ def verdict(manifest: Mapping[str, Any]) -> str:
         winner = "neither run"
     else:
         winner = "ADO" if ado < nat else "the natural mixture"
-    return (
+    text = (
         f"at {manifest['tokens_per_run']:,} training tokens per run, {winner} has the lower "
         f"mean validation loss ({ado:.3f} with ADO vs {nat:.3f} natural, a difference of "
         f"{ado - nat:+.3f} nats per token); ADO is lower on {better} of {len(rows)} domains"
     )
+    start = manifest["ado_options"].get("start_step", 0)
+    since = [
+        d
+        for step, d in zip(
+            manifest["difference"]["step"], manifest["difference"]["mean"], strict=True
+        )
+        if step > start and d is not None
+    ]
+    if len(since) > 1:
+        text += (
+            f". Over the {len(since)} evaluations after ADO's first weights the mean "
+            f"difference ranged from {min(since):+.3f} to {max(since):+.3f}"
+        )
+    return text
 
 
 # -- figures -----------------------------------------------------------------------------------
@@ -416,7 +434,7 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
     titles = ["mean over domains", *domains, "ADO - natural (below 0: ADO better)"]
     for ax, title in zip(axes, titles, strict=True):
         ax.set(title=title, xlabel="training tokens", ylabel="validation loss (nats/token)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6 if ax is axes[-1] else 7, ncols=2 if ax is axes[-1] else 1)
     fig.suptitle("Validation loss on held-out windows")
     out["validation_loss"] = fig
 
@@ -489,7 +507,6 @@ def write_report(
     manifest: Mapping[str, Any],
     folder: Path,
     *,
-    notes: Sequence[str] = (),
     progress: bool | None = None,
 ) -> ReportFiles:
     """Write ``manifest.json``, the PNGs drawn from it (as read back) and ``index.html``."""
@@ -514,7 +531,7 @@ def write_report(
         images[name] = path
         encoded[name] = base64.b64encode(data).decode("ascii")
     html_path = folder / "index.html"
-    html_path.write_text(_html(stored, encoded, notes), encoding="utf-8")
+    html_path.write_text(_html(stored, encoded), encoding="utf-8")
     return ReportFiles(folder=folder, html=html_path, manifest=manifest_path, images=images)
 
 
@@ -532,7 +549,7 @@ code { background: #f4f4f4; padding: 0 0.25em; border-radius: 3px; }
 """
 
 
-def _html(manifest: Mapping[str, Any], images: Mapping[str, str], notes: Sequence[str]) -> str:
+def _html(manifest: Mapping[str, Any], images: Mapping[str, str]) -> str:
     esc = html.escape
     settings = manifest["settings"]
 
@@ -580,7 +597,7 @@ def _html(manifest: Mapping[str, Any], images: Mapping[str, str], notes: Sequenc
         for name in FIGURES
         if name in images
     )
-    notes_html = "".join(f"<li>{esc(n)}</li>" for n in notes)
+    notes_html = "".join(f"<li>{esc(n)}</li>" for n in manifest.get("notes", ()))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>mixplane demo: natural mixture vs ADO</title>
 <style>{CSS}</style></head><body>
@@ -603,3 +620,20 @@ def _html(manifest: Mapping[str, Any], images: Mapping[str, str], notes: Sequenc
 to this page.</p>
 </body></html>
 """
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mixplane.demo.report MANIFEST``: draw the report again from a manifest."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m mixplane.demo.report PATH/manifest.json", file=sys.stderr)
+        raise SystemExit(2)
+    path = Path(args[0])
+    files = write_report(orjson.loads(path.read_bytes()), path.parent)
+    print(f"report: {files.html}")
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from mixplane.client.remote import RemoteClient, RemoteJob
 from mixplane.demo.model import GPT, ModelConfig
+from mixplane.errors import MixplaneError
 from mixplane.integrations.pytorch import (
     LossFeedback,
     TokenWindowDataset,
@@ -47,6 +48,10 @@ from mixplane.tokens.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 VALIDATION_JOB = "demo-validation"
+
+
+class DemoError(MixplaneError, RuntimeError):
+    """A demo stage that could not run; says what to do."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -224,8 +229,11 @@ def train_run(
             record.tokens.append(counts.tolist())
             mean = float(sums.sum() / counts.sum())
             if not math.isfinite(mean):
-                msg = f"the {name} run diverged at step {step} (loss {mean}); lower --lr"
-                raise FloatingPointError(msg)
+                msg = (
+                    f"the {name} run diverged at step {step} (loss {mean}); lower the "
+                    f"learning rate (--lr, now {settings.lr})"
+                )
+                raise DemoError(msg)
             bar.update(1)
             bar.set_postfix(loss=f"{mean:.3f}", refresh=False)
     finally:

@@ -3,6 +3,7 @@ report. Issue 7."""
 
 from __future__ import annotations
 
+import html
 import importlib.util
 import threading
 import urllib.error
@@ -31,6 +32,7 @@ from mixplane.cli import main
 from mixplane.client.client import Client
 from mixplane.demo.model import GPT, ModelConfig, document_mask
 from mixplane.demo.report import LABELS, figures, requested_tokens
+from mixplane.demo.report import main as report_main
 from mixplane.demo.run import DemoError, DemoOptions, DemoResult, ado_options, run_demo, served
 from mixplane.demo.train import TrainSettings
 from tests.integrations.server import Server
@@ -214,6 +216,21 @@ def test_plots_are_drawn_from_the_manifest(demo: tuple[DemoResult, Recorded, Pat
             same(laws[f"law:{domain}"], ado_laws["curve"]["n"], ado_laws["curve"]["loss"][i])
         obs = ado_laws["observed"]
         same(laws[f"observed:{domain}"], obs["n"], [row[i] for row in obs["loss"]])
+
+
+def test_the_report_is_a_function_of_its_manifest(
+    demo: tuple[DemoResult, Recorded, Path], tmp_path: Path
+) -> None:
+    result = demo[0]
+    copy = tmp_path / "manifest.json"
+    copy.write_bytes(result.manifest_path.read_bytes())
+    report_main([str(copy)])
+    assert (tmp_path / "index.html").read_text() == result.report.read_text()
+    for name, path in result.images.items():
+        assert (tmp_path / f"{name}.png").read_bytes() == path.read_bytes()
+    page = result.report.read_text()
+    assert result.manifest["notes"]
+    assert all(html.escape(note) in page for note in result.manifest["notes"])
 
 
 def test_no_prefetch_thread_is_left(demo: tuple[DemoResult, Recorded, Path]) -> None:
