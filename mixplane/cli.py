@@ -7,12 +7,10 @@ shows the traceback. Output for scripts is ``--json``; everything else is for pe
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import logging
 import os
-import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -787,7 +785,9 @@ def stream(
         finally:
             job.close()
     if state_out is not None:
-        _write_atomic(Path(state_out), orjson.dumps(state, option=_NUMPY))
+        from mixplane.atomic import write_atomic
+
+        write_atomic(Path(state_out), orjson.dumps(state, option=_NUMPY))
     ended = written < max_windows
     summary = {
         "components": dict(enumerate(selectors)),
@@ -929,24 +929,6 @@ def _check_resume(saved: StreamState, here: dict[str, Any], path: str) -> None:
             "options it was saved with, or start without --resume-from"
         )
         raise StateError(msg)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, then rename it over ``path``: a
-    reader sees the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode as umask allows
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 @main.command()
@@ -1201,9 +1183,7 @@ def demo(
     help="Initial weights: JSON mapping domain -> weight, inline or a file (default: uniform).",
 )
 @click.option("--param", "params", multiple=True, metavar="K=V", help="Algorithm option.")
-@click.option(
-    "--out", required=True, type=click.Path(dir_okay=False), help="Weights CSV to write."
-)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights CSV to write.")
 def replay(
     algorithm: str, losses: str, prior: str | None, params: tuple[str, ...], out: str
 ) -> None:

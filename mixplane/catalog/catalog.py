@@ -356,11 +356,7 @@ class Catalog:
             'SELECT "offset", length, row_group, "row" FROM samples WHERE file_id = ? ORDER BY ordinal',
             params=[file_id],
         ).to_arrow_table()
-        return {
-            name: table.column(name).to_numpy(zero_copy_only=False)
-            for name in ("offset", "length", "row_group", "row")
-            if table.column(name).null_count < table.num_rows or table.num_rows == 0
-        }
+        return pointer_arrays(table)
 
     def _per_sample(
         self, runs: pa.Table, table: str, column: str, extra: str = "", params: Sequence[Any] = ()
@@ -731,3 +727,13 @@ class Catalog:
 
 
 __all__ = ["Catalog", "DatasetInfo", "FileReport", "default_home"]
+
+
+def pointer_arrays(table: pa.Table) -> dict[str, np.ndarray]:
+    """A file's pointer table as the numpy arrays readers index by ordinal; columns that are
+    all null (those another format uses) are left out."""
+    return {
+        name: table.column(name).to_numpy(zero_copy_only=False)
+        for name in table.column_names
+        if table.column(name).null_count < table.num_rows or table.num_rows == 0
+    }

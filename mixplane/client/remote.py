@@ -29,6 +29,7 @@ import pyarrow as pa
 from pyarrow import ipc
 
 from mixplane.adapt.base import check_feedback
+from mixplane.catalog.catalog import pointer_arrays
 from mixplane.chunking.assign import Topology
 from mixplane.chunking.planner import OnExhausted
 from mixplane.chunking.spec import ChunkSpec, Unit
@@ -175,12 +176,7 @@ class RemoteSource:
             message = decoded.get("error") if isinstance(decoded, dict) else repr(data[:300])
             msg = f"server: {message} (HTTP {status} fetching pointers of file {file_id})"
             raise RemoteError(msg, status)
-        table = ipc.open_stream(pa.py_buffer(data)).read_all()
-        return {
-            name: table.column(name).to_numpy(zero_copy_only=False)
-            for name in table.column_names
-            if table.column(name).null_count < table.num_rows or table.num_rows == 0
-        }
+        return pointer_arrays(ipc.open_stream(pa.py_buffer(data)).read_all())
 
 
 class RemoteJob:

@@ -159,7 +159,15 @@ def chunk_order(spec: ChunkSpec, seed: int, *, shuffle: bool) -> np.ndarray:
         grouped = np.lexsort((rng.random(len(component_of)), component_of))
     else:  # by component, range order inside
         grouped = np.argsort(component_of, kind="stable")
-    firsts = np.cumsum(spec.counts) - spec.counts
+    return place(sequence, grouped, spec.counts)
+
+
+def place(sequence: np.ndarray, grouped: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Items in interleaved order: ``sequence`` names the component of each position,
+    ``grouped`` lists item indices component by component (``counts`` each, each component's
+    in its order); position i gets the next unused item of component ``sequence[i]``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    firsts = np.cumsum(counts) - counts
     by_position = np.argsort(sequence, kind="stable")
     rank = np.empty(len(sequence), dtype=np.int64)
     rank[by_position] = np.arange(len(sequence)) - firsts[sequence[by_position]]

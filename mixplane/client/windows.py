@@ -34,12 +34,13 @@ from typing import Any, NamedTuple, TypedDict
 import numpy as np
 
 from mixplane.chunking.order import PURPOSE_WINDOWS, generator
-from mixplane.client.stream import ConsumerState, JobHandle, Stream, interleave
+from mixplane.client.stream import ConsumerState, JobHandle, Stream, interleave, place
 from mixplane.errors import StateError
 from mixplane.tokens.packing import Packer, PackerState, Window
 from mixplane.tokens.tokenizer import Tokenizer, TokenizerError
 
 STATE_VERSION = 1
+
 
 def _default_prefetch() -> int:
     """2 chunks ahead, or none where this process may use one CPU only: a background thread
@@ -136,7 +137,7 @@ class WindowStream:
         """The windows from the current position on; iterating again continues."""
         chunks = self._produce(self._start, self._start_packer)
         if self.prefetch > 0:
-            chunks = _prefetched(chunks, self.prefetch, self.stats)
+            chunks = _Prefetch(chunks, self.prefetch, self.stats)
         skip = self._windows
         try:
             for item in chunks:
@@ -180,14 +181,8 @@ class WindowStream:
         comps = np.fromiter((w.component for w in windows), dtype=np.int64, count=len(windows))
         counts = np.bincount(comps, minlength=self._packer.num_components)
         sequence = interleave(counts, generator(self.job.spec.seed, PURPOSE_WINDOWS, chunk))
-        by_comp = np.argsort(comps, kind="stable")
-        firsts = np.cumsum(counts) - counts
-        taken = np.zeros(len(counts), dtype=np.int64)
-        out = []
-        for c in sequence.tolist():
-            out.append(windows[int(by_comp[firsts[c] + taken[c]])])
-            taken[c] += 1
-        return out
+        order = place(sequence, np.argsort(comps, kind="stable"), counts)
+        return [windows[i] for i in order.tolist()]
 
 
 _END = object()
@@ -251,7 +246,3 @@ class _Prefetch(Iterator[ChunkWindows]):
             with contextlib.suppress(queue.Empty):
                 self._queue.get(timeout=0.05)
         self._thread.join()
-
-
-def _prefetched(source: Iterator[ChunkWindows], depth: int, stats: PrefetchStats) -> _Prefetch:
-    return _Prefetch(source, depth, stats)

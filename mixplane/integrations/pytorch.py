@@ -31,7 +31,7 @@ import numpy as np
 
 from mixplane.chunking.assign import Topology
 from mixplane.client.rank import Layout, RankWindows, resolve_layout
-from mixplane.client.remote import RemoteJob
+from mixplane.client.remote import RemoteJob, ServerAddress
 from mixplane.client.snapshot import JobSnapshot
 from mixplane.client.windows import PREFETCH_CHUNKS
 from mixplane.errors import DependencyError, PlanError, StateError
@@ -105,17 +105,14 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         self._job = job if isinstance(job, Job | RemoteJob) else None
         # worker processes run the job from a snapshot taken now, while the catalog is open,
         # or reconnect to the server's job
-        self._snapshot = job.snapshot() if isinstance(job, Job) else None
-        if isinstance(job, JobSnapshot):
-            self._snapshot = job
-        self._remote = (job.address, job.job_id) if isinstance(job, RemoteJob) else None
-        self.topology = (
-            job.topology
-            if isinstance(job, RemoteJob)
-            else Topology(
-                **self._snapshot.topology  # type: ignore[union-attr]
-            )
-        )
+        self._snapshot: JobSnapshot | None = None
+        self._remote: tuple[ServerAddress, str] | None = None
+        if isinstance(job, RemoteJob):
+            self._remote = (job.address, job.job_id)
+            self.topology = job.topology
+        else:
+            self._snapshot = job.snapshot() if isinstance(job, Job) else job
+            self.topology = Topology(**self._snapshot.topology)
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
         self.seq_len, self.bos, self.prefetch, self.batch_size = seq_len, bos, prefetch, batch_size
         if device_mesh is not None:

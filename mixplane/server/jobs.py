@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
-import secrets
 import threading
 import time
 from collections import OrderedDict, deque
@@ -37,6 +35,7 @@ import duckdb
 import orjson
 
 from mixplane.adapt.base import FeedbackError
+from mixplane.atomic import write_atomic
 from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Topology
 from mixplane.chunking.spec import ChunkSpec
@@ -79,29 +78,6 @@ def check_job_id(job_id: str) -> str:
         )
         raise PlanError(msg)
     return job_id
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data``: a reader (or a restart after a crash) sees the old file or
-    the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)  # the rename itself survives a crash
-    finally:
-        os.close(folder)
 
 
 class ServedLog:
@@ -473,7 +449,7 @@ class JobStore:
             }
             try:
                 raw = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
-                write_atomic(path, raw)
+                write_atomic(path, raw, mode=0o600, durable=True)
             except BaseException:
                 sj.dirty = True
                 raise
