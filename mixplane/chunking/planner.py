@@ -12,8 +12,15 @@ and the seed. Per chunk:
    to their weights (``redistribute``);
 3. the draws become read ranges (runs of consecutive ordinals).
 
-State is O(components): epoch, position and amount given per component, the weights in force,
-the exhausted set and the next chunk index. Restoring it continues the exact sequence with no
+A weight change starts a new mixture segment. Each component's deviation from its exact share
+of the segment that ends (in token mode: the part of a sample it overshot, or what it is owed)
+carries into the new one and is paid back there, so a run's cumulative amounts stay within a
+bounded distance of the sum over segments of weight x segment amount, however often the weights
+change (adaptive mixing changes them every few chunks).
+
+State is O(components): epoch, position and amount given (with its carry) per component, the
+amount handed out in the segment, the weights in force, the exhausted set and the next chunk
+index. Restoring it continues the exact sequence with no
 replay. Cost: O(K log K + samples in the chunk) numpy work per chunk.
 """
 
@@ -31,7 +38,7 @@ from mixplane.errors import PlanError, StateError
 from mixplane.mixture.apportion import apportion_with_carry, largest_remainder
 
 OnExhausted = Literal["repeat", "stop", "redistribute"]
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: given carries deviations across segments (float) and the segment total
 
 
 class PlannerState(TypedDict):
@@ -39,7 +46,8 @@ class PlannerState(TypedDict):
     next_chunk: int
     epochs: list[int]
     positions: list[int]
-    given: list[int]
+    given: list[float]
+    handed: int
     weights: list[float]
     exhausted: list[bool]
     mixture_version: int
@@ -83,7 +91,8 @@ class Planner:
         k = len(self.components)
         self._epochs = np.zeros(k, dtype=np.int64)
         self._positions = np.zeros(k, dtype=np.int64)
-        self._given = np.zeros(k, dtype=np.int64)
+        self._given = np.zeros(k, dtype=np.float64)
+        self._handed = 0
         self._exhausted = np.zeros(k, dtype=bool)
         self._weights = np.zeros(k)
         self.next_chunk = 0
@@ -93,7 +102,12 @@ class Planner:
 
     # -- mixture -----------------------------------------------------------------------------
     def set_weights(self, weights: np.ndarray, *, version: int) -> None:
-        """Weights in force from the next planned chunk on; starts a new mixture segment."""
+        """Weights in force from the next planned chunk on; starts a new mixture segment.
+
+        Each component's deviation from its exact share of the ending segment (under the
+        weights in force, exhausted components excluded) carries over; components without
+        weight in the ending segment carry nothing. Setting weights twice with no chunk
+        planned in between keeps the first carry (a replay applying only the latter matches)."""
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (len(self.components),) or (weights < 0).any() or weights.sum() <= 0:
             msg = f"weights must be {len(self.components)} non-negative numbers with a positive sum"
@@ -103,8 +117,12 @@ class Planner:
             empty = [self.components[i].key for i in np.flatnonzero((weights > 0) & (sizes == 0))]
             msg = f"components {empty} have weight but no samples"
             raise PlanError(msg)
+        if self._handed > 0:
+            active = self._active()
+            share = float(self._given[active > 0].sum())
+            self._given = np.where(active > 0, self._given - active * share, 0.0)
+            self._handed = 0
         self._weights = weights / weights.sum()
-        self._given[:] = 0
         self.mixture_version = version
 
     def start_phase(self, weights: np.ndarray, *, version: int, on_exhausted: OnExhausted) -> None:
@@ -120,7 +138,7 @@ class Planner:
         self.components.extend(components)
         self._epochs = np.concatenate((self._epochs, np.zeros(n, dtype=np.int64)))
         self._positions = np.concatenate((self._positions, np.zeros(n, dtype=np.int64)))
-        self._given = np.concatenate((self._given, np.zeros(n, dtype=np.int64)))
+        self._given = np.concatenate((self._given, np.zeros(n, dtype=np.float64)))
         self._exhausted = np.concatenate((self._exhausted, np.zeros(n, dtype=bool)))
         self._weights = np.concatenate((self._weights, np.zeros(n)))
 
@@ -143,7 +161,7 @@ class Planner:
         draws: list[_Draw] = []
         budget = self.chunk_size
         weights = self._active()
-        amounts = apportion_with_carry(budget, weights, self._given.astype(np.float64))
+        amounts = apportion_with_carry(budget, weights, self._given, self._handed)
         last = False
         for _round in range(k + 1):
             shortfall = 0
@@ -152,6 +170,7 @@ class Planner:
                 counts[c] += got_samples
                 tokens[c] += got_tokens
                 self._given[c] += drawn
+                self._handed += drawn
                 shortfall += max(int(amounts[c]) - drawn, 0)
                 if ran_out:
                     if self.on_exhausted == "stop":
@@ -236,6 +255,7 @@ class Planner:
             epochs=self._epochs.tolist(),
             positions=self._positions.tolist(),
             given=self._given.tolist(),
+            handed=self._handed,
             weights=self._weights.tolist(),
             exhausted=self._exhausted.tolist(),
             mixture_version=self.mixture_version,
@@ -244,7 +264,7 @@ class Planner:
         )
 
     def load_state_dict(self, state: PlannerState) -> None:
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             msg = f"planner state version {state.get('version')!r}, expected {STATE_VERSION}"
             raise StateError(msg)
         k = len(self.components)
@@ -254,7 +274,9 @@ class Planner:
         self.next_chunk = int(state["next_chunk"])
         self._epochs = np.asarray(state["epochs"], dtype=np.int64)
         self._positions = np.asarray(state["positions"], dtype=np.int64)
-        self._given = np.asarray(state["given"], dtype=np.int64)
+        self._given = np.asarray(state["given"], dtype=np.float64)
+        # version 1 had no carry: the segment total was the sum of what was given
+        self._handed = int(state.get("handed", round(float(self._given.sum()))))
         self._weights = np.asarray(state["weights"], dtype=np.float64)
         self._exhausted = np.asarray(state["exhausted"], dtype=bool)
         self.mixture_version = int(state["mixture_version"])

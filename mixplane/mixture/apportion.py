@@ -44,15 +44,20 @@ def largest_remainder(total: int, quotas: np.ndarray) -> np.ndarray:
     return counts
 
 
-def apportion_with_carry(budget: int, weights: np.ndarray, given: np.ndarray) -> np.ndarray:
-    """Counts for one chunk so that cumulative amounts track ``(given.sum() + budget) * weights``.
+def apportion_with_carry(
+    budget: int, weights: np.ndarray, given: np.ndarray, total: float | None = None
+) -> np.ndarray:
+    """Counts for one chunk so that cumulative amounts track ``(total + budget) * weights``.
 
     ``given`` is what each component has received so far in the current mixture segment (in
     token mode it may exceed its quota by part of a sample; the excess is paid back in later
-    chunks). Components with zero weight get nothing.
+    chunks), plus what it was ahead of (or, negative, behind) its exact share when the segment
+    began; ``total`` is the amount handed out in the segment (default ``given.sum()``).
+    Components with zero weight get nothing.
     """
     weights = np.asarray(weights, dtype=np.float64)
-    target = (float(np.sum(given)) + budget) * weights
+    handed = float(np.sum(given)) if total is None else float(total)
+    target = (handed + budget) * weights
     quotas = np.where(weights > 0, np.maximum(target - given, 0.0), 0.0)
     if quotas.sum() <= 0:
         quotas = np.where(weights > 0, weights, 0.0)
