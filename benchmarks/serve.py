@@ -41,7 +41,7 @@ Target: at 4096 ranks, p99 of a batched request (256 descriptors) under 50 ms.
 ``--profile``: after the load runs (the server stopped), the server-side work of 200 batched
 requests at the largest rank count, in this process and one thread (a ``JobStore`` over the
 catalog, its planning thread stopped): planning the chunks they need (``Job.chunk``), then per
-request msgpack decode, pydantic validation (``ChunksBody``), ``ServerJob.chunks`` and msgpack
+request msgpack decode, body validation (``chunk_items``), ``ServerJob.chunks`` and msgpack
 encode, timed stage by stage over 100 requests with the garbage collector's passes recorded
 (``gc.callbacks``), then 100 more under cProfile. No HTTP, no threads: what one request costs
 the server's CPU, not what it waits for.
@@ -472,7 +472,7 @@ def profile(home: Path, ranks: int, per_group: int, batch: int, rounds: int) -> 
     from mixplane.catalog.catalog import Catalog
     from mixplane.chunking.assign import Topology
     from mixplane.job import make_spec
-    from mixplane.server.app import ChunksBody, encode, unpack
+    from mixplane.server.app import chunk_items, unpack
     from mixplane.server.jobs import JobStore
     from mixplane.server.metrics import Metrics
 
@@ -497,20 +497,18 @@ def profile(home: Path, ranks: int, per_group: int, batch: int, rounds: int) -> 
             for i in idx:
                 nxt[i] += 1
         furthest = max(c + groups * (j - 1) for (c, _), j in zip(owned, nxt, strict=True))
-        stages = {"msgpack decode": 0.0, "pydantic validation": 0.0, "ServerJob.chunks": 0.0,
+        stages = {"msgpack decode": 0.0, "body validation": 0.0, "ServerJob.chunks": 0.0,
                   "msgpack encode": 0.0}  # fmt: skip
 
         def one(raw: bytes) -> int:
             t = time.perf_counter()
             data = unpack(raw)
             t1 = time.perf_counter()
-            body = ChunksBody.model_validate(data)
+            wanted, consumed = chunk_items(data)
             t2 = time.perf_counter()
-            wanted = [(r.consumer, r.j) for r in body.requests]
-            consumed = [(c.consumer, c.rank, c.j) for c in body.consumed]
             out = sj.chunks(wanted, consumed)
             t3 = time.perf_counter()
-            encoded, _ = encode({"chunks": out}, as_msgpack=True)
+            encoded = sj.encode_msgpack(out)
             t4 = time.perf_counter()
             for name, dt in zip(stages, (t1 - t, t2 - t1, t3 - t2, t4 - t3), strict=False):
                 stages[name] += dt

@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 import threading
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar
 
@@ -647,6 +647,18 @@ class Job:
 
     # -- consumers ---------------------------------------------------------------------------
     @_locked
+    @_locked
+    def set_positions(self, positions: Iterable[tuple[int, int, int]]) -> None:
+        """Each (consumer, rank, j): that rank of the consumer is at the start of its j-th
+        chunk (what remote ranks report; coordinates must be checked by the caller)."""
+        ranks = self._ranks
+        for consumer, rank, j in positions:
+            state = ranks.get((consumer, rank))
+            if state is None:
+                ranks[(consumer, rank)] = ConsumerState(j=j, offset=0)
+            else:
+                state["j"], state["offset"] = j, 0
+
     def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream:
         """The samples of one consumer for one rank; ranks of a group get identical streams,
         each rank keeping its own position (they are separate processes in training)."""

@@ -65,16 +65,13 @@ class Assignment:
     frontier: int = 0  # first chunk index handed out by the regular rule
     carried: tuple[tuple[int, int], ...] = field(default=())  # (chunk, sample offset) dealt first
 
-    def _mine(self, consumer: int) -> list[tuple[int, int]]:
-        n = self.topology.consumers
-        return [item for i, item in enumerate(self.carried) if i % n == consumer]
-
     def chunk(self, consumer: int, j: int) -> tuple[int, int]:
         """(chunk index, starting sample offset) of the consumer's j-th chunk."""
-        mine = self._mine(consumer)
-        if j < len(mine):
-            return mine[j]
-        j -= len(mine)
+        n = self.topology.consumers
+        carried = len(self.carried)
+        if consumer + j * n < carried:  # carried chunks are dealt round-robin, first
+            return self.carried[consumer + j * n]
+        j -= len(range(consumer, carried, n))
         g, w = consumer % self.topology.dp_groups, consumer // self.topology.dp_groups
         i = g + self.topology.dp_groups * (w + self.topology.workers * j)
         return self.frontier + i, 0

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import msgpack
 import orjson
 
 from mixplane.adapt.base import FeedbackError
@@ -40,7 +41,6 @@ from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Topology
 from mixplane.chunking.spec import ChunkSpec
 from mixplane.client.client import Client
-from mixplane.client.stream import ConsumerState
 from mixplane.errors import MixplaneError, PlanError, StateError
 from mixplane.job import Job, JobSpec, JobState
 from mixplane.server.metrics import Metrics
@@ -58,6 +58,13 @@ WIRE_CACHE = 4096  # chunks whose wire maps are kept (every rank of a group asks
 SERVED_SAMPLE_S = 1.0  # throughput: at most one (time, chunks served) sample a second
 SERVED_SAMPLES = 300  # ... of which the last 300 are kept (5 minutes while serving)
 _JOB_ID = re.compile(JOB_ID_PATTERN)
+#: one answer to a chunk request: (consumer, j, starting sample offset, chunk or None)
+Answer = tuple[int, int, int, "ChunkSpec | None"]
+_PACKER = msgpack.Packer(use_bin_type=True)
+_CHUNKS_KEY = b"\x81" + _PACKER.pack("chunks")  # a map of one key
+_ITEM_CONSUMER = b"\x84" + _PACKER.pack("consumer")  # each answer: a map of four keys
+_ITEM_J, _ITEM_START, _ITEM_CHUNK = (_PACKER.pack(k) for k in ("j", "start", "chunk"))
+_NIL = _PACKER.pack(None)
 # what malformed input may raise inside code that expects well-formed values
 _INPUT_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError)
 
@@ -117,7 +124,7 @@ class ServerJob:
         self.removed = False  # deleted or replaced: never written again
         self.served = ServedLog()  # chunks served, for the dashboard's throughput
         self._counted = job._planner.next_chunk  # chunks below this are in the metrics
-        self._wires: OrderedDict[int, dict[str, Any]] = OrderedDict()  # encoded once per chunk
+        self._wires: OrderedDict[int, bytes] = OrderedDict()  # encoded once per chunk
         self._released_at = 0.0
         self._target = 0
         self._wake = threading.Event()
@@ -196,59 +203,50 @@ class ServerJob:
 
     def chunks(
         self, requests: Sequence[tuple[int, int]], consumed: Sequence[tuple[int, int, int]]
-    ) -> list[dict[str, Any]]:
+    ) -> list[Answer]:
         """Record each (consumer, rank, j) of ``consumed``, then answer each (consumer, j) of
-        ``requests`` with the consumer's j-th chunk (wire form, None past the end) and the
-        sample offset it starts at."""
+        ``requests``: (consumer, j, the sample offset it starts at, the consumer's j-th chunk
+        or None past the end). Coordinates are all checked before anything is recorded; the
+        answers are looked up under one hold of the job's lock (chunks not planned yet are
+        planned first, one per hold, so other requests are not held up)."""
         job = self.job
         topology = job.topology
-        positions = []
-        for consumer, rank, j in consumed:  # all checked before any is recorded
-            group, worker = self._coordinates(topology, consumer)
-            topology.consumer(group, worker, rank)
-            positions.append((group, rank, worker, j))
+        consumers, per_group = topology.consumers, topology.ranks_per_group
+        for consumer, rank, _ in consumed:
+            if not 0 <= consumer < consumers or not 0 <= rank < per_group:
+                self._coordinates(topology, consumer)
+                topology.consumer(consumer % topology.dp_groups, 0, rank)  # names the rank
         for consumer, _ in requests:
-            self._coordinates(topology, consumer)
-        if positions:
-            # a rank behind the job (restored from an older checkpoint) is fine: released
-            # chunks and planner states are planned again from the job's milestones
-            with job._lock:
-                for group, rank, worker, j in positions:
-                    job.stream(group, rank, worker).load_state_dict(ConsumerState(j=j, offset=0))
-            self.dirty = True
-        reach = min(max(REACH_MIN, 16 * topology.consumers * job.read_group), REACH_MAX)
-        out: list[dict[str, Any]] = []
-        served = 0
-        furthest = 0
-        for consumer, j in requests:
-            index, _ = job.assignment.chunk(consumer, j)
+            if not 0 <= consumer < consumers:
+                self._coordinates(topology, consumer)
+        assignment = job.assignment
+        wanted = [(consumer, j, *assignment.chunk(consumer, j)) for consumer, j in requests]
+        if wanted:
+            furthest = max(w[2] for w in wanted)
+            reach = min(max(REACH_MIN, 16 * consumers * job.read_group), REACH_MAX)
             planned = job._planner.next_chunk
-            if index >= planned + reach and not job._planner.ended:
+            if furthest >= planned + reach and not job._planner.ended:
+                consumer, j, index, _ = next(w for w in wanted if w[2] == furthest)
                 msg = (
                     f"chunk {j} of consumer {consumer} is chunk {index}, more than {reach} "
                     f"chunks past those the job has planned ({planned}); ask for each "
                     "consumer's chunks in order"
                 )
                 raise PlanError(msg)
-            self._plan_to(job, index)
-            with job._lock:
-                spec, start = job.consumer_chunk(consumer, j)
-                self._count_planned(job)
-            furthest = max(furthest, index)
-            if spec is not None:
-                served += 1
-            out.append(
-                {
-                    "consumer": consumer,
-                    "j": j,
-                    "start": start,
-                    "chunk": self._wire(spec) if spec is not None else None,
-                }
-            )
+            self._plan_to(job, furthest)
+        with job._lock:
+            if consumed:
+                # a rank behind the job (restored from an older checkpoint) is fine: released
+                # chunks and planner states are planned again from the job's milestones
+                job.set_positions(consumed)
+                self.dirty = True
+            out = [(consumer, j, start, job.chunk(index)) for consumer, j, index, start in wanted]
+            self._count_planned(job)
+        served = sum(1 for answer in out if answer[3] is not None)
         if served:
             self.metrics.served(self.job_id, served)
             self.served.add(served)
-        if requests:
+        if wanted:
             self._ask(furthest)
         now = time.monotonic()
         if now - self._released_at >= RELEASE_EVERY_S:
@@ -256,11 +254,36 @@ class ServerJob:
             job._release()
         return out
 
-    def _wire(self, spec: ChunkSpec) -> dict[str, Any]:
-        """A chunk's wire map, made once for all the ranks of its group (an LRU)."""
+    def encode_msgpack(self, answers: Sequence[Answer]) -> bytes:
+        """``{"chunks": [{consumer, j, start, chunk}, ...]}`` as msgpack, each chunk's bytes
+        made once for all the ranks of its group (an LRU) and spliced in."""
+        pack = _PACKER.pack
+        parts = [_CHUNKS_KEY, _PACKER.pack_array_header(len(answers))]
+        for consumer, j, start, spec in answers:
+            parts += (_ITEM_CONSUMER, pack(consumer), _ITEM_J, pack(j), _ITEM_START, pack(start))
+            parts += (_ITEM_CHUNK, self._wire(spec) if spec is not None else _NIL)
+        return b"".join(parts)
+
+    @staticmethod
+    def to_json(answers: Sequence[Answer]) -> dict[str, Any]:
+        """The same answer as a JSON-able map."""
+        return {
+            "chunks": [
+                {
+                    "consumer": consumer,
+                    "j": j,
+                    "start": start,
+                    "chunk": spec.to_wire() if spec is not None else None,
+                }
+                for consumer, j, start, spec in answers
+            ]
+        }
+
+    def _wire(self, spec: ChunkSpec) -> bytes:
+        """A chunk's msgpack bytes, made once for all the ranks of its group (an LRU)."""
         wire = self._wires.get(spec.index)
         if wire is None:
-            wire = spec.to_wire()
+            wire = spec.to_bytes()
             self._wires[spec.index] = wire
             while len(self._wires) > WIRE_CACHE:
                 self._wires.popitem(last=False)
