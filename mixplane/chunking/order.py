@@ -25,6 +25,7 @@ import numpy as np
 
 OrderKind = Literal["shuffled", "as-stored"]
 DEFAULT_BLOCK = 256
+SPAN_BLOCKS = 8  # spans of up to this many blocks are cut in Python, longer ones with numpy
 
 PURPOSE_ORDER = 1
 PURPOSE_SHUFFLE = 3
@@ -55,6 +56,7 @@ class ComponentOrder:
     sizes: np.ndarray | None = None  # per-sample token estimate, by sample index (token mode)
     run_offsets: np.ndarray = field(init=False)
     _cache: dict[int, tuple[np.ndarray, np.ndarray]] = field(init=False, default_factory=dict)
+    _shorts: dict[int, tuple[int, int]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.run_offsets = np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
@@ -90,6 +92,83 @@ class ComponentOrder:
     def token_sizes(self, epoch: int, first: int, count: int) -> np.ndarray:
         assert self.sizes is not None
         return self.sizes[self.samples_at(epoch, np.arange(first, first + count))]
+
+    def block_at(self, epoch: int, position: int) -> tuple[int, int]:
+        """(block, start position of that block in the epoch's order) at ``position``, in
+        O(1): every block holds ``block_size`` samples but the last block of the index space,
+        which may be short, wherever the permutation put it."""
+        perm, _ = self._epoch(epoch)
+        size = self.block_size
+        short_at, short = self._short(epoch)
+        if position < short_at * size:
+            j = position // size
+            start = j * size
+        elif position < short_at * size + short:
+            j, start = short_at, short_at * size
+        else:
+            j = short_at + 1 + (position - short_at * size - short) // size
+            start = short_at * size + short + (j - short_at - 1) * size
+        return int(perm[j]), start
+
+    def _short(self, epoch: int) -> tuple[int, int]:
+        """(position in the epoch's order of the last block of the index space, its size)."""
+        cached = self._shorts.get(epoch)
+        if cached is None:
+            perm, _ = self._epoch(epoch)
+            blocks = len(perm)
+            if blocks:
+                at = int(np.flatnonzero(perm == blocks - 1)[0])
+                cached = (at, self.total - (blocks - 1) * self.block_size)
+            else:
+                cached = (0, 0)
+            if len(self._shorts) > 2:
+                self._shorts.clear()
+            self._shorts[epoch] = cached
+        return cached
+
+    def spans(self, epoch: int, first: int, count: int) -> tuple[list[int], list[int], list[int]]:
+        """``ranges`` as Python lists. A span of a few blocks (the common case: a chunk takes
+        fewer samples of a component than a block or two hold) takes a few integer operations
+        and a binary search per run edge instead of a dozen small numpy calls."""
+        if count <= 0:
+            return [], [], []
+        if count > SPAN_BLOCKS * self.block_size:
+            arrays = self.ranges(epoch, first, count)
+            return arrays[0].tolist(), arrays[1].tolist(), arrays[2].tolist()
+        size, total = self.block_size, self.total
+        pieces = []  # contiguous sample-index spans [lo, hi), one per block touched
+        position, last = first, first + count
+        while position < last:
+            block, start = self.block_at(epoch, position)
+            end = start + min(size, total - block * size)  # the block's end position
+            lo = block * size + position - start
+            stop = min(end, last)
+            pieces.append((lo, lo + stop - position))
+            position = stop
+        if len(pieces) > 1:  # sorted and merged where they touch, as ``ranges``
+            pieces.sort()
+            merged = [pieces[0]]
+            for lo, hi in pieces[1:]:
+                if lo == merged[-1][1]:
+                    merged[-1] = (merged[-1][0], hi)
+                else:
+                    merged.append((lo, hi))
+            pieces = merged
+        offsets, run_files, run_starts = self.run_offsets, self.files, self.starts
+        files: list[int] = []
+        ordinals: list[int] = []
+        lengths: list[int] = []
+        for lo, hi in pieces:  # cut at run edges
+            run = int(offsets.searchsorted(lo, side="right")) - 1
+            edge = int(offsets[run])
+            while edge < hi:
+                end = int(offsets[run + 1])
+                a = max(edge, lo)
+                files.append(int(run_files[run]))
+                ordinals.append(int(run_starts[run]) + a - edge)
+                lengths.append(min(end, hi) - a)
+                run, edge = run + 1, end
+        return files, ordinals, lengths
 
     def ranges(
         self, epoch: int, first: int, count: int

@@ -224,25 +224,30 @@ class Planner:
     def _spec(
         self, counts: np.ndarray, tokens: np.ndarray, draws: list[_Draw], last: bool
     ) -> ChunkSpec:
-        parts = [self.components[d.component].ranges(d.epoch, d.first, d.count) for d in draws]
-        if parts:
-            comps = np.repeat(
-                np.array([d.component for d in draws], dtype=np.int32), [len(p[0]) for p in parts]
-            )
-            files, starts, lengths = (np.concatenate([p[i] for p in parts]) for i in range(3))
-        else:
-            comps = files = np.zeros(0, dtype=np.int32)
-            starts = lengths = np.zeros(0, dtype=np.int64)
+        comp_ids: list[int] = []
+        file_ids: list[int] = []
+        firsts: list[int] = []
+        counts_: list[int] = []
+        for d in draws:
+            f, s, n = self.components[d.component].spans(d.epoch, d.first, d.count)
+            comp_ids += [d.component] * len(f)
+            file_ids += f
+            firsts += s
+            counts_ += n
+        comps = np.array(comp_ids, dtype=np.int32)
+        files = np.array(file_ids, dtype=np.int32)
+        starts = np.array(firsts, dtype=np.int64)
+        lengths = np.array(counts_, dtype=np.int64)
         return ChunkSpec(
             index=self.next_chunk,
             unit=self.unit,
             budget=self.chunk_size,
             counts=counts,
             tokens=tokens,
-            components=comps.astype(np.int32),
-            files=files.astype(np.int32),
-            starts=starts.astype(np.int64),
-            lengths=lengths.astype(np.int64),
+            components=comps,
+            files=files,
+            starts=starts,
+            lengths=lengths,
             mixture_version=self.mixture_version,
             last=last,
         )
