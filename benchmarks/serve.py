@@ -28,6 +28,16 @@ job's lock and the GIL included; the socket and HTTP parsing not), differenced b
 before the job is submitted and after its load (warm-up included), is shown beside the clients'
 figures.
 
+Open loop (``--paced``, default 0.05,0.25,0.5,0.75): then, at the largest rank count, the same
+load offered on a fixed schedule: each load process sends its batches so that all of them
+together offer that fraction of the closed-loop descriptors/s just measured there (the four
+processes send at the same instants, as ranks stepping in lockstep would); a request's latency
+counts from its scheduled time, so one that leaves late behind a slow one is charged the wait.
+A closed loop measures capacity (four requests always in flight: by Little's law its latency is
+set by the throughput); the open loop measures latency at a given load. Training needs far less
+than either: 4,096 ranks each taking a 256-sample chunk every 32 s (8 samples per rank per 1 s
+step) ask for 128 descriptors/s.
+
 Named baseline, same run, before the server starts: the same descriptors computed in-process
 (``Client.local``, one thread): a ``Job`` with the same spec and topology, the same batches of
 ranks, each rank's position moved (``Stream.load_state_dict``, what the server does for
@@ -36,7 +46,8 @@ ranks, each rank's position moved (``Stream.load_state_dict``, what the server d
 descriptors/s in-process and through the server, and their ratio (the cost of HTTP, validation,
 serialization and threads on top of planning).
 
-Target: at 4096 ranks, p99 of a batched request (256 descriptors) under 50 ms.
+Target: at 4096 ranks, p99 of a batched request (256 descriptors) under 50 ms (judged in every
+row at 4096 ranks, closed and open loop).
 
 ``--profile``: after the load runs (the server stopped), the server-side work of 200 batched
 requests at the largest rank count, in this process and one thread (a ``JobStore`` over the
@@ -46,10 +57,11 @@ encode, timed stage by stage over 100 requests with the garbage collector's pass
 (``gc.callbacks``), then 100 more under cProfile. No HTTP, no threads: what one request costs
 the server's CPU, not what it waits for.
 
-Usage (from the repository root; about 1.5 minutes on 2 cores)::
+Usage (from the repository root; about 3 minutes on 2 cores)::
 
     .venv/bin/python benchmarks/serve.py [--ranks 64,512,4096] [--seconds 12] [--procs 4]
-        [--batch 256] [--ranks-per-group 8] [--samples 200000] [--profile] [--keep]
+        [--batch 256] [--ranks-per-group 8] [--samples 200000] [--paced 0.05,0.25,0.5,0.75]
+        [--profile] [--keep]
 """
 
 from __future__ import annotations
@@ -301,8 +313,12 @@ def load_process(
     seconds: float,
     barrier: Any,
     results: Any,
+    rate: float | None = None,
 ) -> None:
-    """One load generator (see the module); puts its figures on ``results``."""
+    """One load generator (see the module); puts its figures on ``results``. With ``rate``
+    (this process's descriptors/s) requests leave on a fixed schedule (open loop) and each
+    latency counts from its scheduled time, so a request that leaves late because the one
+    before it was slow is charged its wait."""
     try:
         groups = ranks // per_group
         owned = owned_ranks(ranks, per_group, procs, p)
@@ -315,7 +331,14 @@ def load_process(
         barrier.wait()
         t0 = time.time()
         measure_from, stop_at = t0 + warmup, t0 + warmup + seconds
+        clock0 = time.perf_counter() - (time.time() - t0)  # perf_counter at t0
         for idx in batches(owned, batch):
+            scheduled = None
+            if rate is not None:
+                scheduled = clock0 + total / rate
+                pause = scheduled - time.perf_counter()
+                if pause > 0:
+                    time.sleep(pause)
             sent = time.time()
             if sent >= stop_at:
                 break
@@ -331,7 +354,7 @@ def load_process(
             conn.request("POST", path, body=body, headers=HEADERS)
             response = conn.getresponse()
             data = response.read()
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - (start if scheduled is None else min(start, scheduled))
             if response.status != 200:
                 msg = f"HTTP {response.status}: {data[:500]!r}"
                 raise RuntimeError(msg)
@@ -350,7 +373,7 @@ def load_process(
             if sent >= measure_from:
                 if not first:
                     first = sent
-                last = sent + elapsed
+                last = time.time()
                 latencies.append(elapsed)
                 measured += len(idx)
         conn.close()
@@ -370,10 +393,13 @@ def load_process(
         raise
 
 
-def through_server(url: str, ranks: int, args: argparse.Namespace) -> dict[str, Any]:
+def through_server(
+    url: str, ranks: int, args: argparse.Namespace, rate: float | None = None
+) -> dict[str, Any]:
+    """One load run; closed loop, or open loop offering ``rate`` descriptors/s in all."""
     from mixplane.client import Client
 
-    job_id = f"serve-{ranks}"
+    job_id = f"serve-{ranks}" if rate is None else f"serve-{ranks}-paced-{rate:.0f}"
     client = Client.remote(url, retry_for=10)
     before = scrape(url)
     try:
@@ -396,6 +422,7 @@ def through_server(url: str, ranks: int, args: argparse.Namespace) -> dict[str, 
                     args.seconds,
                     barrier,
                     results,
+                    None if rate is None else rate / args.procs,
                 ),
                 daemon=True,
             )
@@ -569,6 +596,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256, help="ranks per request")
     parser.add_argument("--ranks-per-group", type=int, default=RANKS_PER_GROUP)
     parser.add_argument("--samples", type=int, default=200_000)
+    parser.add_argument(
+        "--paced",
+        default="0.05,0.25,0.5,0.75",
+        help="open-loop runs at the largest rank count, offering these fractions of the "
+        "closed-loop descriptors/s measured there ('' for none)",
+    )
     parser.add_argument("--profile", action="store_true", help="time the server side (module)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     args = parser.parse_args()
@@ -616,6 +649,25 @@ def main() -> None:
                     f"~{x['chunks_per_rank']:,} chunks per rank; load {load()}"
                 )
 
+            top = max(counts)
+            paced = {}
+            fractions = [float(f) for f in args.paced.split(",") if f.strip()]
+            if fractions:
+                print(f"\n## Open loop at {top} ranks: requests on a fixed schedule offering a "
+                      f"fraction of the closed-loop {res[top]['rate']:,.0f} descriptors/s; "
+                      "latency from each request's scheduled time")  # fmt: skip
+            for f in fractions:
+                offered = f * res[top]["rate"]
+                paced[f] = x = through_server(url, top, args, rate=offered)
+                same = "equal" if x["served"] == x["received"] else "DIFFER"
+                print(
+                    f"  {f:.2f} x capacity = {offered:,.0f} offered: {x['rate']:,.0f} "
+                    f"descriptors/s answered, {x['requests']:,} requests, p50 {x['p50']:.1f} ms, "
+                    f"p99 {x['p99']:.1f} ms (max {x['max']:.1f}); in the app: mean "
+                    f"{x['server_mean_ms']:.1f} ms; metrics served {x['served']:,.0f} vs "
+                    f"received {x['received']:,} ({same}); load {load()}"
+                )
+
         if args.profile:
             profile(home, max(counts), args.ranks_per_group, args.batch, rounds=200)
 
@@ -629,6 +681,14 @@ def main() -> None:
             f"{r:,}", f"{r // args.ranks_per_group:,} x {args.ranks_per_group}", per_req,
             f"{x['p50']:.1f}", f"{x['p99']:.1f}", f"{x['rate']:,.0f}", f"{b['rate']:,.0f}",
             f"{x['rate'] / b['rate']:.2f}", f"{x['served']:,.0f} / {x['received']:,}", target, met,
+        ))  # fmt: skip
+    for f, x in paced.items():
+        met = x["p99"] < TARGET_P99_MS if top == TARGET_RANKS else None
+        rows.append((
+            f"{top:,} open loop, {f:.2f} x capacity", "", min(args.batch, top // args.procs),
+            f"{x['p50']:.1f}", f"{x['p99']:.1f}", f"{x['rate']:,.0f}", f"{base[top]['rate']:,.0f}",
+            f"{x['rate'] / base[top]['rate']:.2f}", f"{x['served']:,.0f} / {x['received']:,}",
+            f"p99 < {TARGET_P99_MS:g} ms" if top == TARGET_RANKS else "-", met,
         ))  # fmt: skip
     header = ["ranks", "groups x ranks", "descriptors/request", "p50 ms", "p99 ms",
               "server descr/s", "in-process descr/s", "server / in-process",

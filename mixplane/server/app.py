@@ -833,10 +833,11 @@ def create_app(
         as_msgpack = accepts_msgpack(request)
 
         def answer() -> Response:
-            answers = sj.chunks(wanted, consumed)
-            if as_msgpack:  # each chunk's bytes made once for its group's ranks
-                return Response(sj.encode_msgpack(answers), media_type=MSGPACK)
-            return respond(sj.to_json(answers), as_msgpack=False)
+            with sj.in_flight.answering():
+                answers = sj.chunks(wanted, consumed)
+                if as_msgpack:  # each chunk's bytes made once for its group's ranks
+                    return Response(sj.encode_msgpack(answers), media_type=MSGPACK)
+                return respond(sj.to_json(answers), as_msgpack=False)
 
         return await off_loop(request, answer, pool="job")
 

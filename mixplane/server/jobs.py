@@ -53,6 +53,7 @@ JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"
 PLAN_AHEAD_MAX = 4096  # chunks a background thread plans past the furthest chunk asked for
 REACH_MIN = 4096  # a request may ask this many chunks past those planned (more for big topologies)
 REACH_MAX = 1 << 18  # ... but never more than this
+IDLE_POLL_S = 0.1  # planning ahead re-checks its stop flag this often while requests run
 RELEASE_EVERY_S = 0.2  # how often a job drops chunks every consumer has finished
 WIRE_CACHE = 4096  # chunks whose wire maps are kept (every rank of a group asks for each)
 SERVED_SAMPLE_S = 1.0  # throughput: at most one (time, chunks served) sample a second
@@ -112,11 +113,42 @@ class ServedLog:
             return now, self.total, [*self.samples, (now, self.total)]
 
 
+class InFlight:
+    """Chunk requests being answered, server-wide. Planning ahead waits while any is: it
+    shares one interpreter lock with them, and a request plans what it needs itself, so
+    planning ahead is done in the gaps between requests (measured in benchmarks/serve.py:
+    requests arriving together waited behind the planning their own arrival woke)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def answering(self) -> Iterator[None]:
+        with self._lock:
+            self._count += 1
+            self._idle.clear()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._count -= 1
+                if self._count == 0:
+                    self._idle.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Whether no request was being answered within ``timeout`` seconds."""
+        return self._idle.wait(timeout)
+
+
 class ServerJob:
     """One job of the server: the ``Job``, its planning thread and its checkpoint bookkeeping."""
 
-    def __init__(self, job: Job, metrics: Metrics) -> None:
+    def __init__(self, job: Job, metrics: Metrics, in_flight: InFlight | None = None) -> None:
         self.job = job
+        self.in_flight = in_flight or InFlight()
         self.job_id = job.spec.job_id
         self.metrics = metrics
         self.checkpoint_lock = threading.Lock()  # one checkpoint of this job at a time
@@ -165,6 +197,9 @@ class ServerJob:
             self._wake.wait()
             self._wake.clear()
             while not self._stop.is_set():
+                if not self.in_flight.wait_idle(IDLE_POLL_S):
+                    continue  # requests plan what they need meanwhile
+                time.sleep(0)  # lets a thread waiting for the interpreter lock take it now
                 try:
                     if not self._plan_one(self.job, self._target):
                         break
@@ -325,6 +360,7 @@ class JobStore:
         self.catalog_lock = threading.Lock()
         self.directory = directory
         self.metrics = metrics
+        self.in_flight = InFlight()  # chunk requests being answered, all jobs
         self._jobs: dict[str, ServerJob] = {}
         self._closed = False
 
@@ -373,7 +409,7 @@ class JobStore:
                 )
                 raise JobConflictError(msg)
             job = _build(lambda: Job(catalog, spec, topology))
-            created = ServerJob(job, self.metrics)
+            created = ServerJob(job, self.metrics, self.in_flight)
             if existing is not None:
                 self._remove(existing)
             self._jobs[spec.job_id] = created
@@ -531,7 +567,7 @@ class JobStore:
             except BaseException:
                 job.close()
                 raise
-        return ServerJob(job, self.metrics)
+        return ServerJob(job, self.metrics, self.in_flight)
 
     def close(self) -> None:
         """Checkpoint every job, stop the planning threads, close the catalog (idempotent)."""
