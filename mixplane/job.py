@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import json
 import threading
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar
@@ -44,6 +45,7 @@ PURPOSE_RATIO = 4
 RATIO_SAMPLES = 64
 DEFAULT_BYTES_PER_TOKEN = 4.0
 MILESTONE_EVERY = 256  # planner states kept every this many chunks, to re-plan released chunks
+FEEDBACK_LOG_MAX = 100_000  # feedback messages a job keeps in memory (~0.7 kB each at 22 components)
 REPLANNED_CACHE = 64  # re-planned chunks kept
 
 
@@ -264,7 +266,12 @@ class Job:
             raise PlanError(msg)
         self._lock = threading.RLock()
         self._algorithm_lock = threading.Lock()  # held while the algorithm updates
-        self.feedback_log: list[tuple[int, np.ndarray, np.ndarray]] = []  # not in the state
+        #: the last FEEDBACK_LOG_MAX feedback messages (not in the state; ADO keeps its own
+        #: series), for the dashboard and ``trace()``; ``feedback_received`` counts them all
+        self.feedback_log: deque[tuple[int, np.ndarray, np.ndarray]] = deque(
+            maxlen=FEEDBACK_LOG_MAX
+        )
+        self.feedback_received = 0
         self.catalog = catalog
         self._snapshot = snapshot
         self.local: frozenset[int] | None = None
@@ -609,6 +616,7 @@ class Job:
         itself takes the job's lock."""
         loss, count = check_feedback(len(self.orders), loss_sum, token_count)
         self.feedback_log.append((int(step), loss, count))
+        self.feedback_received += 1
         if self.algorithm is None:
             return None
         with self._algorithm_lock:
@@ -621,8 +629,8 @@ class Job:
         return at
 
     def trace(self) -> list[dict[str, Any]]:
-        """The feedback this job received (since it was made or restored), in the long
-        format replay reads: one row per (step, component) with ``step``, ``domain`` (the
+        """The feedback this job received (since it was made or restored; the last
+        ``FEEDBACK_LOG_MAX`` messages), in the long format replay reads: one row per (step, component) with ``step``, ``domain`` (the
         selector), ``loss_sum`` and ``tokens``."""
         selectors = self.selectors
         return [

@@ -317,6 +317,8 @@ def verdict(manifest: Mapping[str, Any]) -> str:
             f". Over the {len(since)} evaluations after ADO's first weights the mean "
             f"difference ranged from {min(since):+.3f} to {max(since):+.3f}"
         )
+        if min(since) < 0 < max(since):
+            text += ": its sign changed, so this run does not show either mixture to be better"
     return text
 
 

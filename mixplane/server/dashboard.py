@@ -162,7 +162,8 @@ def summary(sj: ServerJob) -> JobSummary:
         changes = len(job.mixture_log) - 1
         planned = job._planner.next_chunk
         ended = bool(job._planner.ended)
-    log = job.feedback_log[-1:]
+    log = job.feedback_log
+    last_step = log[-1][0] if log else None
     served = throughput(sj)
     return JobSummary(
         job_id=sj.job_id,
@@ -171,8 +172,8 @@ def summary(sj: ServerJob) -> JobSummary:
         algorithm=job.spec.algorithm,
         weights=weights,
         mixture_changes=changes,
-        feedback=len(job.feedback_log),
-        last_step=log[0][0] if log else None,
+        feedback=job.feedback_received,
+        last_step=last_step,
         chunks_planned=planned,
         chunks_served=served["chunks_served"],
         chunks_per_s=served["chunks_per_s"],
@@ -285,8 +286,8 @@ def _losses(
     """The mean loss per component of the last ``steps`` feedback messages, and (ADO) the n
     each was trained at (T x K)."""
     job = sj.job
-    received = len(job.feedback_log)
-    log = job.feedback_log[-steps:] if steps else []
+    received = job.feedback_received
+    log = list(job.feedback_log)[-steps:] if steps else []  # a copy: feedback may arrive
     t = len(log)
     loss = np.zeros((t, k))
     count = np.zeros((t, k))

@@ -105,3 +105,17 @@ def test_the_jobs_trace_replays_to_its_weights(client: Client, tmp_path: Path) -
     assert len(rows) == 120
     last = [float(rows[-1][sel]) for sel in job.selectors]
     assert np.allclose(last, [table.column(sel)[119].as_py() for sel in job.selectors])
+
+
+def test_the_feedback_log_keeps_the_last_messages(client: Client, monkeypatch: Any) -> None:
+    """Memory does not grow with the run: the job keeps the last FEEDBACK_LOG_MAX messages
+    (the dashboard and ``trace()`` read them) and counts every one."""
+    import mixplane.job
+
+    monkeypatch.setattr(mixplane.job, "FEEDBACK_LOG_MAX", 4)
+    job = submit(client)
+    for step in range(1, 11):
+        job.feedback(step, *losses(job, step))
+    assert job.feedback_received == 10
+    assert [s for s, _, _ in job.feedback_log] == [7, 8, 9, 10]
+    assert sorted({row["step"] for row in job.trace()}) == [7, 8, 9, 10]

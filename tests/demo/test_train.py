@@ -326,3 +326,25 @@ def test_demo_errors_are_one_line_with_the_fix(
     assert result.exit_code != 0
     assert message in result.output
     assert not (tmp_path / "demo-corpus").exists()
+
+
+def test_the_verdict_says_when_the_difference_changes_sign() -> None:
+    from mixplane.demo.report import verdict
+
+    def manifest(diffs: list[float]) -> dict[str, Any]:
+        return {
+            "summary": [{"validation_natural": 5.0, "validation_ado": 4.9}],
+            "runs": {
+                "natural": {"validation": {"mean": [5.0]}},
+                "ado": {"validation": {"mean": [5.0 + diffs[-1]]}},
+            },
+            "tokens_per_run": 1000,
+            "ado_options": {"start_step": 10},
+            "difference": {"step": [10 + 10 * i for i in range(len(diffs))], "mean": diffs},
+        }
+
+    mixed = verdict(manifest([0.0, -0.02, 0.03, 0.01]))  # the first is at start_step: left out
+    assert "the natural mixture has the lower" in mixed
+    assert "ranged from -0.020 to +0.030" in mixed and "sign changed" in mixed
+    steady = verdict(manifest([0.0, -0.02, -0.03, -0.01]))
+    assert "ADO has the lower" in steady and "sign changed" not in steady
