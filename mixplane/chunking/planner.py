@@ -108,6 +108,12 @@ class Planner:
         weights in force, exhausted components excluded) carries over; components without
         weight in the ending segment carry nothing. Setting weights twice with no chunk
         planned in between keeps the first carry (a replay applying only the latter matches)."""
+        weights = self._checked(weights)
+        self._end_segment()
+        self._weights = weights / weights.sum()
+        self.mixture_version = version
+
+    def _checked(self, weights: np.ndarray) -> np.ndarray:
         weights = np.asarray(weights, dtype=np.float64)
         if weights.shape != (len(self.components),) or (weights < 0).any() or weights.sum() <= 0:
             msg = f"weights must be {len(self.components)} non-negative numbers with a positive sum"
@@ -117,20 +123,27 @@ class Planner:
             empty = [self.components[i].key for i in np.flatnonzero((weights > 0) & (sizes == 0))]
             msg = f"components {empty} have weight but no samples"
             raise PlanError(msg)
+        return weights
+
+    def _end_segment(self) -> None:
+        """Turn what each component was given in the segment into its deviation from its
+        exact share (nothing if no chunk was planned in it)."""
         if self._handed > 0:
             active = self._active()
             share = float(self._given[active > 0].sum())
             self._given = np.where(active > 0, self._given - active * share, 0.0)
             self._handed = 0
-        self._weights = weights / weights.sum()
-        self.mixture_version = version
 
     def start_phase(self, weights: np.ndarray, *, version: int, on_exhausted: OnExhausted) -> None:
         """A new phase from the next chunk: its weights and policy; exhausted marks are cleared
-        (a component still at its end is marked again when it is next drawn)."""
+        (a component still at its end is marked again when it is next drawn). Carries are
+        taken under the ending phase's marks: a component exhausted there is owed nothing."""
+        weights = self._checked(weights)
+        self._end_segment()
         self.on_exhausted = on_exhausted
         self._exhausted[:] = False
-        self.set_weights(weights, version=version)
+        self._weights = weights / weights.sum()
+        self.mixture_version = version
 
     def add_components(self, components: Sequence[ComponentOrder]) -> None:
         """Append components (weight 0 until the next ``set_weights``); cursors are untouched."""

@@ -152,3 +152,26 @@ def test_version_one_states_still_load() -> None:
     a, b = p.plan(), q.plan()
     assert a is not None and b is not None
     assert a.to_bytes() == b.to_bytes()
+
+
+def test_a_component_exhausted_in_a_phase_is_owed_nothing_in_the_next() -> None:
+    """Under ``redistribute`` an exhausted component's share went to the others on purpose;
+    when a new phase clears the marks it starts even, not owed what it could not give."""
+    orders = [
+        ComponentOrder(
+            key=f"c={c}",
+            files=np.array([c], dtype=np.int32),
+            starts=np.array([0], dtype=np.int64),
+            counts=np.array([n]),
+            seed=1,
+            block_size=8,
+        )
+        for c, n in enumerate((30, 10_000))
+    ]
+    planner = Planner(orders, np.array([0.5, 0.5]), chunk_size=100, on_exhausted="redistribute")
+    for _ in range(5):  # component 0 runs out in the first chunk; 1 takes its share
+        planner.plan()
+    planner.start_phase(np.array([0.5, 0.5]), version=1, on_exhausted="repeat")
+    spec = planner.plan()
+    assert spec is not None
+    assert spec.counts.tolist() == [50, 50]
