@@ -615,8 +615,9 @@ class Job:
         while it works (an ADO refit takes up to a second or two); only the weight change
         itself takes the job's lock."""
         loss, count = check_feedback(len(self.orders), loss_sum, token_count)
-        self.feedback_log.append((int(step), loss, count))
-        self.feedback_received += 1
+        with self._lock:
+            self.feedback_log.append((int(step), loss, count))
+            self.feedback_received += 1
         if self.algorithm is None:
             return None
         with self._algorithm_lock:
@@ -655,7 +656,6 @@ class Job:
 
     # -- consumers ---------------------------------------------------------------------------
     @_locked
-    @_locked
     def set_positions(self, positions: Iterable[tuple[int, int, int]]) -> None:
         """Each (consumer, rank, j): that rank of the consumer is at the start of its j-th
         chunk (what remote ranks report; coordinates must be checked by the caller)."""
@@ -667,6 +667,7 @@ class Job:
             else:
                 state["j"], state["offset"] = j, 0
 
+    @_locked
     def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream:
         """The samples of one consumer for one rank; ranks of a group get identical streams,
         each rank keeping its own position (they are separate processes in training)."""

@@ -312,3 +312,67 @@ def test_restore_after_extend(client: Client, tmp_path: Path) -> None:
     again = fresh()
     again.load_state_dict(state)
     assert samples(again.stream(), 1000) == live
+
+
+def test_streams_opened_while_another_thread_releases(client: Client) -> None:
+    """``Job.stream`` registers the rank under the job's lock: opening streams while another
+    thread releases chunks (which walks every rank) never breaks that walk."""
+    import sys
+    import threading
+
+    ranks = 1500
+    job = client.submit("race", mixture=MIX, topology=Topology(ranks_per_group=ranks), chunk_size=10)
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def release() -> None:
+        while not stop.is_set():
+            try:
+                job._release()
+            except RuntimeError as exc:
+                errors.append(repr(exc))
+                stop.set()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    thread = threading.Thread(target=release)
+    thread.start()
+    try:
+        for rank in range(ranks):
+            job.stream(0, rank)
+            if stop.is_set():
+                break
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert len(job._ranks) == ranks
+
+
+def test_a_restored_server_job_never_serves_the_old_jobs_chunk_bytes(client: Client) -> None:
+    """``ServerJob.swap`` (a restore) drops the chunk bytes cached from the job it replaces:
+    the restored job may plan the same chunk index differently."""
+    import msgpack
+
+    from mixplane.server.jobs import ServerJob
+    from mixplane.server.metrics import Metrics
+
+    job = client.submit("swap", mixture=MIX, chunk_size=10)
+    sj = ServerJob(job, Metrics())
+    try:
+        sj.chunks([(0, j) for j in range(3)], [])
+        state = job.state_dict()
+        job.set_weights(NEW)
+        sj.encode_msgpack(sj.chunks([(0, j) for j in range(3, 10)], [(0, 0, 3)]))  # cached
+        restored = Job(client.catalog, job.spec, job.topology)
+        restored.load_state_dict(state)
+        sj.swap(restored)
+        answers = sj.chunks([(0, 8)], [])
+        served = msgpack.unpackb(sj.encode_msgpack(answers))["chunks"][0]["chunk"]
+        truth = restored.chunk(8)
+        assert truth is not None
+        assert served == truth.to_wire() == sj.to_json(answers)["chunks"][0]["chunk"]
+        assert served["counts"] != job.chunk(8).to_wire()["counts"]  # the old job differs
+    finally:
+        sj.stop()

@@ -105,9 +105,10 @@ class Planner:
         """Weights in force from the next planned chunk on; starts a new mixture segment.
 
         Each component's deviation from its exact share of the ending segment (under the
-        weights in force, exhausted components excluded) carries over; components without
-        weight in the ending segment carry nothing. Setting weights twice with no chunk
-        planned in between keeps the first carry (a replay applying only the latter matches)."""
+        weights in force) carries over; a component without weight in the ending segment
+        keeps the carry it had (paid back when its weight returns), an exhausted one carries
+        nothing. Setting weights twice with no chunk planned in between keeps the first carry
+        (a replay applying only the latter matches)."""
         weights = self._checked(weights)
         self._end_segment()
         self._weights = weights / weights.sum()
@@ -127,11 +128,14 @@ class Planner:
 
     def _end_segment(self) -> None:
         """Turn what each component was given in the segment into its deviation from its
-        exact share (nothing if no chunk was planned in it)."""
+        exact share (nothing if no chunk was planned in it). The carries of the components
+        kept sum to zero: the share is what all of them hold."""
         if self._handed > 0:
             active = self._active()
-            share = float(self._given[active > 0].sum())
-            self._given = np.where(active > 0, self._given - active * share, 0.0)
+            kept = ~self._exhausted
+            share = float(self._given[kept].sum())
+            carried = np.where(kept, self._given, 0.0)
+            self._given = np.where(active > 0, self._given - active * share, carried)
             self._handed = 0
 
     def start_phase(self, weights: np.ndarray, *, version: int, on_exhausted: OnExhausted) -> None:
@@ -174,6 +178,9 @@ class Planner:
         draws: list[_Draw] = []
         budget = self.chunk_size
         weights = self._active()
+        if weights.sum() <= 0:  # redistribute: every component with weight has run out
+            self.ended = True
+            return None
         amounts = apportion_with_carry(budget, weights, self._given, self._handed)
         last = False
         for _round in range(k + 1):

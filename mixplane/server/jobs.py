@@ -338,6 +338,7 @@ class ServerJob:
     def swap(self, job: Job) -> None:
         """Serve ``job`` (the same definition at another state) from now on."""
         old, self.job = self.job, job
+        self._wires.clear()  # the restored job may plan a chunk index differently
         self._counted = job._planner.next_chunk
         self._target = 0
         self.dirty = True

@@ -175,3 +175,39 @@ def test_a_component_exhausted_in_a_phase_is_owed_nothing_in_the_next() -> None:
     spec = planner.plan()
     assert spec is not None
     assert spec.counts.tolist() == [50, 50]
+
+
+@pytest.mark.parametrize("unit", ["samples", "tokens"])
+def test_weights_through_zero_keep_their_carry(unit: str) -> None:
+    """A component whose weight goes to 0 and back keeps what it is owed (or ahead) meanwhile:
+    toggling every chunk does not accumulate a deficit."""
+    planner = Planner(_orders(unit), np.full(K, 0.25), unit=unit, chunk_size=101)  # type: ignore[arg-type]
+    on, off = np.array([0.4, 0.3, 0.2, 0.1]), np.array([0.0, 0.4, 0.3, 0.3])
+    delivered, exact = np.zeros(K), np.zeros(K)
+    worst = 0.0
+    for k in range(3000):
+        weights = on if k % 2 == 0 else off
+        planner.set_weights(weights, version=k + 1)
+        spec = planner.plan()
+        assert spec is not None
+        got = spec.tokens if unit == "tokens" else spec.counts
+        delivered += got
+        exact += weights * got.sum()
+        worst = max(worst, float(np.abs(delivered - exact).max()))
+    bound = 2 * K if unit == "samples" else 2 * K * LARGEST
+    assert worst <= bound
+
+
+def test_weight_only_on_exhausted_components_ends_the_stream() -> None:
+    """Under ``redistribute``, new weights only on components that ran out leave nothing to
+    draw: the stream ends (no error)."""
+    orders = _orders("samples")
+    weights = np.array([0, 0, 0.5, 0.5])
+    planner = Planner(orders, weights, chunk_size=200, on_exhausted="redistribute")
+    for _ in range(4):  # component 3 (300 samples) runs out; component 2 takes its share
+        spec = planner.plan()
+        assert spec is not None and not spec.last
+    assert spec.counts.tolist() == [0, 0, 200, 0]
+    planner.set_weights(np.array([0, 0, 0, 1.0]), version=1)
+    assert planner.plan() is None
+    assert planner.ended
