@@ -272,6 +272,9 @@ class Job:
             maxlen=FEEDBACK_LOG_MAX
         )
         self.feedback_received = 0
+        #: the last feedback applied and its answer: an identical message right after it is a
+        #: client's retry (its answer was lost) and is answered again, not applied twice
+        self._last_feedback: tuple[int, np.ndarray, np.ndarray, int | None] | None = None
         self.catalog = catalog
         self._snapshot = snapshot
         self.local: frozenset[int] | None = None
@@ -613,20 +616,31 @@ class Job:
 
         The algorithm runs under its own lock, not the job's: planning and chunk serving go on
         while it works (an ADO refit takes up to a second or two); only the weight change
-        itself takes the job's lock."""
+        itself takes the job's lock. A message equal to the one just applied (same step, same
+        numbers) is a retry whose answer was lost: it gets the same answer and is not applied
+        again."""
         loss, count = check_feedback(len(self.orders), loss_sum, token_count)
-        with self._lock:
-            self.feedback_log.append((int(step), loss, count))
-            self.feedback_received += 1
-        if self.algorithm is None:
-            return None
+        step = int(step)
         with self._algorithm_lock:
-            weights = self.algorithm.update(step, loss, count)
-            if weights is None:
-                return None
+            last = self._last_feedback
+            if (
+                last is not None
+                and last[0] == step
+                and np.array_equal(last[1], loss)
+                and np.array_equal(last[2], count)
+            ):
+                return last[3]
             with self._lock:
-                at = self._change(np.asarray(weights, dtype=np.float64), cause="adapt")
-                self.mixture_log[-1]["step"] = step
+                self.feedback_log.append((step, loss, count))
+                self.feedback_received += 1
+            at = None
+            if self.algorithm is not None:
+                weights = self.algorithm.update(step, loss, count)
+                if weights is not None:
+                    with self._lock:
+                        at = self._change(np.asarray(weights, dtype=np.float64), cause="adapt")
+                        self.mixture_log[-1]["step"] = step
+            self._last_feedback = (step, loss, count, at)
         return at
 
     def trace(self) -> list[dict[str, Any]]:

@@ -119,3 +119,23 @@ def test_the_feedback_log_keeps_the_last_messages(client: Client, monkeypatch: A
     assert job.feedback_received == 10
     assert [s for s, _, _ in job.feedback_log] == [7, 8, 9, 10]
     assert sorted({row["step"] for row in job.trace()}) == [7, 8, 9, 10]
+
+
+def test_a_retried_feedback_message_is_answered_not_applied_twice(client: Client) -> None:
+    """A client that lost the answer sends the same message again: same answer, applied once
+    (the algorithm's state, the mixture log and the trace hold it once); a new message for the
+    same step with other numbers is applied."""
+    job = submit(client)
+    step, at = 0, None
+    while at is None:  # up to the first weight change
+        step += 1
+        at = job.feedback(step, *losses(job, step))
+    state = job.state_dict()["algorithm"]
+    log = list(job.mixture_log)
+    assert job.feedback(step, *losses(job, step)) == at  # the retry
+    assert job.state_dict()["algorithm"] == state and job.mixture_log == log
+    assert job.feedback_received == step
+    assert [row["step"] for row in job.trace()].count(step) == job.num_components
+    loss, tokens = losses(job, step)
+    job.feedback(step, loss * 1.01, tokens)  # other numbers: applied
+    assert job.feedback_received == step + 1
