@@ -835,8 +835,12 @@ def _write_windows(
 ) -> int | None:
     """Write at most ``max_windows`` windows as JSON lines; how many, or None when stdout was
     closed by its reader. Stops right after the last one (no window is drawn beyond it)."""
+    from tqdm import tqdm
+
     written = 0
     sink: BinaryIO = sys.stdout.buffer if out == "-" else open(out, "wb")  # noqa: SIM115
+    # a bar on stderr when the windows go to a file (on a terminal; not mixed into stdout)
+    bar = tqdm(total=max_windows, unit="window", disable=True if out == "-" else None)
     try:
         for window in windows:
             line = {
@@ -851,6 +855,7 @@ def _write_windows(
             }
             sink.write(orjson.dumps(line) + b"\n")
             written += 1
+            bar.update()
             if written == max_windows:
                 break
         sink.flush()
@@ -858,6 +863,7 @@ def _write_windows(
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
         return None
     finally:
+        bar.close()
         if out != "-":
             sink.close()
     return written
@@ -1203,7 +1209,7 @@ def replay(
         else:
             weights = read_prior(prior)
     options = {k: parse_value(v) for k, v in _pairs(params, "--param").items()}
-    table = run_replay(algorithm, losses, prior=weights, params=options)
+    table = run_replay(algorithm, losses, prior=weights, params=options, progress=None)
     write_weights(table, out)
     click.echo(
         f"replayed {algorithm} over {table.num_rows} steps and {table.num_columns - 1} domains; "
@@ -1266,7 +1272,7 @@ def tokenizer_train(
     if not texts:
         msg = f"the {len(positions)} sampled texts of dataset {dataset!r} are all empty"
         raise MixplaneError(msg)
-    trained = train_bpe(texts, vocab_size=vocab_size)
+    trained = train_bpe(texts, vocab_size=vocab_size, progress=sys.stderr.isatty())
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     trained.save(path)

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
 
 from mixplane.adapt.base import MixingAlgorithm, make_algorithm
 from mixplane.errors import MixplaneError
@@ -235,12 +236,15 @@ def replay(
     trace: pa.Table | str | Path | Sequence[Mapping[str, Any]],
     prior: Mapping[str, float] | None = None,
     params: Mapping[str, Any] | None = None,
+    *,
+    progress: bool | None = False,
 ) -> pa.Table:
     """The weights an algorithm (a name in ``ALGORITHMS``, with options ``params``) would
     have set on the logged ``trace`` (a table, a CSV/Parquet path, or rows as ``Job.trace()``
     returns them): one row per step, ``step`` and one float64 column per domain. ``prior``
     maps domains to initial weights (normalized; default uniform) and must name exactly the
-    trace's domains."""
+    trace's domains. ``progress``: a bar over the steps on stderr (None: when it is a
+    terminal)."""
     if isinstance(trace, str | Path):
         table = read_trace(trace)
     elif isinstance(trace, pa.Table):
@@ -265,7 +269,14 @@ def replay(
     steps, starts = np.unique(step, return_index=True)
     ends = np.append(starts[1:], len(step))
     out = np.empty((len(steps), k))
+    bar = tqdm(
+        total=len(steps),
+        unit="step",
+        desc="replay",
+        disable=not progress if progress is not None else None,
+    )
     for i, (s, a, b) in enumerate(zip(steps.tolist(), starts.tolist(), ends.tolist(), strict=True)):
+        bar.update()
         loss_sum, count = np.zeros(k), np.zeros(k)
         loss_sum[col[a:b]] = loss[a:b]
         count[col[a:b]] = tokens[a:b]
@@ -273,6 +284,7 @@ def replay(
         if new is not None:
             weights = np.asarray(new, dtype=np.float64)
         out[i] = weights
+    bar.close()
     columns: dict[str, Any] = {"step": pa.array(steps.astype(np.int64))}
     for j, d in enumerate(domains):
         columns[d] = pa.array(out[:, j])

@@ -337,8 +337,11 @@ def load_tokenizer(
     )
 
 
-def train_bpe(texts: Iterable[str], *, vocab_size: int = 2000) -> HFTokenizer:
-    """A byte-level BPE trained on ``texts`` (seconds for a few MB); ``<eos>`` is id 0."""
+def train_bpe(
+    texts: Iterable[str], *, vocab_size: int = 2000, progress: bool = False
+) -> HFTokenizer:
+    """A byte-level BPE trained on ``texts`` (seconds for a few MB); ``<eos>`` is id 0.
+    ``progress``: the trainer's own progress bars on stderr."""
     from tokenizers import Tokenizer as _Inner
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -349,7 +352,7 @@ def train_bpe(texts: Iterable[str], *, vocab_size: int = 2000) -> HFTokenizer:
         vocab_size=vocab_size,
         special_tokens=["<eos>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+        show_progress=progress,
     )
     inner.train_from_iterator(texts, trainer=trainer)
     return HFTokenizer(inner, "trained")
