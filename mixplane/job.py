@@ -645,8 +645,8 @@ class Job:
 
     def trace(self) -> list[dict[str, Any]]:
         """The feedback this job received (since it was made or restored; the last
-        ``FEEDBACK_LOG_MAX`` messages), in the long format replay reads: one row per (step, component) with ``step``, ``domain`` (the
-        selector), ``loss_sum`` and ``tokens``."""
+        ``FEEDBACK_LOG_MAX`` messages), in the long format replay reads: one row per (step,
+        component) with ``step``, ``domain`` (the selector), ``loss_sum`` and ``tokens``."""
         selectors = self.selectors
         return [
             {

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -30,6 +30,12 @@ SPAN_BLOCKS = 8  # spans of up to this many blocks are cut in Python, longer one
 PURPOSE_ORDER = 1
 PURPOSE_SHUFFLE = 3
 PURPOSE_WINDOWS = 5  # order of a chunk's windows (client/windows.py)
+
+
+class _Epoch(NamedTuple):
+    perm: np.ndarray  # block index at each block position of the epoch's order
+    starts: np.ndarray  # start position of each permuted block
+    short_at: int  # block position of the last block of the index space (it may be short)
 
 
 def key_of(text: str) -> int:
@@ -55,8 +61,7 @@ class ComponentOrder:
     block_size: int = DEFAULT_BLOCK
     sizes: np.ndarray | None = None  # per-sample token estimate, by sample index (token mode)
     run_offsets: np.ndarray = field(init=False)
-    _cache: dict[int, tuple[np.ndarray, np.ndarray]] = field(init=False, default_factory=dict)
-    _shorts: dict[int, tuple[int, int]] = field(init=False, default_factory=dict)
+    _cache: dict[int, _Epoch] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.run_offsets = np.concatenate(([0], np.cumsum(self.counts))).astype(np.int64)
@@ -65,8 +70,9 @@ class ComponentOrder:
     def total(self) -> int:
         return int(self.run_offsets[-1])
 
-    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(block index per position-block, start position of each permuted block)."""
+    def _epoch(self, epoch: int) -> _Epoch:
+        """The epoch's block permutation, each permuted block's start position, and where the
+        last block of the index space (the one that may be short) stands."""
         cached = self._cache.get(epoch)
         if cached is not None:
             return cached
@@ -78,14 +84,15 @@ class ComponentOrder:
             perm = np.arange(blocks)
         lengths = np.minimum(self.block_size, n - perm * self.block_size)
         starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+        short_at = int(np.flatnonzero(perm == blocks - 1)[0]) if blocks else 0
         if len(self._cache) > 2:
             self._cache.clear()
-        self._cache[epoch] = (perm.astype(np.int64), starts)
+        self._cache[epoch] = _Epoch(perm.astype(np.int64), starts, short_at)
         return self._cache[epoch]
 
     def samples_at(self, epoch: int, positions: np.ndarray) -> np.ndarray:
         """Sample indices at the given positions of an epoch's order."""
-        perm, starts = self._epoch(epoch)
+        perm, starts, _ = self._epoch(epoch)
         j = np.searchsorted(starts, positions, side="right") - 1
         return perm[j] * self.block_size + (positions - starts[j])
 
@@ -97,9 +104,9 @@ class ComponentOrder:
         """(block, start position of that block in the epoch's order) at ``position``, in
         O(1): every block holds ``block_size`` samples but the last block of the index space,
         which may be short, wherever the permutation put it."""
-        perm, _ = self._epoch(epoch)
+        perm, _, short_at = self._epoch(epoch)
         size = self.block_size
-        short_at, short = self._short(epoch)
+        short = self.total - (len(perm) - 1) * size
         if position < short_at * size:
             j = position // size
             start = j * size
@@ -109,22 +116,6 @@ class ComponentOrder:
             j = short_at + 1 + (position - short_at * size - short) // size
             start = short_at * size + short + (j - short_at - 1) * size
         return int(perm[j]), start
-
-    def _short(self, epoch: int) -> tuple[int, int]:
-        """(position in the epoch's order of the last block of the index space, its size)."""
-        cached = self._shorts.get(epoch)
-        if cached is None:
-            perm, _ = self._epoch(epoch)
-            blocks = len(perm)
-            if blocks:
-                at = int(np.flatnonzero(perm == blocks - 1)[0])
-                cached = (at, self.total - (blocks - 1) * self.block_size)
-            else:
-                cached = (0, 0)
-            if len(self._shorts) > 2:
-                self._shorts.clear()
-            self._shorts[epoch] = cached
-        return cached
 
     def spans(self, epoch: int, first: int, count: int) -> tuple[list[int], list[int], list[int]]:
         """``ranges`` as Python lists. A span of a few blocks (the common case: a chunk takes
@@ -176,29 +167,16 @@ class ComponentOrder:
         """Read ranges (file, first ordinal, count) for positions [first, first + count), as
         sorted, merged runs of consecutive ordinals (the consumer shuffles inside the chunk).
 
-        Works per block, not per sample: the positions cover a few permuted blocks, each a
-        contiguous span of sample indices, which are sorted, merged and cut at run edges.
+        Works per block, not per sample: the positions cover permuted blocks, each a contiguous
+        span of sample indices, which are sorted, merged and cut at run edges, all in numpy
+        (``spans`` takes short spans, where a few integer operations beat numpy's overhead).
         """
         if count <= 0:
             empty = np.zeros(0, dtype=np.int64)
             return empty.astype(np.int32), empty, empty
-        perm, starts = self._epoch(epoch)
+        perm, starts, _ = self._epoch(epoch)
         last = first + count
         j0, j1 = (np.searchsorted(starts, (first, last - 1), side="right") - 1).tolist()
-        if j0 == j1:  # the common case: one contiguous span of samples
-            lo = int(perm[j0]) * self.block_size + first - int(starts[j0])
-            r_lo, r_hi = (
-                np.searchsorted(self.run_offsets, (lo, lo + count - 1), side="right") - 1
-            ).tolist()
-            run = np.arange(r_lo, r_hi + 1)
-            edges = self.run_offsets[run]
-            piece_lo = np.maximum(edges, lo)
-            piece_hi = np.minimum(self.run_offsets[run + 1], lo + count)
-            return (
-                self.files[run].astype(np.int32),
-                (self.starts[run] + (piece_lo - edges)).astype(np.int64),
-                (piece_hi - piece_lo).astype(np.int64),
-            )
         blocks = perm[j0 : j1 + 1]
         block_starts = starts[j0 : j1 + 1]
         block_ends = np.minimum(np.append(starts[j0 + 1 : j1 + 1], last), last)
