@@ -8,16 +8,29 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import orjson
 import pytest
 
 from mixplane.client import Client
+from mixplane.tokens import train_bpe
+
+if TYPE_CHECKING:
+    from mixplane.catalog.catalog import Catalog
+    from mixplane.tokens.tokenizer import HFTokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 LANGUAGES = ("en", "de", "fr")
 SOURCES = ("web", "wiki")
+
+
+def corpus_tokenizer(catalog: Catalog, samples: int = 200) -> HFTokenizer:
+    """A byte-level BPE of 300 tokens trained on the catalog's first ``samples`` samples."""
+    texts = catalog.sample_texts(catalog.components().runs, np.arange(samples))
+    return train_bpe(texts, vocab_size=300)
 
 
 def write_corpus(root: Path, *, files: int = 3, per_file: int = 400, seed: int = 0) -> list[Path]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import pytest
 from click.testing import CliRunner
@@ -18,8 +17,7 @@ from click.testing import CliRunner
 from mixplane.catalog.catalog import Catalog
 from mixplane.cli import main
 from mixplane.client import Client
-from mixplane.tokens import train_bpe
-from tests.conftest import run_cli, write_corpus
+from tests.conftest import corpus_tokenizer, run_cli, write_corpus
 from tests.resume import check_resume
 
 MIX = '{"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}'
@@ -41,9 +39,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
             properties={"language": "meta.language", "quality": "meta.quality"},
             progress=False,
         )
-        texts = catalog.sample_texts(catalog.components().runs, np.arange(200))
+        trained = corpus_tokenizer(catalog)
     tokenizer = root / "tokenizer.json"
-    train_bpe(texts, vocab_size=300).save(tokenizer)
+    trained.save(tokenizer)
     return root / "home", tokenizer
 
 

@@ -13,6 +13,7 @@ from mixplane.client import Client
 from mixplane.client.windows import WindowStream
 from mixplane.errors import StateError
 from mixplane.tokens import train_bpe
+from tests.conftest import corpus_tokenizer
 from tests.resume import check_resume
 
 MIX = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
@@ -21,8 +22,7 @@ SEQ = 32
 
 @pytest.fixture
 def tokenizer(client: Client):  # type: ignore[no-untyped-def]
-    texts = client.catalog.sample_texts(client.catalog.components().runs, np.arange(200))
-    return train_bpe(texts, vocab_size=300)
+    return corpus_tokenizer(client.catalog)
 
 
 def submit(client: Client, **kw: Any):  # type: ignore[no-untyped-def]

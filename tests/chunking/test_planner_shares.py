@@ -18,23 +18,26 @@ K = 4
 LARGEST = 5000  # tokens in the largest sample
 
 
+def _component(c: int, n: int, seed: int, sizes: np.ndarray | None = None) -> ComponentOrder:
+    """Component c: one run of n samples in file c, blocks of 8."""
+    return ComponentOrder(
+        key=f"c={c}",
+        files=np.array([c], dtype=np.int32),
+        starts=np.array([0], dtype=np.int64),
+        counts=np.array([n]),
+        seed=seed,
+        block_size=8,
+        sizes=sizes,
+    )
+
+
 def _orders(unit: str) -> list[ComponentOrder]:
     rng = np.random.default_rng(3)
     out = []
     for c, n in enumerate((4000, 900, 2500, 300)):
         # heavy-tailed sizes: many short samples, some whole-document ones
         sizes = np.minimum(rng.pareto(1.2, n) * 200 + 1, LARGEST).astype(np.int64)
-        out.append(
-            ComponentOrder(
-                key=f"c={c}",
-                files=np.array([c], dtype=np.int32),
-                starts=np.array([0], dtype=np.int64),
-                counts=np.array([n]),
-                seed=11,
-                block_size=8,
-                sizes=sizes if unit == "tokens" else None,
-            )
-        )
+        out.append(_component(c, n, 11, sizes if unit == "tokens" else None))
     return out
 
 
@@ -157,17 +160,7 @@ def test_version_one_states_still_load() -> None:
 def test_a_component_exhausted_in_a_phase_is_owed_nothing_in_the_next() -> None:
     """Under ``redistribute`` an exhausted component's share went to the others on purpose;
     when a new phase clears the marks it starts even, not owed what it could not give."""
-    orders = [
-        ComponentOrder(
-            key=f"c={c}",
-            files=np.array([c], dtype=np.int32),
-            starts=np.array([0], dtype=np.int64),
-            counts=np.array([n]),
-            seed=1,
-            block_size=8,
-        )
-        for c, n in enumerate((30, 10_000))
-    ]
+    orders = [_component(c, n, 1) for c, n in enumerate((30, 10_000))]
     planner = Planner(orders, np.array([0.5, 0.5]), chunk_size=100, on_exhausted="redistribute")
     for _ in range(5):  # component 0 runs out in the first chunk; 1 takes its share
         planner.plan()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-import numpy as np
 import pytest
 
 pytest.importorskip("datasets")
@@ -16,7 +15,7 @@ from mixplane.client import Client
 from mixplane.integrations.hf import hf_dataset
 from mixplane.integrations.pytorch import TokenWindowDataset
 from mixplane.job import Job
-from mixplane.tokens import train_bpe
+from tests.conftest import corpus_tokenizer
 
 MIX = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
 SEQ = 32
@@ -24,8 +23,7 @@ SEQ = 32
 
 @pytest.fixture
 def tokenizer(client: Client) -> Any:
-    texts = client.catalog.sample_texts(client.catalog.components().runs, np.arange(200))
-    return train_bpe(texts, vocab_size=300)
+    return corpus_tokenizer(client.catalog)
 
 
 def submit(client: Client) -> Job:

@@ -29,7 +29,7 @@ from mixplane.integrations.pytorch import (  # noqa: E402
     domain_loss_sums,
 )
 from mixplane.job import Job  # noqa: E402
-from mixplane.tokens import train_bpe  # noqa: E402
+from tests.conftest import corpus_tokenizer  # noqa: E402
 from tests.resume import check_resume  # noqa: E402
 
 MIX = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
@@ -40,8 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def tokenizer(client: Client, tmp_path: Path) -> Any:
-    texts = client.catalog.sample_texts(client.catalog.components().runs, np.arange(200))
-    tok = train_bpe(texts, vocab_size=300)
+    tok = corpus_tokenizer(client.catalog)
     tok.save(tmp_path / "tokenizer.json")
     return tok
 

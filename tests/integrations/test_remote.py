@@ -17,8 +17,8 @@ from mixplane.client import Client
 from mixplane.client.rank import RankWindows
 from mixplane.client.remote import RemoteError
 from mixplane.client.windows import WindowStream
-from mixplane.tokens import load_tokenizer, train_bpe
-from tests.conftest import write_corpus
+from mixplane.tokens import load_tokenizer
+from tests.conftest import corpus_tokenizer, write_corpus
 from tests.integrations.server import Server
 
 pytestmark = pytest.mark.integration
@@ -57,8 +57,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Path, Any, dict[tuple[int, int], lis
             properties={"language": "meta.language", "source": "meta.source"},
             progress=False,
         )
-        texts = client.catalog.sample_texts(client.catalog.components().runs, np.arange(200))
-        tokenizer = train_bpe(texts, vocab_size=300)
+        tokenizer = corpus_tokenizer(client.catalog)
         tokenizer.save(tmp_path / "tokenizer.json")
         expected = {(g, w): hashes(submit(client), tokenizer, g, w, 80) for g, w in RANKS}
     yield home, load_tokenizer(str(tmp_path / "tokenizer.json")), expected

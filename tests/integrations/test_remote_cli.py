@@ -7,12 +7,10 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mixplane.client import Client
-from mixplane.tokens import train_bpe
-from tests.conftest import COMMAND, write_corpus
+from tests.conftest import COMMAND, corpus_tokenizer, write_corpus
 from tests.integrations.server import Server
 
 pytestmark = pytest.mark.integration
@@ -41,8 +39,7 @@ def test_commands_through_the_server_match_local(tmp_path: Path) -> None:
             properties={"language": "meta.language", "source": "meta.source"},
             progress=False,
         )
-        texts = client.catalog.sample_texts(client.catalog.components().runs, np.arange(100))
-        train_bpe(texts, vocab_size=300).save(tmp_path / "tok.json")
+        corpus_tokenizer(client.catalog, samples=100).save(tmp_path / "tok.json")
     stream = ["stream", *JOB, "--tokenizer", str(tmp_path / "tok.json"), "--seq-len", "16"]
     local = {
         "plan": cli("plan", *JOB, "--chunks", "6", "--json", home=home),
