@@ -348,3 +348,24 @@ def test_the_verdict_says_when_the_difference_changes_sign() -> None:
     assert "ranged from -0.020 to +0.030" in mixed and "sign changed" in mixed
     steady = verdict(manifest([0.0, -0.02, -0.03, -0.01]))
     assert "ADO has the lower" in steady and "sign changed" not in steady
+
+
+def test_the_demo_commands_defaults_are_the_settings_defaults() -> None:
+    """``mixplane demo`` states its defaults in its options (the CLI imports no torch to show
+    its help); they must stay those of ``TrainSettings`` and ``DemoOptions``."""
+    import dataclasses
+    from pathlib import Path
+
+    from mixplane.cli import demo
+    from mixplane.demo.run import DemoOptions
+    from mixplane.demo.train import TrainSettings
+
+    defaults = {p.name: p.default for p in demo.params}
+    settings = TrainSettings()
+    for f in dataclasses.fields(TrainSettings):
+        if f.name in defaults:
+            assert defaults[f.name] == getattr(settings, f.name), f.name
+    assert defaults["vocab_size"] == DemoOptions(home=Path(".")).vocab_size
+    assert {"steps", "batch_size", "seq_len", "d_model", "layers", "lr", "eval_every"} <= {
+        f.name for f in dataclasses.fields(TrainSettings) if f.name in defaults
+    }
