@@ -12,19 +12,28 @@ gradient, the same loss and bounds) called once per start of the paper's 512-poi
 the points of the last refit for ``--baseline-components`` components; its time per component
 times 22 against the vectorized fit of all 22, and the losses both reach.
 
-Run: ``.venv/bin/python benchmarks/adapt.py [--steps 30000] [--baseline-components 2]``
+Durable feedback (issue 13): the same updates for ``--log-steps`` steps with each message also
+appended to a server feedback log (``mixplane/server/feedback_log.py``) under each fsync policy,
+against the updates alone, interleaved in the same run; the ratio is the cost the log adds to
+what the server does per feedback message (target: within 2x).
+
+Run: ``.venv/bin/python benchmarks/adapt.py [--steps 30000] [--baseline-components 2]
+[--log-steps 3000]``
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from common import load, print_summary
 
 from mixplane.adapt.ado import ADO, GRID_ALPHA, GRID_LOG_BETA, GRID_LOG_EPS, fit_scaling_laws
+from mixplane.server.feedback_log import FeedbackLog, record_of
 
 K = 22
 SEQ = 2048
@@ -58,6 +67,32 @@ def simulate(steps: int, seed: int = 0) -> tuple[ADO, list[float], list[tuple[in
         if new is not None:
             weights = new
     return algo, updates, refits
+
+
+def logged_updates(steps: int, policy: str | None, folder: Path) -> np.ndarray:
+    """Seconds per feedback message: ADO's update, and with ``policy`` the append of its record
+    to a feedback log (as the server does before it answers); refits left out."""
+    rng = np.random.default_rng(1)
+    prior = rng.dirichlet(np.full(K, 5.0))
+    algo = ADO(prior, start_step=10**9, refit_interval=10**9)
+    log = FeedbackLog(folder / f"{policy}.feedback", fsync=policy) if policy else None  # type: ignore[arg-type]
+    times = []
+    for step in range(1, steps + 1):
+        count = rng.multinomial(BATCH, prior).astype(np.float64) * SEQ
+        loss = (2.0 + rng.random(K)) * count
+        start = time.perf_counter()
+        weights = algo.update(step, loss, count)
+        if log is not None:
+            log.append(
+                record_of(
+                    step, loss, count, version=0, applies_from=None, weights=weights,
+                    consumed=[(0, 0, step)],
+                )
+            )  # fmt: skip
+        times.append(time.perf_counter() - start)
+    if log is not None:
+        log.close()
+    return np.asarray(times)
 
 
 def objective(p: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
@@ -99,6 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=30000)
     parser.add_argument("--baseline-components", type=int, default=2)
+    parser.add_argument("--log-steps", type=int, default=3000)
     args = parser.parse_args()
 
     print(f"load average before: {load()}")
@@ -132,6 +168,13 @@ def main() -> None:
             f"component {k}: naive {naive_s[-1]:.1f} s, loss {loss:.6g}; vectorized loss {fit.loss[k]:.6g}"
         )
     naive_all = float(np.mean(naive_s)) * K
+    with tempfile.TemporaryDirectory(prefix="mixplane-adapt-") as tmp:
+        logged: dict[str | None, list[float]] = {}
+        for _ in range(2):  # interleaved: the machine's load hits every policy alike
+            for policy in (None, "off", "group", "always"):
+                t = logged_updates(args.log_steps, policy, Path(tmp))
+                logged.setdefault(policy, []).append(float(np.median(t)) * 1e3)
+    plain = min(logged[None])
     print(f"load average after: {load()}")
 
     rows = [
@@ -169,6 +212,16 @@ def main() -> None:
             max(worse) <= 1e-6,
         ),
     ]
+    for policy in ("off", "group", "always"):
+        cost = min(logged[policy])
+        rows.append(
+            (
+                f"feedback with the log (fsync {policy}) / update alone, median per message",
+                f"{cost:.3f} / {plain:.3f} ms ({cost / plain:.2f}x)",
+                "<= 2x" if policy == "group" else "-",
+                cost / plain <= 2 if policy == "group" else None,
+            )
+        )
     print_summary("adaptation", ["measure", "value", "target", "met"], rows)
 
 

@@ -179,7 +179,7 @@ def main() -> None:
                 rows.append((label, error, planned, time.perf_counter() - t))
                 print(f"  {label:<32} {error:6.3f} pp  ({planned:,} tokens, {rows[-1][3]:.1f} s)")
             print("\n## spread over windows of 100 consecutive samples (worst share deviation)")
-            job = client.submit("spread", mixture=MIX, chunk_size=1000, seed=1)
+            job = client.submit("spread", unit="samples", mixture=MIX, chunk_size=1000, seed=1)
             worst = spread(job, args.spread_samples)
             print(f"  mixplane (interleaved chunks of 1000): {worst:.3f}  (Mixtera default: 0.60)")
             print(f"\n## through the packer: windows of 2048 tokens until {args.tokens:,} tokens")

@@ -238,7 +238,9 @@ def job_resume(client: Client, k: int, repeat: int) -> tuple[list[float], int, f
     """Stream k chunks, save, restore ``repeat`` times: (restore seconds, state bytes, stream s)."""
 
     def submit() -> Any:
-        return client.submit("resume", mixture=JOB_MIXTURE, chunk_size=JOB_CHUNK, seed=5)
+        return client.submit(
+            "resume", unit="samples", mixture=JOB_MIXTURE, chunk_size=JOB_CHUNK, seed=5
+        )
 
     job = submit()
     stream = iter(job.stream(0, 0, 0))

@@ -26,7 +26,7 @@ MIX = {"source=wikipedia": 0.4, "source=stdlib": 0.3, "source=bible": 0.3}
 
 
 def run(client: Client, tokenizer: object, prefetch: int, windows: int, step: float) -> dict:  # type: ignore[type-arg]
-    job = client.submit(f"p{prefetch}", mixture=MIX, chunk_size=200, seed=3)
+    job = client.submit(f"p{prefetch}", unit="samples", mixture=MIX, chunk_size=200, seed=3)
     stream = WindowStream(job, tokenizer, 2048, prefetch=prefetch)  # type: ignore[arg-type]
     it = iter(stream)
     waits = []

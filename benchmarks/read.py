@@ -119,7 +119,9 @@ def stream_mixplane(home: Path, chunk_size: int, count: int) -> tuple[float, flo
     """(submit seconds, streaming seconds, text bytes) for ``count`` samples of one consumer."""
     with Client.local(home) as client:
         start = time.perf_counter()
-        job = client.submit(f"read-{chunk_size}", mixture=MIXTURE, chunk_size=chunk_size, seed=7)
+        job = client.submit(
+            f"read-{chunk_size}", unit="samples", mixture=MIXTURE, chunk_size=chunk_size, seed=7
+        )
         submitted = time.perf_counter()
         stream = iter(job.stream(0, 0, 0))
         total = 0
@@ -156,7 +158,9 @@ def read_baseline(paths: list[Path], count: int) -> tuple[float, int]:
 def shares(home: Path, chunk_size: int, count: int) -> list[float]:
     """Realized component shares over the first ``count`` samples (from the plan, untimed)."""
     with Client.local(home) as client:
-        job = client.submit("shares", mixture=MIXTURE, chunk_size=chunk_size, seed=7)
+        job = client.submit(
+            "shares", unit="samples", mixture=MIXTURE, chunk_size=chunk_size, seed=7
+        )
         counts = sum(spec.counts for spec in job.plan(-(-count // chunk_size)))
         names = [c.selector for c in job.result.components]
     by_name = dict(zip(names, (counts / counts.sum()).tolist(), strict=True))

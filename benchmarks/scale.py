@@ -100,6 +100,7 @@ def child(mode: str, home: str, seconds: float) -> None:
         t = time.perf_counter()
         job = client.submit(
             "scale",
+            unit="samples",
             where=WHERE,
             mixture={f"source={s}": 1 / len(SOURCES) for s in SOURCES},
             chunk_size=10_000,
@@ -109,16 +110,20 @@ def child(mode: str, home: str, seconds: float) -> None:
         k = 0
         while time.perf_counter() - t < seconds:
             job.chunk(k)
-            job._release()
+            job.release()
             k += 1
         out["chunks"] = k
         out["chunks_per_s"] = k / (time.perf_counter() - t)
         out["samples_per_s"] = out["chunks_per_s"] * 10_000
     elif mode == "per-sample":
         t = time.perf_counter()
-        table = client.catalog._con.cursor().sql(  # the baseline: one row per sample (10% of files)
-            f"SELECT file_id, ordinal FROM samples WHERE {WHERE} AND file_id <= {FILES // 10}"
-        ).to_arrow_table()
+        table = (
+            client.catalog._con.cursor()
+            .sql(  # the baseline: one row per sample (10% of files)
+                f"SELECT file_id, ordinal FROM samples WHERE {WHERE} AND file_id <= {FILES // 10}"
+            )
+            .to_arrow_table()
+        )
         rows = table.to_pylist()  # per-sample Python objects
         out["seconds"] = time.perf_counter() - t
         out["rows"] = len(rows)

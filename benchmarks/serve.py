@@ -100,7 +100,7 @@ CHUNK_SIZE = 256
 SEED = 5
 TARGET_RANKS = 4096
 TARGET_P99_MS = 50.0
-RELEASE_EVERY_S = 0.2  # as the server (mixplane.server.jobs.RELEASE_EVERY_S)
+RELEASE_EVERY_S = 0.2  # as the server (mixplane.server.serving.RELEASE_EVERY_S)
 LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 HEADERS = {
     "X-Mixplane-Protocol": "1",
@@ -151,6 +151,7 @@ def job_args(ranks: int, per_group: int) -> dict[str, Any]:
         "mixture": MIXTURE,
         "topology": Topology(**topology_of(ranks, per_group)),
         "seed": SEED,
+        "unit": "samples",
         "chunk_size": CHUNK_SIZE,
     }
 
@@ -208,7 +209,7 @@ def in_process(
                 measured += len(idx)
             if now - released >= RELEASE_EVERY_S:
                 released = now
-                job._release()
+                job.release()
     return {"descriptors": measured, "seconds": stop - start, "rate": measured / (stop - start)}
 
 
@@ -541,14 +542,14 @@ def profile(home: Path, ranks: int, per_group: int, batch: int, rounds: int) -> 
                 stages[name] += dt
             return len(encoded)
 
-        planned_before = sj.job._planner.next_chunk
+        planned_before = sj.job.next_chunk
         half = len(bodies) // 2
         with gc_pauses() as pauses:
             t = time.perf_counter()
             sj._plan_to(sj.job, furthest)
             planning = time.perf_counter() - t
             sizes = [one(raw) for raw in bodies[:half]]
-        planned = sj.job._planner.next_chunk - planned_before
+        planned = sj.job.next_chunk - planned_before
         stages["planning (Job.chunk), share"] = planning * half / len(bodies)
         total = sum(stages.values())
         n = half

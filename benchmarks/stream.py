@@ -212,6 +212,7 @@ def child_mixplane(spec: dict[str, Any]) -> dict[str, Any]:
         start = time.perf_counter()
         job = client.submit(
             "stream",
+            unit="samples",
             mixture=spec["mixture"],
             chunk_size=spec["chunk_size"],
             seed=SEED,

@@ -20,6 +20,7 @@ JOB = {
     "where": "quality >= 0.5",
     "mixture": {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2},
     "topology": Topology(dp_groups=2),
+    "unit": "samples",
     "chunk_size": 100,
     "seed": 0,
 }

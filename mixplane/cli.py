@@ -1,5 +1,5 @@
-"""The ``mixplane`` command line: register, ls, add-property, explain, plan, stream, tokenizer,
-demo.
+"""The ``mixplane`` command line: register, ls, add-property, count-tokens, explain, plan,
+stream, tokenizer, demo.
 
 User errors end with a one-line message and exit status 1 (2 for usage errors); ``--debug``
 shows the traceback. Output for scripts is ``--json``; everything else is for people.
@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import sys
+import typing
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
@@ -19,7 +21,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypedDict
 import click
 import orjson
 
-from mixplane.errors import MixplaneError, StateError
+from mixplane.errors import MixplaneError, StateError, shown
+from mixplane.job.spec import JobSpec, job_options
 
 if TYPE_CHECKING:
     from mixplane.client.windows import WindowStream, WindowStreamState
@@ -37,7 +40,7 @@ class _Group(click.Group):
         except (MixplaneError, OSError) as exc:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo("error: " + " ".join(str(exc).splitlines()), err=True)
             ctx.exit(1)
 
 
@@ -52,7 +55,7 @@ class _Group(click.Group):
     "--server",
     envvar="MIXPLANE_SERVER",
     metavar="URL",
-    help="Run ls, register, explain, plan and stream against this mixplane server "
+    help="Run ls, register, count-tokens, explain, plan and stream against this mixplane server "
     "(default: $MIXPLANE_SERVER; without it, the catalog at --home in this process).",
 )
 @click.option(
@@ -60,6 +63,13 @@ class _Group(click.Group):
     type=click.Path(dir_okay=False),
     envvar="MIXPLANE_TOKEN_FILE",
     help="File holding the server's bearer token (default: $MIXPLANE_TOKEN_FILE).",
+)
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False),
+    envvar="MIXPLANE_CA_FILE",
+    help="PEM certificates that sign an https:// server's certificate, in place of the "
+    "system's (default: $MIXPLANE_CA_FILE).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
@@ -69,6 +79,7 @@ def main(
     home: str | None,
     server: str | None,
     token_file: str | None,
+    ca_file: str | None,
     debug: bool,
     verbose: int,
 ) -> None:
@@ -79,7 +90,19 @@ def main(
     """
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    ctx.obj = {"home": home, "debug": debug, "server": server, "token_file": token_file}
+    warnings.showwarning = _show_warning
+    ctx.obj = {
+        "home": home,
+        "debug": debug,
+        "server": server,
+        "token_file": token_file,
+        "ca_file": ca_file,
+    }
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *_args: Any, **_kw: Any) -> None:
+    """A warning on stderr as one line: ``warning: MESSAGE`` (mixplane's own, with its fix)."""
+    click.echo(f"warning: {message}", err=True)
 
 
 def _catalog(ctx: click.Context, what: str = "this command") -> Any:
@@ -99,7 +122,9 @@ def _client(ctx: click.Context) -> Any:
     from mixplane.client.client import Client
 
     if ctx.obj.get("server"):
-        return Client.remote(ctx.obj["server"], token_file=ctx.obj.get("token_file"))
+        return Client.remote(
+            ctx.obj["server"], token_file=ctx.obj.get("token_file"), ca_file=ctx.obj.get("ca_file")
+        )
     return Client.local(ctx.obj["home"])
 
 
@@ -115,8 +140,8 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "parquet", "webdataset"]),
-    help="File format (default: from each file's name).",
+    type=click.Choice(["jsonl", "parquet", "webdataset", "megatron", "tokens", "arrow"]),
+    help="File format (default: from each file's name; .idx megatron, .npy tokens, .arrow arrow).",
 )
 @click.option(
     "--property",
@@ -171,6 +196,26 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
     metavar="ADDR",
     help="The Ray cluster for --engine ray (default: the running one, or a local one).",
 )
+@click.option(
+    "--tokenizer",
+    metavar="NAME|PATH",
+    help="Pre-tokenized data: the tokenizer its ids belong to (stored as its fingerprint).",
+)
+@click.option(
+    "--token-dtype",
+    type=click.Choice(["uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64"]),
+    help="Raw token memmaps (--format tokens): the dtype of the ids.",
+)
+@click.option(
+    "--tokens-field",
+    metavar="FIELD",
+    help="Arrow and Parquet files: the column holding each document's ids (default input_ids).",
+)
+@click.option(
+    "--path-pattern",
+    metavar="REGEX",
+    help="Properties from each file's path: named groups, e.g. '/(?P<source>[^/]+)/[^/]+$'.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def register(
@@ -188,9 +233,17 @@ def register(
     text_lengths: str,
     engine: str,
     ray_address: str | None,
+    tokenizer: str | None,
+    token_dtype: str | None,
+    tokens_field: str | None,
+    path_pattern: str | None,
     as_json: bool,
 ) -> None:
-    """Register files (paths, directories or globs) as dataset NAME, all or nothing."""
+    """Register files (paths, directories or globs) as dataset NAME, all or nothing.
+
+    Pre-tokenized data (Megatron .bin/.idx, token memmaps, Arrow/Parquet token columns) is
+    registered with --tokenizer, the tokenizer its ids belong to."""
+    from mixplane.catalog.formats import TOKEN_FORMATS
     from mixplane.catalog.properties import parse_constant
 
     consts = {k: parse_constant(v) for k, v in _pairs(constants, "--constant").items()}
@@ -200,6 +253,13 @@ def register(
             msg = (
                 "--function runs your code, which never travels to a server: register with "
                 "field properties and constants through it, or run add-property locally"
+            )
+            raise MixplaneError(msg)
+        if tokenizer or token_dtype or tokens_field or path_pattern or fmt in TOKEN_FORMATS:
+            msg = (
+                "pre-tokenized data and path patterns are registered where the catalog is "
+                "open: stop the server and run 'mixplane --home HOME register ... --tokenizer "
+                "...', then serve it"
             )
             raise MixplaneError(msg)
         with _client(ctx) as client:
@@ -242,13 +302,18 @@ def register(
             text_lengths=text_lengths,
             engine=engine,
             ray_address=ray_address,
+            tokenizer=tokenizer,
+            token_dtype=token_dtype,
+            tokens_field=tokens_field,
+            path_pattern=path_pattern,
         )
     if as_json:
         click.echo(json.dumps(info.to_dict()))
         return
     click.echo(
         f"registered {info.name}: {info.files} files, {info.samples} samples, "
-        f"{info.bytes / 1e6:.1f} MB of text, {info.skipped} skipped"
+        f"{info.bytes / 1e6:.1f} MB of {'token ids' if tokenizer else 'text'}, "
+        f"{info.skipped} skipped"
     )
     for report in info.file_reports:
         for message in report.messages:
@@ -355,6 +420,140 @@ def _check_engine(ctx: click.Context, engine: str, ray_address: str | None) -> N
         raise MixplaneError(msg)
 
 
+@main.command(name="count-tokens")
+@click.option(
+    "--tokenizer",
+    "tokenizer_spec",
+    required=True,
+    metavar="NAME|PATH",
+    help="A tokenizer.json, a .tiktoken rank file, or a name: deepseek, qwen, qwen3.6.",
+)
+@click.option("--datasets", help="Comma-separated datasets (default: all).")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where texts are read and counted: worker processes here, or a Ray cluster.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="The Ray cluster for --engine ray (default: the running one, or a local one).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Worker processes (local; default: one per core, none for a small count; 1: count in "
+    "this process) or Ray tasks at once (default: the cluster's CPUs).",
+)
+@click.option(
+    "--on-changed",
+    type=click.Choice(["error", "skip"]),
+    default="error",
+    show_default=True,
+    help="A file changed since registration: stop before counting, or count the others and "
+    "list it.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def count_tokens(
+    ctx: click.Context,
+    tokenizer_spec: str,
+    datasets: str | None,
+    engine: str,
+    ray_address: str | None,
+    workers: int | None,
+    on_changed: str,
+    as_json: bool,
+) -> None:
+    """Count and store every sample's exact tokens for a tokenizer (cached per tokenizer and
+    file: a second run counts nothing). Token-budgeted jobs with that tokenizer use them."""
+    _check_engine(ctx, engine, ray_address)
+    names = [n.strip() for n in datasets.split(",") if n.strip()] if datasets else None
+    if ctx.obj.get("server"):
+        with _client(ctx) as client:
+            report = client.count_tokens(
+                tokenizer_spec,
+                datasets=names,
+                workers=workers,
+                on_changed=on_changed,  # type: ignore[arg-type]
+            )
+    else:
+        with _catalog(ctx) as cat:
+            report = cat.count_tokens(
+                tokenizer_spec,
+                datasets=names,
+                workers=workers,
+                engine=engine,  # type: ignore[arg-type]
+                ray_address=ray_address,
+                on_changed=on_changed,  # type: ignore[arg-type]
+            )
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(render_token_counts(tokenizer_spec, report))
+    for message in report.changed:
+        click.echo(f"left out: {message}", err=True)
+
+
+def render_token_counts(spec: str, report: Any) -> str:
+    """The human-readable report of a count (``TokenCountReport``)."""
+    where = "in this process" if not report.workers else f"{report.workers} {report.engine} workers"
+    rate = report.counted_bytes / report.seconds / 1e6 if report.seconds > 0 else 0.0
+    lines = [
+        f"count-tokens {spec} (fingerprint {report.tokenizer}): counted {report.counted} samples "
+        f"in {report.files_counted} files ({report.counted_bytes / 1e6:.1f} MB of text, "
+        f"{report.seconds:.1f} s, {rate:.2f} MB/s, {where}); cached {report.cached} samples in "
+        f"{report.files_cached} files",
+        f"{'dataset':<24} {'files':>6} {'counted':>8} {'samples':>12} {'tokens':>14}",
+    ]
+    for d in report.datasets:
+        lines.append(
+            f"{d.name:<24} {d.files:>6} {d.counted_files:>8} {d.samples:>12} {d.tokens:>14}"
+        )
+    lines.append(f"{report.tokens} tokens in all")
+    if report.changed:
+        lines.append(
+            f"{len(report.changed)} changed files left out (listed on stderr); re-register "
+            "their datasets (--replace) and run count-tokens again"
+        )
+    return "\n".join(lines)
+
+
+def _spec_options() -> list[Callable[..., Any]]:
+    """The job options a command line sets, made from ``JobSpec``'s fields that name a flag
+    (their type, default and help declared there once)."""
+    hints = typing.get_type_hints(JobSpec)
+    made = []
+    for name, f in job_options().items():
+        flag = f.metadata.get("cli")
+        if flag is None:
+            continue
+        hint = hints[name]
+        choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+        wire = f.metadata.get("wire", {})
+        kind: Any = (
+            click.Choice(choices)
+            if choices
+            else click.IntRange(min=wire.get("ge"))
+            if hint is int
+            else float
+        )
+        zero_is_default = f.default == 0 and hint is int and wire.get("ge") == 1
+        made.append(
+            click.option(
+                flag,
+                name,
+                type=kind,
+                default=None if zero_is_default else f.default,
+                show_default=not zero_is_default,
+                help=f.metadata["help"][:1].upper() + f.metadata["help"][1:] + ".",
+            )
+        )
+    return made
+
+
 def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
@@ -367,30 +566,11 @@ def _job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Path(exists=True, dir_okay=False),
             help="Mixture or schedule as JSON or YAML (hierarchical mixtures, phases).",
         ),
-        click.option(
-            "--unit", type=click.Choice(["samples", "tokens"]), default="samples", show_default=True
-        ),
-        click.option(
-            "--chunk-size", type=int, default=1000, show_default=True, help="Budget per chunk."
-        ),
         click.option("--chunks", type=int, default=10, show_default=True, help="How many chunks."),
         click.option("--dp-groups", type=int, default=1, show_default=True),
         click.option("--ranks-per-group", type=int, default=1, show_default=True),
         click.option("--workers", type=int, default=1, show_default=True),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option(
-            "--on-exhausted",
-            type=click.Choice(["repeat", "stop", "redistribute"]),
-            default="repeat",
-            show_default=True,
-        ),
-        click.option(
-            "--bytes-per-token",
-            type=float,
-            default=4.0,
-            show_default=True,
-            help="Token estimate from text bytes (token mode without token counts).",
-        ),
+        *_spec_options(),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -419,7 +599,7 @@ def _submit(
     if mixture is not None:
         try:
             data = json.loads(mixture)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             msg = f"--mixture is not valid JSON ({exc}); e.g. '{{\"language=en\": 1.0}}'"
             raise MixplaneError(msg) from exc
     else:
@@ -428,7 +608,7 @@ def _submit(
         text = Path(mixture_file).read_text()  # type: ignore[arg-type]
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, RecursionError) as exc:
             msg = f"{mixture_file}: not valid JSON or YAML ({exc})"
             raise MixplaneError(msg) from exc
     if not isinstance(data, dict):
@@ -439,42 +619,40 @@ def _submit(
     if "phases" in data:
         phases = data["phases"]
         unit = data.get("unit", "chunks")
+        if (
+            not isinstance(phases, list)
+            or not phases
+            or not all(isinstance(p, dict) and isinstance(p.get("mixture"), dict) for p in phases)
+        ):
+            msg = (
+                "phases must be a non-empty list of {start, mixture, where?, on_exhausted?} "
+                "objects, e.g. [{start: 0, mixture: {language=en: 1.0}}]"
+            )
+            raise MixplaneError(msg)
         if unit not in ("chunks", "samples", "tokens"):
-            msg = f"schedule unit must be chunks, samples or tokens, got {unit!r}"
+            msg = f"schedule unit must be chunks, samples or tokens, got {shown(unit)}"
             raise MixplaneError(msg)
         first = phases[0]
         where = first.get("where", where)
         opts["on_exhausted"] = first.get("on_exhausted", opts["on_exhausted"])
         data = first["mixture"]
-        schedule = [
-            Phase(
-                start=int(p["start"]),
-                mixture=Mixture.from_json(p["mixture"]),
-                where=p.get("where"),
-                on_exhausted=p.get("on_exhausted", "repeat"),
-            )
-            for p in phases[1:]
-        ]
+        schedule = [Phase.from_json(p) for p in phases[1:]]
     topology = Topology(
         dp_groups=opts["dp_groups"],
         ranks_per_group=opts["ranks_per_group"],
         workers=opts["workers"],
     )
-    options: dict[str, Any] = dict(
+    options: dict[str, Any] = {k: v for k, v in opts.items() if k in job_options()}
+    options |= dict(
         where=where,
         mixture=Mixture.from_json(data),
         topology=topology,
-        seed=opts["seed"],
-        unit=opts["unit"],
-        chunk_size=opts["chunk_size"],
-        on_exhausted=opts["on_exhausted"],
-        bytes_per_token=opts["bytes_per_token"],
         schedule=schedule,
         schedule_unit=unit,
         tokenizer=tokenizer,
     )
     job_id = "cli"
-    if hasattr(client, "connection"):  # a server: one job per distinct command line
+    if client.is_remote:  # a server: one job per distinct command line
         from mixplane.job import make_spec
 
         fields = {k: v for k, v in options.items() if k != "topology"}
@@ -483,9 +661,26 @@ def _submit(
     return client, client.submit(job_id, **options)
 
 
+_SIZING_TOKENIZER = click.option(
+    "--tokenizer",
+    "tokenizer_spec",
+    metavar="PATH_OR_NAME",
+    help="Size the job's token budget with this tokenizer (a tokenizer.json, a .tiktoken rank "
+    "file, or a name: deepseek, qwen, qwen3.6); without it and without counted tokens, a fixed "
+    "--bytes-per-token.",
+)
+
+
+def _sizing_tokenizer(spec: str | None) -> Any:
+    from mixplane.tokens.tokenizer import load_tokenizer
+
+    return load_tokenizer(spec) if spec is not None else None
+
+
 @main.command()
 @click.option("--where", "where", help="Filter, e.g. \"language == 'en' and quality >= 0.5\".")
 @_job_options
+@_SIZING_TOKENIZER
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as a JSON list.")
 @click.pass_context
 def plan(
@@ -494,12 +689,14 @@ def plan(
     where: str | None,
     mixture: str | None,
     mixture_file: str | None,
+    tokenizer_spec: str | None,
     as_json: bool,
     **opts: Any,
 ) -> None:
     """Plan a job's first chunks: which ranges each chunk reads and who consumes it."""
+    tokenizer = _sizing_tokenizer(tokenizer_spec)
     with _client(ctx) as client:
-        _, job = _submit(client, where, mixture, mixture_file, opts)
+        _, job = _submit(client, where, mixture, mixture_file, opts, tokenizer=tokenizer)
         selectors = job.selectors
         out = []
         for spec, group, worker in _first_chunks(job, opts["chunks"]):
@@ -542,18 +739,18 @@ def plan(
 
 
 def _first_chunks(job: Any, count: int) -> list[tuple[Any, int, int]]:
-    """(chunk, dp group, worker) of a job's first chunks in global order."""
-    if hasattr(job, "plan"):  # in-process
-        return [(spec, *job.assignment.owner(spec.index)) for spec in job.plan(count)]
-    topology = job.topology  # a server's job: chunk k is consumer (k mod G, k div G mod W)'s
-    g, w = topology.dp_groups, topology.workers
-    owners = [(k % g, (k // g) % w, k // (g * w)) for k in range(count)]
-    answers = job.fetch([(topology.consumer(group, worker), j) for group, worker, j in owners])
+    """(chunk, dp group, worker) of a job's first chunks in global order; who reads a chunk is
+    the job's assignment's answer (after an elastic restore, not ``k mod G``). Chunks no
+    consumer reads any more (finished before a restore) are left out."""
+    topology = job.topology
+    located = [(k, job.assignment.locate(k)) for k in range(count)]
+    pairs = [loc for _k, loc in located if loc is not None]
+    specs = [spec for spec, _start in job.fetch(pairs)]  # a server's job: one request
     out = []
-    for (spec, _start), (group, worker, _j) in zip(answers, owners, strict=True):
+    for spec, (consumer, _j) in zip(specs, pairs, strict=True):
         if spec is None:
             break
-        out.append((spec, group, worker))
+        out.append((spec, consumer % topology.dp_groups, consumer // topology.dp_groups))
     return out
 
 
@@ -602,11 +799,7 @@ _JOB_OPTION_NAMES = {
     "mixture": "--mixture",
     "schedule": "--mixture-file phases",
     "schedule_unit": "--mixture-file unit",
-    "seed": "--seed",
-    "unit": "--unit",
-    "chunk_size": "--chunk-size",
-    "on_exhausted": "--on-exhausted",
-    "bytes_per_token": "--bytes-per-token",
+    **{n: f.metadata["cli"] for n, f in job_options().items() if f.metadata.get("cli")},
 }
 
 
@@ -718,10 +911,8 @@ def stream(
         msg = f"tokenizer {tokenizer_spec!r} has no beginning-of-sequence token; drop --bos"
         raise MixplaneError(msg)
     with _client(ctx) as client:
-        token_job = opts["unit"] == "tokens"
-        _, job = _submit(
-            client, where, mixture, mixture_file, opts, tokenizer=tokenizer if token_job else None
-        )
+        sizing = tokenizer if opts["unit"] == "tokens" else None  # samples: not in the spec
+        _, job = _submit(client, where, mixture, mixture_file, opts, tokenizer=sizing)
         try:
             _check_coordinates(job.topology, dp_group=dp_group, rank=rank, worker=worker)
             job.limit_consumers([(dp_group, worker)])  # plan and keep only this consumer's chunks
@@ -942,6 +1133,7 @@ def _check_resume(saved: StreamState, here: dict[str, Any], path: str) -> None:
 @click.option("--by", "by", default="", help="Comma-separated grouping properties.")
 @click.option("--runs", is_flag=True, help="With --json: include each component's ranges.")
 @_job_options
+@_SIZING_TOKENIZER
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object.")
 @click.pass_context
 def explain(
@@ -952,24 +1144,24 @@ def explain(
     runs: bool,
     mixture: str | None,
     mixture_file: str | None,
+    tokenizer_spec: str | None,
     as_json: bool,
     **opts: Any,
 ) -> None:
-    """Show the SQL of a query and its components; with --mixture, what a job would draw."""
+    """Show the SQL of a query and its components; with --mixture, what a job would draw
+    (per component: samples, tokens and how they were sized)."""
     props = [p.strip() for p in by.split(",") if p.strip()]
     with _client(ctx) as client:
         if mixture is not None or mixture_file is not None:
-            _, job = _submit(client, where, mixture, mixture_file, opts)
+            tokenizer = _sizing_tokenizer(tokenizer_spec)
+            _, job = _submit(client, where, mixture, mixture_file, opts, tokenizer=tokenizer)
             report = client.explain(job.spec.job_id, chunks=opts["chunks"])
             if as_json:
                 click.echo(json.dumps(report, default=str))
                 return
             click.echo(render_job(report))
             return
-        if hasattr(client, "catalog"):
-            result = client.catalog.explain(where, by=props).to_dict(runs=runs)
-        else:
-            result = client.explain_query(where, props, runs=runs)
+        result = client.explain_query(where, props, runs=runs)
     if as_json:
         click.echo(json.dumps(result, default=str))
         return
@@ -978,14 +1170,19 @@ def explain(
 
 def render_job(report: dict[str, Any]) -> str:
     lines = [
-        f"{'component':<28} {'samples':>9} {'tokens':>10} {'weight':>7} {'draws':>10} {'epochs':>7}  runs out"
+        f"{'component':<28} {'samples':>9} {'tokens':>10} {'sizing':>14} {'weight':>7} "
+        f"{'draws':>10} {'epochs':>7}  runs out"
     ]
     for row in report["components"]:
+        ratio = row.get("bytes_per_token")
+        sizing = row.get("sizing", "-") + (f" {ratio:.2f}" if ratio is not None else "")
         lines.append(
-            f"{row['component']:<28} {row['samples']:>9} {row['tokens']:>10} {row['weight']:>7.3f} "
-            f"{row.get('draws', 0):>10.0f} {row.get('epochs', 0):>7.2f}  "
+            f"{row['component']:<28} {row['samples']:>9} {row['tokens']:>10} {sizing:>14} "
+            f"{row['weight']:>7.3f} {row.get('draws', 0):>10.0f} {row.get('epochs', 0):>7.2f}  "
             f"{row.get('runs_out_at_chunk', '-')}"
         )
+    if report.get("note"):
+        lines.append(f"note: {report['note']}")
     return "\n".join(lines)
 
 
@@ -1218,6 +1415,94 @@ def replay(
 
 
 @main.group()
+def job() -> None:
+    """Inspect a server job's data manifest: what was requested and what was delivered."""
+
+
+def _job_manifest(ctx: click.Context, job_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(summary, records) of a server job: through --server, or read from the home's server
+    files (``{home}/server/jobs``) when no server is named (running or not)."""
+    from mixplane.server.feedback_log import read_job_files, summary
+
+    if ctx.obj.get("server"):
+        with _client(ctx) as client:
+            remote = client.job(job_id)
+            return remote.manifest(), list(remote.feedback_records())
+    from mixplane.catalog.catalog import default_home
+
+    home = Path(ctx.obj["home"]) if ctx.obj.get("home") else default_home()
+    files = read_job_files(home.expanduser() / "server" / "jobs", job_id)
+    checkpoint, records = files["checkpoint"], files["records"]
+    selectors = checkpoint.get("selectors")
+    if selectors is None:
+        msg = (
+            f"the checkpoint of job {job_id!r} predates manifests (no selectors); start the "
+            "server once so it rewrites it, or pass --server"
+        )
+        raise StateError(msg)
+    report = {
+        "job_id": job_id,
+        "spec": checkpoint["spec"],
+        **summary(records, selectors, checkpoint["state"]["mixture_log"]),
+    }
+    return report, records
+
+
+@job.command(name="show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def job_show(ctx: click.Context, job_id: str, as_json: bool) -> None:
+    """Requested vs delivered token shares per component, and the mixture versions.
+
+    Requested: each step's tokens at the weights of the mixture in force when its feedback
+    arrived; delivered: the tokens the trainer reported per component (the feedback log)."""
+    report, _records = _job_manifest(ctx, job_id)
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(
+        f"job {job_id}: {report['steps']} steps of feedback "
+        f"({report['first_step']}..{report['last_step']}), {report['tokens']:,.0f} tokens"
+    )
+    click.echo(f"{'component':<32} {'requested':>10} {'delivered':>10} {'diff pp':>8}")
+    for row in report["components"]:
+        req, got = row["requested_share"], row["delivered_share"]
+        if req is None or got is None:
+            click.echo(f"{row['component']:<32} {'-':>10} {'-':>10} {'-':>8}")
+            continue
+        click.echo(f"{row['component']:<32} {req:>10.4f} {got:>10.4f} {100 * (got - req):>+8.3f}")
+    click.echo(f"mixture versions: {len(report['mixture_versions'])}")
+    for v in report["mixture_versions"]:
+        weights = ", ".join(f"{w:.3f}" for w in v["weights"])
+        step = "-" if v["step"] is None else v["step"]
+        click.echo(
+            f"  v{v['version']:<4} chunk {v['chunk']:>7} step {step:>7} {v['cause']:<7} [{weights}]"
+        )
+
+
+@job.command(name="trace")
+@click.argument("job_id")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="CSV or .parquet file: one row per (step, component), the format replay reads.",
+)
+@click.pass_context
+def job_trace(ctx: click.Context, job_id: str, out: str) -> None:
+    """Export every logged step of a server job's feedback (for mixplane replay)."""
+    from mixplane.adapt.replay import export_trace, write_trace
+    from mixplane.server.feedback_log import padded
+
+    report, records = _job_manifest(ctx, job_id)
+    selectors = [row["component"] for row in report["components"]]
+    table = export_trace(padded(records, len(selectors)), selectors)
+    write_trace(table, out)
+    click.echo(f"wrote {len(records)} steps x {len(selectors)} components to {out}", err=True)
+
+
+@main.group()
 def tokenizer() -> None:
     """Train a BPE tokenizer on a dataset, or inspect one by path or name."""
 
@@ -1344,7 +1629,7 @@ def _load(spec: str) -> Callable[..., Any]:
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Address to listen on; anything but loopback needs --token-file.",
+    help="Address to listen on; anything but loopback needs --tokens-file or --token-file.",
 )
 @click.option(
     "--port",
@@ -1357,7 +1642,32 @@ def _load(spec: str) -> Callable[..., Any]:
     "--token-file",
     type=click.Path(dir_okay=False),
     envvar="MIXPLANE_TOKEN_FILE",
-    help="File holding the bearer token clients must send (default: $MIXPLANE_TOKEN_FILE).",
+    help="File holding one bearer token, of the admin role (default: $MIXPLANE_TOKEN_FILE).",
+)
+@click.option(
+    "--tokens-file",
+    type=click.Path(dir_okay=False),
+    envvar="MIXPLANE_TOKENS_FILE",
+    help='JSON {"tokens": [{"token", "role": viewer|trainer|admin, "name"}]}, mode 600 '
+    "(default: $MIXPLANE_TOKENS_FILE).",
+)
+@click.option(
+    "--data-root",
+    "data_roots",
+    multiple=True,
+    metavar="DIR|URI",
+    help="Registration through the server reads only below this directory or s3://bucket/prefix "
+    "(repeatable; none: registration refused, unless on loopback without a token).",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False),
+    help="Serve HTTPS with this PEM certificate chain (with --tls-key).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False),
+    help="The private key of --tls-cert (PEM, unencrypted).",
 )
 @click.option(
     "--checkpoint-every",
@@ -1366,6 +1676,14 @@ def _load(spec: str) -> Callable[..., Any]:
     show_default=True,
     help="Seconds between checkpoints of changed jobs (0: no periodic checkpoints).",
 )
+@click.option(
+    "--feedback-fsync",
+    type=click.Choice(["always", "group", "off"]),
+    default="group",
+    show_default=True,
+    help="When the feedback log is fsynced: each message, every few ms (group), or never; "
+    "every answered message is written before its answer in all three (kill -9 loses none).",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -1373,17 +1691,32 @@ def serve(
     host: str,
     port: int,
     token_file: str | None,
+    tokens_file: str | None,
+    data_roots: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
     checkpoint_every: float,
+    feedback_fsync: str,
 ) -> None:
     """Serve the catalog and jobs over HTTP to remote clients (mixplane/protocol.py).
 
-    Prints 'mixplane server listening on http://HOST:PORT' once it accepts connections. One
-    process owns the catalog; stop it with Ctrl-C or SIGTERM (jobs are checkpointed).
+    Prints 'mixplane server listening on http://HOST:PORT' (https:// with --tls-cert) once it
+    accepts connections. One process owns the catalog; stop it with Ctrl-C or SIGTERM (jobs are
+    checkpointed). docs/server.md's "Security model" says what each role may do.
     """
-    from mixplane.server.app import read_token
     from mixplane.server.app import serve as run_server
+    from mixplane.server.security import Security
 
-    token = read_token(token_file) if token_file else None
+    source = ctx.get_parameter_source("token_file")
+    if tokens_file and token_file and source is click.core.ParameterSource.ENVIRONMENT:
+        token_file = None  # MIXPLANE_TOKEN_FILE is the client's; --tokens-file was asked for
+    security = Security.configure(
+        token_file=token_file,
+        tokens_file=tokens_file,
+        data_roots=data_roots,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+    )
 
     def announce(line: str) -> None:
         click.echo(line)
@@ -1393,8 +1726,9 @@ def serve(
         serve_home or ctx.obj["home"],
         host=host,
         port=port,
-        token=token,
+        security=security,
         checkpoint_every=checkpoint_every,
+        feedback_fsync=feedback_fsync,  # type: ignore[arg-type]
         announce=announce,
     )
 

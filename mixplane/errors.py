@@ -7,12 +7,34 @@ lower-case, name the offending value, and say what to do.
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+#: What code reading a malformed decoded document (a state, a snapshot) raises where its shape
+#: is not checked value by value; loaders turn these into a ``StateError`` naming the document.
+MALFORMED = (
+    KeyError,
+    TypeError,
+    ValueError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
+
+
+def shown(value: Any) -> str:
+    """A value a user gave, for a message: a short repr, safe for values nested thousands deep
+    or megabytes long."""
+    return reprlib.repr(value)
+
 
 class MixplaneError(Exception):
     """Base class of every error mixplane raises on purpose."""
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return str(self.args[0]) if self.args else ""
+        """The message on one line (text quoted from a parser or a file may hold breaks)."""
+        return " ".join(str(self.args[0]).splitlines()) if self.args else ""
 
 
 class CatalogError(MixplaneError):
@@ -73,5 +95,35 @@ class StateError(MixplaneError, ValueError):
     """Saved state that does not fit: other version, job, catalog or query; says what differs."""
 
 
+class JobNotFoundError(MixplaneError, KeyError):
+    """A job id the server (or client) does not hold."""
+
+
+class JobConflictError(MixplaneError, ValueError):
+    """Another job definition under a job id that is taken."""
+
+
+class AlgorithmOptionError(MixplaneError, ValueError):
+    """An option or prior a mixing algorithm cannot work with; names the option."""
+
+
 class DependencyError(MixplaneError, ImportError):
     """An optional dependency is missing; the message says which extra to install."""
+
+
+class MixplaneWarning(UserWarning):
+    """Base class of mixplane's warnings: something works, but not as well as it could."""
+
+
+class SizingWarning(MixplaneWarning):
+    """A token-budgeted job sized without its tokenizer: its token shares are approximate."""
+
+
+class ServerConfigError(MixplaneError, ValueError):
+    """The server's configuration cannot be used (tokens file, data roots, TLS files); names
+    the file or option and the fix. The server refuses to start."""
+
+
+class AccessDeniedError(MixplaneError, PermissionError):
+    """A request the server's access rules refuse: a path outside the data roots, or
+    registration on a server without data roots (HTTP 403)."""

@@ -93,3 +93,11 @@ def test_replay_shows_a_bar(tmp_path: Path) -> None:
     assert "replay" in shown and "30/30" in shown
     plain = run_cli(tmp_path / "h", *args)  # stderr a pipe: no bar
     assert "%|" not in plain.stderr
+
+
+def test_count_tokens_shows_a_bar(home: Path) -> None:
+    code, shown = on_terminal(home, "count-tokens", "--tokenizer", "qwen", "--workers", "2")
+    assert code == 0, shown
+    assert "count-tokens" in shown and "%|" in shown
+    plain = run_cli(home, "count-tokens", "--tokenizer", "qwen")  # stderr a pipe: no bar
+    assert "%|" not in plain.stderr and "cached 1200 samples" in plain.stdout

@@ -30,7 +30,7 @@ def keys(stream, n=None):  # type: ignore[no-untyped-def]
 
 
 def digest(client: Client, topology: Topology, n: int) -> dict[str, str]:
-    job = client.submit("d", mixture=MIX, topology=topology, chunk_size=13, seed=5)
+    job = client.submit("d", unit="samples", mixture=MIX, topology=topology, chunk_size=13, seed=5)
     out = {}
     for g in range(topology.dp_groups):
         for w in range(topology.workers):
@@ -38,7 +38,9 @@ def digest(client: Client, topology: Topology, n: int) -> dict[str, str]:
             for s in itertools.islice(job.stream(g, 0, w), n):
                 h.update(f"{s.file_id}:{s.ordinal}:{s.text}\n".encode())
             out[f"{g}/{w}"] = h.hexdigest()
-    fresh = client.submit("d2", mixture=MIX, topology=topology, chunk_size=13, seed=5)
+    fresh = client.submit(
+        "d2", unit="samples", mixture=MIX, topology=topology, chunk_size=13, seed=5
+    )
     plans = b"".join(spec.to_bytes() for spec in fresh.plan(20))
     out["plan"] = hashlib.sha256(plans).hexdigest()
     return out
@@ -72,7 +74,9 @@ def test_two_processes_give_identical_plans_and_streams(client: Client, tmp_path
 
 def test_ranks_of_a_group_identical_groups_disjoint(client: Client) -> None:
     topo = Topology(dp_groups=3, ranks_per_group=2)
-    job = client.submit("t", mixture={"language=en": 1.0}, topology=topo, chunk_size=10, seed=1)
+    job = client.submit(
+        "t", unit="samples", mixture={"language=en": 1.0}, topology=topo, chunk_size=10, seed=1
+    )
     n_en = job.result.components[
         [c.selector for c in job.result.components].index("language=en")
     ].samples
@@ -88,13 +92,15 @@ def test_ranks_of_a_group_identical_groups_disjoint(client: Client) -> None:
 def test_every_sample_once_per_epoch(client: Client) -> None:
     """Under 'redistribute' the stream is exactly one epoch of every component."""
     topo = Topology(dp_groups=2, workers=2)
-    job = client.submit("e", mixture=MIX, topology=topo, chunk_size=29, on_exhausted="redistribute")
+    job = client.submit(
+        "e", unit="samples", mixture=MIX, topology=topo, chunk_size=29, on_exhausted="redistribute"
+    )
     seen = [k for g in range(2) for w in range(2) for k in keys(job.stream(g, 0, w))]
     assert len(seen) == len(set(seen)) == job.result.total_samples
 
 
 def test_sample_shares_exact_per_chunk(client: Client) -> None:
-    job = client.submit("x", mixture=MIX, chunk_size=37, seed=2)
+    job = client.submit("x", unit="samples", mixture=MIX, chunk_size=37, seed=2)
     sizes = {c.selector: i for i, c in enumerate(job.result.components)}
     w = np.zeros(3)
     for sel, weight in MIX.items():
@@ -119,11 +125,15 @@ def test_token_shares_converge(client: Client) -> None:
 
 def test_stop_ends_every_consumer(client: Client) -> None:
     topo = Topology(dp_groups=2)
-    job = client.submit("s", mixture=MIX, topology=topo, chunk_size=20, on_exhausted="stop")
+    job = client.submit(
+        "s", unit="samples", mixture=MIX, topology=topo, chunk_size=20, on_exhausted="stop"
+    )
     a, b = keys(job.stream(0)), keys(job.stream(1))
     last = job.end_of_stream()
     assert last is not None
-    fresh = client.submit("s2", mixture=MIX, topology=topo, chunk_size=20, on_exhausted="stop")
+    fresh = client.submit(
+        "s2", unit="samples", mixture=MIX, topology=topo, chunk_size=20, on_exhausted="stop"
+    )
     specs = list(fresh.plan(last + 5))
     assert len(specs) == last + 1 and specs[-1].last and not any(s.last for s in specs[:-1])
     assert len(a) + len(b) == sum(s.num_samples for s in specs)
@@ -133,6 +143,7 @@ def test_stop_ends_every_consumer(client: Client) -> None:
 def test_redistribute_moves_share_to_the_others(client: Client) -> None:
     job = client.submit(
         "r",
+        unit="samples",
         mixture={"language=en": 0.9, "language=de": 0.05, "language=fr": 0.05},
         chunk_size=20,
         on_exhausted="redistribute",
@@ -156,6 +167,7 @@ def test_schedule_switches_mixture_and_filter(client: Client) -> None:
     ]
     job = client.submit(
         "p",
+        unit="samples",
         where="quality < 0.5",
         mixture={"language=en": 1.0},
         chunk_size=10,
@@ -191,6 +203,7 @@ def test_phases_keep_cursors(client: Client) -> None:
     ]
     job = client.submit(
         "c",
+        unit="samples",
         mixture={"language=en": 1.0},
         chunk_size=10,
         schedule=schedule,
@@ -201,6 +214,7 @@ def test_phases_keep_cursors(client: Client) -> None:
     plain = keys(
         client.submit(
             "only",
+            unit="samples",
             mixture={"language=en": 1.0},
             chunk_size=10,
             order="as-stored",
@@ -216,6 +230,7 @@ def test_phases_keep_cursors(client: Client) -> None:
 def test_sorted_order(client: Client) -> None:
     job = client.submit(
         "q",
+        unit="samples",
         mixture={"language=en": 1.0},
         order="sorted",
         sort_by="quality",
@@ -228,9 +243,13 @@ def test_sorted_order(client: Client) -> None:
 
 
 def test_extend_running_job(client: Client, tmp_path: Path) -> None:
-    job = client.submit("x", mixture={"language=en": 1.0}, chunk_size=10, order="as-stored")
+    job = client.submit(
+        "x", unit="samples", mixture={"language=en": 1.0}, chunk_size=10, order="as-stored"
+    )
     before = [s for s in job.plan(4)]
-    plain = client.submit("plain", mixture={"language=en": 1.0}, chunk_size=10, order="as-stored")
+    plain = client.submit(
+        "plain", unit="samples", mixture={"language=en": 1.0}, chunk_size=10, order="as-stored"
+    )
     write_corpus(tmp_path / "more", files=1, per_file=200, seed=9)
     client.catalog.register(
         "more",
@@ -267,7 +286,9 @@ def test_extend_running_job(client: Client, tmp_path: Path) -> None:
 
 def test_weight_update_replayed_after_restore(client: Client) -> None:
     def run(cut: int | None) -> list[tuple[int, int]]:
-        job = client.submit("u", mixture=MIX, topology=Topology(workers=2), chunk_size=10, seed=4)
+        job = client.submit(
+            "u", unit="samples", mixture=MIX, topology=Topology(workers=2), chunk_size=10, seed=4
+        )
         s0, s1 = job.stream(0, 0, 0), job.stream(0, 0, 1)
         out = keys(s0, 25) + keys(s1, 5)
         job.set_weights({"language=en": 0.1, "language=de": 0.1, "language=fr": 0.8})
@@ -275,7 +296,12 @@ def test_weight_update_replayed_after_restore(client: Client) -> None:
         if cut is not None:
             state = job.state_dict()
             job = client.submit(
-                "u", mixture=MIX, topology=Topology(workers=2), chunk_size=10, seed=4
+                "u",
+                unit="samples",
+                mixture=MIX,
+                topology=Topology(workers=2),
+                chunk_size=10,
+                seed=4,
             )
             job.load_state_dict(state)
             s0, s1 = job.stream(0, 0, 0), job.stream(0, 0, 1)
@@ -285,17 +311,17 @@ def test_weight_update_replayed_after_restore(client: Client) -> None:
 
 
 def test_state_mismatch_is_explained(client: Client, tmp_path: Path) -> None:
-    job = client.submit("m", mixture=MIX, chunk_size=10)
+    job = client.submit("m", unit="samples", mixture=MIX, chunk_size=10)
     keys(job.stream(), 15)
     state = job.state_dict()
-    other = client.submit("m", mixture=MIX, chunk_size=11)
+    other = client.submit("m", unit="samples", mixture=MIX, chunk_size=11)
     with pytest.raises(StateError, match="different job definition"):
         other.load_state_dict(state)
     write_corpus(tmp_path / "late", files=1, per_file=20, seed=3)
     client.catalog.register(
         "late", tmp_path / "late", progress=False, properties={"language": "meta.language"}
     )
-    again = client.submit("m", mixture=MIX, chunk_size=10)
+    again = client.submit("m", unit="samples", mixture=MIX, chunk_size=10)
     with pytest.raises(StateError, match="query result changed"):
         again.load_state_dict(state)
 
@@ -319,7 +345,9 @@ def test_no_global_rng_is_touched(client: Client) -> None:
     np.random.seed(1234)
     random.seed(1234)
     np_state, py_state = np.random.get_state(), random.getstate()
-    job = client.submit("g", mixture=MIX, chunk_size=17, topology=Topology(dp_groups=2), seed=9)
+    job = client.submit(
+        "g", unit="samples", mixture=MIX, chunk_size=17, topology=Topology(dp_groups=2), seed=9
+    )
     keys(job.stream(1), 200)
     list(job.plan(1))
     after = np.random.get_state()
@@ -338,7 +366,7 @@ def test_assignment_ignores_the_order_consumers_ask_in(client: Client) -> None:
     def run(
         order: list[tuple[int, int]], step: int
     ) -> dict[tuple[int, int], list[tuple[int, int]]]:
-        job = client.submit("o", mixture=MIX, chunk_size=13, topology=topo, seed=4)
+        job = client.submit("o", unit="samples", mixture=MIX, chunk_size=13, topology=topo, seed=4)
         streams = {c: iter(job.stream(c[0], 0, c[1])) for c in order}
         out: dict[tuple[int, int], list[tuple[int, int]]] = {c: [] for c in order}
         for _ in range(60 // step):

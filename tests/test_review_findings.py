@@ -44,7 +44,7 @@ def submit(client: Client, topology: Topology, policy: str = "stop", **kw: Any) 
         seed=3,
         topology=topology,
         on_exhausted=policy,  # type: ignore[arg-type]
-        **kw,
+        **{"unit": "samples", **kw},
     )
 
 
@@ -151,7 +151,7 @@ def test_elastic_restore_keeps_state_and_cache_bounded(client: Client) -> None:
     position = job.assignment.chunk(0, state["consumers"]["0"]["j"])[0]
     assert position > 400
     assert state["planner"]["next_chunk"] >= position - 1
-    assert len(job._chunks) < 200
+    assert len(job._plan.chunks) < 200
 
 
 # -- mixture updates after a restore -----------------------------------------------------------
@@ -159,7 +159,9 @@ def test_elastic_restore_keeps_state_and_cache_bounded(client: Client) -> None:
 
 def test_set_weights_after_restore_applies_where_it_would_have(client: Client) -> None:
     def fresh() -> Job:
-        return client.submit("u", mixture=MIX, chunk_size=10, seed=3, order="as-stored")
+        return client.submit(
+            "u", unit="samples", mixture=MIX, chunk_size=10, seed=3, order="as-stored"
+        )
 
     job = fresh()
     stream = iter(job.stream())
@@ -181,6 +183,7 @@ def _adaptive(client: Client, cut: int | None) -> list[tuple[int, int, str]]:
     def fresh() -> Job:
         return client.submit(
             "ad",
+            unit="samples",
             mixture=MIX,
             chunk_size=20,
             seed=3,
@@ -228,7 +231,13 @@ def _scripted(client: Client, script: list[tuple[Any, ...]], cuts: set[int]) -> 
             Phase(start=7, mixture=Mixture.static({"language=de": 0.5, "language=fr": 0.5}))
         ]
         return client.submit(
-            "p", mixture=MIX, chunk_size=13, seed=3, topology=TOPO, schedule=schedule
+            "p",
+            unit="samples",
+            mixture=MIX,
+            chunk_size=13,
+            seed=3,
+            topology=TOPO,
+            schedule=schedule,
         )
 
     job = fresh()
@@ -278,7 +287,7 @@ def _register_more(client: Client, tmp_path: Path) -> None:
 
 
 def test_open_stream_continues_after_extend(client: Client, tmp_path: Path) -> None:
-    job = client.submit("x", mixture=MIX, chunk_size=10, seed=1)
+    job = client.submit("x", unit="samples", mixture=MIX, chunk_size=10, seed=1)
     stream = iter(job.stream())
     samples(stream, 25)
     _register_more(client, tmp_path)
@@ -290,7 +299,7 @@ def test_open_stream_continues_after_extend(client: Client, tmp_path: Path) -> N
 def test_state_after_extend_has_a_planner_for_every_component(
     client: Client, tmp_path: Path
 ) -> None:
-    job = client.submit("x", mixture=MIX, chunk_size=10, seed=1)
+    job = client.submit("x", unit="samples", mixture=MIX, chunk_size=10, seed=1)
     samples(job.stream(), 25)  # the stream has planned far ahead of its position
     _register_more(client, tmp_path)
     job.extend()
@@ -300,7 +309,7 @@ def test_state_after_extend_has_a_planner_for_every_component(
 
 def test_restore_after_extend(client: Client, tmp_path: Path) -> None:
     def fresh() -> Job:
-        return client.submit("x", mixture=MIX, chunk_size=10, seed=1)
+        return client.submit("x", unit="samples", mixture=MIX, chunk_size=10, seed=1)
 
     job = fresh()
     samples(job.stream(), 25)
@@ -321,14 +330,16 @@ def test_streams_opened_while_another_thread_releases(client: Client) -> None:
     import threading
 
     ranks = 1500
-    job = client.submit("race", mixture=MIX, topology=Topology(ranks_per_group=ranks), chunk_size=10)
+    job = client.submit(
+        "race", unit="samples", mixture=MIX, topology=Topology(ranks_per_group=ranks), chunk_size=10
+    )
     errors: list[str] = []
     stop = threading.Event()
 
     def release() -> None:
         while not stop.is_set():
             try:
-                job._release()
+                job.release()
             except RuntimeError as exc:
                 errors.append(repr(exc))
                 stop.set()
@@ -347,7 +358,7 @@ def test_streams_opened_while_another_thread_releases(client: Client) -> None:
         thread.join()
         sys.setswitchinterval(interval)
     assert errors == []
-    assert len(job._ranks) == ranks
+    assert job.progress().live_ranks == ranks
 
 
 def test_a_restored_server_job_never_serves_the_old_jobs_chunk_bytes(client: Client) -> None:
@@ -355,10 +366,10 @@ def test_a_restored_server_job_never_serves_the_old_jobs_chunk_bytes(client: Cli
     the restored job may plan the same chunk index differently."""
     import msgpack
 
-    from mixplane.server.jobs import ServerJob
     from mixplane.server.metrics import Metrics
+    from mixplane.server.serving import ServerJob
 
-    job = client.submit("swap", mixture=MIX, chunk_size=10)
+    job = client.submit("swap", unit="samples", mixture=MIX, chunk_size=10)
     sj = ServerJob(job, Metrics())
     try:
         sj.chunks([(0, j) for j in range(3)], [])

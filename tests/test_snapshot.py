@@ -22,7 +22,13 @@ TOPOLOGY = Topology(dp_groups=2, workers=2)
 
 
 def submit(client: Client, **kw: Any) -> Job:
-    options: dict[str, Any] = {"mixture": MIX, "chunk_size": 17, "seed": 3, "topology": TOPOLOGY}
+    options: dict[str, Any] = {
+        "mixture": MIX,
+        "unit": "samples",
+        "chunk_size": 17,
+        "seed": 3,
+        "topology": TOPOLOGY,
+    }
     options.update(kw)
     return client.submit("snap", **options)
 
@@ -89,7 +95,7 @@ def test_a_limited_job_keeps_only_its_consumers_chunks(client: Client) -> None:
     job.limit_consumers([(1, 1)])
     for _ in itertools.islice(job.stream(1, 0, 1), 2000):
         pass
-    assert len(job._chunks) <= 2 * job.read_group * TOPOLOGY.consumers
+    assert len(job._plan.chunks) <= 2 * job.read_group * TOPOLOGY.consumers
     state = job.state_dict()
     assert state["scope"] == [TOPOLOGY.consumer(1, 1)]
     assert list(state["consumers"]) == [str(TOPOLOGY.consumer(1, 1))]
@@ -183,7 +189,7 @@ def test_released_chunks_are_planned_again_identically(client: Client) -> None:
             specs[sample.chunk] = job.chunk(sample.chunk)
         if i == 1500:
             job.set_weights({"language=de": 0.5, "language=fr": 0.5})
-    assert 0 not in job._chunks  # released
+    assert job.planned_chunk(0) is None  # released
     assert {e["cause"] for e in job.mixture_log} == {"phase", "update"}
     for k in (0, 1, 255, 256, 299, 300, 301, 310, 699, 700, 701, 990):
         assert job.chunk(k) == specs[k], k

@@ -34,8 +34,9 @@ def realized(job, chunks: int, true_sizes) -> np.ndarray:  # type: ignore[no-unt
 
 
 def test_count_tokens_is_cached_and_exact(client: Client, tokenizer) -> None:  # type: ignore[no-untyped-def]
-    assert client.catalog.count_tokens(tokenizer, progress=False) == 1200
-    assert client.catalog.count_tokens(tokenizer, progress=False) == 0  # cached by fingerprint
+    assert client.catalog.count_tokens(tokenizer, progress=False).counted == 1200
+    again = client.catalog.count_tokens(tokenizer, progress=False)  # cached by fingerprint
+    assert (again.counted, again.cached) == (0, 1200)
     runs = client.catalog.components().runs
     exact = client.catalog.sample_tokens(runs, tokenizer.fingerprint)
     assert exact is not None and len(exact) == 1200

@@ -27,7 +27,12 @@ def tokenizer(client: Client):  # type: ignore[no-untyped-def]
 
 def submit(client: Client, **kw: Any):  # type: ignore[no-untyped-def]
     return client.submit(
-        "w", mixture=MIX, chunk_size=23, seed=2, topology=Topology(workers=2), **kw
+        "w",
+        mixture=MIX,
+        chunk_size=23,
+        seed=2,
+        topology=Topology(workers=2),
+        **{"unit": "samples", **kw},
     )
 
 
@@ -57,10 +62,12 @@ def test_windows_resume_exactly(client: Client, tokenizer: Any) -> None:
 
 
 def test_windows_hold_every_token_once(client: Client, tokenizer: Any) -> None:
-    job = client.submit("all", mixture=MIX, chunk_size=50, on_exhausted="redistribute", seed=1)
+    job = client.submit(
+        "all", unit="samples", mixture=MIX, chunk_size=50, on_exhausted="redistribute", seed=1
+    )
     windows = list(WindowStream(job, tokenizer, SEQ))
     reference = client.submit(
-        "all", mixture=MIX, chunk_size=50, on_exhausted="redistribute", seed=1
+        "all", unit="samples", mixture=MIX, chunk_size=50, on_exhausted="redistribute", seed=1
     )
     streams: dict[int, list[int]] = {}
     for sample in reference.stream():

@@ -14,8 +14,7 @@ O(K) per update.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Protocol, TypedDict
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 
@@ -94,41 +93,40 @@ class LossProportional:
         self._seen = np.asarray(state["seen"], dtype=bool)
 
 
-def _ado(prior: np.ndarray, **options: Any) -> MixingAlgorithm:
-    from mixplane.adapt.ado import ADO  # here: ado.py imports this module
+class Law(TypedDict):
+    """A fitted scaling law ``L(n) = eps + beta * n^-alpha``."""
 
-    return ADO(prior, **options)
-
-
-def _ado_mixtera(prior: np.ndarray, **options: Any) -> MixingAlgorithm:
-    from mixplane.adapt.ado import ado_mixtera
-
-    return ado_mixtera(prior, **options)
+    eps: float
+    beta: float
+    alpha: float
 
 
-def _odm(prior: np.ndarray, **options: Any) -> MixingAlgorithm:
-    from mixplane.adapt.odm import ODM
-
-    return ODM(prior, **options)
-
-
-#: Algorithms by name: a factory from (prior weights, options) to an algorithm.
-ALGORITHMS: dict[str, Callable[..., MixingAlgorithm]] = {
-    "ado": _ado,  # mixplane/adapt/ado.py, docs/adaptation.md
-    "ado-mixtera": _ado_mixtera,  # ADO as the public Mixtera code computes it
-    "odm": _odm,  # mixplane/adapt/odm.py
-    "loss-proportional": LossProportional,
-}
+class Curve(TypedDict):
+    n: list[float]
+    loss: list[float]
 
 
-def make_algorithm(name: str, prior: np.ndarray, **options: Any) -> MixingAlgorithm:
-    try:
-        factory = ALGORITHMS[name]
-    except KeyError:
-        msg = f"unknown mixing algorithm {name!r}; known: {sorted(ALGORITHMS)}"
-        raise MixplaneError(msg) from None
-    try:
-        return factory(prior, **options)
-    except TypeError as exc:
-        msg = f"bad options for mixing algorithm {name!r}: {exc}; see its documentation"
-        raise MixplaneError(msg) from None
+class Fit(TypedDict):
+    law: Law | None  # None: not fitted yet
+    curve: Curve | None  # over the n of the steps asked about
+
+
+class FitReport(TypedDict):
+    """What an algorithm that fits laws to the losses shows (a dashboard's panel)."""
+
+    refits: int
+    step: int | None  # the last step the algorithm saw
+    n: list[float]  # samples trained so far, per component
+    n_by_step: list[list[float]] | None  # [component][step]: samples trained at each step asked
+    components: list[Fit]
+
+
+@runtime_checkable
+class ReportsFits(Protocol):
+    """An algorithm that fits laws to each component's losses and can show them."""
+
+    def fit_report(self, steps: list[int], counts: np.ndarray, *, curve_points: int) -> FitReport:
+        """Its laws, and the samples each component had been trained on at each of ``steps``
+        (feedback messages it was given, with ``counts`` their token counts, T x K), with
+        each law's curve over those n (``curve_points`` points)."""
+        ...

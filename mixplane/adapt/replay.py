@@ -25,7 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from mixplane.adapt.base import MixingAlgorithm, make_algorithm
+from mixplane.adapt.base import MixingAlgorithm
+from mixplane.adapt.registry import make_algorithm
 from mixplane.errors import MixplaneError
 
 COLUMNS = ("step", "domain", "loss_sum", "tokens")

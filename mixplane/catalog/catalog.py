@@ -7,10 +7,11 @@ property computation and queries, and other processes talk to it (later through 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import closing
+from contextlib import AbstractContextManager, closing
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -21,14 +22,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from mixplane.catalog import pretokenized, token_counts
 from mixplane.catalog.engines import Engine, EngineName, get_engine
+from mixplane.catalog.fields import check as check_field_path
 from mixplane.catalog.files import FileIdentity, check_unchanged, discover
-from mixplane.catalog.formats import FormatName, OnError, get_format
+from mixplane.catalog.formats import TOKEN_FORMATS, FormatName, OnError, get_format
+from mixplane.catalog.formats.tokenized import TokenSpec, asks_for_text
 from mixplane.catalog.ingest import DatasetInfo, FileReport, register_files
 from mixplane.catalog.properties import (
     BatchFunction,
     ConstantSource,
     FieldSource,
+    PathPattern,
     PropertyType,
     check_name,
     infer_type,
@@ -37,6 +42,8 @@ from mixplane.catalog.properties import (
 )
 from mixplane.catalog.runs import scan_runs
 from mixplane.catalog.schema import ensure_schema
+from mixplane.catalog.sql import identifier
+from mixplane.catalog.token_counts import OnChanged, TokenCountReport
 from mixplane.errors import (
     CatalogError,
     DatasetExistsError,
@@ -48,10 +55,11 @@ from mixplane.errors import (
 from mixplane.query.compile import Column, compile_filter
 from mixplane.query.expr import Expr
 from mixplane.query.result import QueryResult, build_result
-from mixplane.tokens.tokenizer import Tokenizer
+from mixplane.tokens.tokenizer import Tokenizer, load_tokenizer
 
 DB_NAME = "catalog.duckdb"
 ADD_PROPERTY_BATCH = 65_536
+MAX_NAME = 256  # characters of a dataset name
 
 
 def default_home() -> Path:
@@ -111,6 +119,10 @@ class Catalog:
         text_lengths: Literal["exact", "metadata"] = "exact",
         engine: EngineName | Engine = "local",
         ray_address: str | None = None,
+        tokenizer: Tokenizer | str | os.PathLike[str] | None = None,
+        token_dtype: str | None = None,
+        tokens_field: str | None = None,
+        path_pattern: str | None = None,
     ) -> DatasetInfo:
         """Register files as dataset ``name``: all of it, or nothing (one transaction).
 
@@ -123,14 +135,31 @@ class Catalog:
         instead of reading the text column. ``engine="ray"`` scans the files (and runs
         ``function``) on a Ray cluster (``ray_address``, the running one, or a local one); the
         catalog is the same as with ``engine="local"``.
+
+        Pre-tokenized data (formats ``megatron``, ``tokens``, ``arrow``, or Parquet with
+        ``tokens_field``) is registered with the ``tokenizer`` its ids belong to (a name, a
+        path, or a loaded tokenizer), stored as its fingerprint; ``token_dtype`` gives the dtype
+        of raw token memmaps; ``tokens_field`` names the column of ids in Arrow and Parquet
+        files (default ``input_ids``). Their exact token counts are stored with them.
+        ``path_pattern``: a regular expression whose named groups are properties of each
+        file's samples, searched in the file's path (``/(?P<source>[^/]+)/[^/]+$``).
         """
-        if not name or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
-            msg = f"invalid dataset name {name!r}; use letters, digits, '_', '-' or '.'"
+        if (
+            not isinstance(name, str)
+            or not 0 < len(name) <= MAX_NAME
+            or not name.replace("_", "").replace("-", "").replace(".", "").isalnum()
+        ):
+            msg = (
+                f"invalid dataset name {name!r:.80}; use 1 to {MAX_NAME} letters, digits, "
+                "'_', '-' or '.'"
+            )
             raise RegistrationError(msg)
         if on_error not in ("raise", "skip"):
             msg = f"on_error must be 'raise' or 'skip', got {on_error!r}"
             raise RegistrationError(msg)
         fields = [FieldSource(name=check_name(k), path=v) for k, v in (properties or {}).items()]
+        if text_field is not None:
+            check_field_path(text_field, "text_field")
         if preset is not None:
             taken = {f.name for f in fields}
             fields += [f for f in preset_sources(preset) if f.name not in taken]
@@ -139,9 +168,19 @@ class Catalog:
         if clash:
             msg = f"properties {sorted(clash)} are given both as fields and as constants; keep one"
             raise PropertyError(msg)
+        pattern = PathPattern(pattern=path_pattern) if path_pattern is not None else None
+        if pattern is not None:
+            taken = {f.name for f in fields} | {c.name for c in consts}
+            clash = taken & set(pattern.names)
+            if clash:
+                msg = f"properties {sorted(clash)} are given twice (path pattern and fields or constants); keep one"
+                raise PropertyError(msg)
         files = discover([paths] if isinstance(paths, (str, os.PathLike)) else paths, format)
         scanner = get_engine(engine, address=ray_address)
         formats = sorted({fmt for _, fmt in files})
+        tokens = _token_spec(formats, tokenizer, token_dtype, tokens_field, text_field)
+        if tokens is not None:
+            text_field = tokens.field
         total = sum(p.stat().st_size for p, _ in files)
         con = self._con
         with tqdm(
@@ -175,6 +214,8 @@ class Catalog:
                     progress=bar.update,
                     text_lengths=text_lengths,
                     engine=scanner,
+                    tokens=tokens,
+                    path_pattern=pattern,
                 )
                 samples = sum(r.samples for r in reports)
                 skipped = sum(r.skipped for r in reports)
@@ -191,6 +232,10 @@ class Catalog:
         return dataclasses.replace(info, file_reports=tuple(reports))
 
     def _delete(self, dataset_id: int) -> None:
+        self._con.execute(
+            "DELETE FROM token_files WHERE file_id IN (SELECT file_id FROM files WHERE dataset_id = ?)",
+            [dataset_id],
+        )
         self._con.execute(
             "DELETE FROM token_counts WHERE file_id IN (SELECT file_id FROM files WHERE dataset_id = ?)",
             [dataset_id],
@@ -262,7 +307,7 @@ class Catalog:
         names = list(self.properties())
         if not names:
             return {}
-        counts = ", ".join(f'count("{n}")' for n in names)
+        counts = ", ".join(f"count({identifier(n)})" for n in names)
         rows = self._con.execute(
             f"SELECT d.name, {counts} FROM samples s JOIN files f USING (file_id) "
             "JOIN datasets d USING (dataset_id) GROUP BY d.name"
@@ -275,16 +320,19 @@ class Catalog:
 
     def columns(self) -> dict[str, Column]:
         """What a filter may name: every property, plus ``dataset`` (the dataset's name)."""
-        cols = {n: Column(sql=f's."{n}"', type=t) for n, t in self.properties().items()}
+        cols = {n: Column(sql=f"s.{identifier(n)}", type=t) for n, t in self.properties().items()}
         cols["dataset"] = Column(sql="d.name", type=PropertyType.STRING)
         return cols
 
     def files(self, dataset: str | None = None) -> pa.Table:
-        """Registered files: id, dataset, path, format, size, mtime_ns, fingerprint, samples."""
+        """Registered files: id, dataset, path, format, size, mtime_ns, fingerprint, samples;
+        for files of token ids the tokenizer's fingerprint and source and the ids' dtype
+        (null for text files)."""
         sql = (
             "SELECT f.file_id, d.name AS dataset, f.path, f.format, f.compression, f.size, "
-            "f.mtime_ns, f.fingerprint, f.samples, f.skipped, d.text_field "
-            "FROM files f JOIN datasets d USING (dataset_id)"
+            "f.mtime_ns, f.fingerprint, f.samples, f.skipped, d.text_field, "
+            "t.tokenizer, t.tokenizer_source, t.dtype AS token_dtype "
+            "FROM files f JOIN datasets d USING (dataset_id) LEFT JOIN token_files t USING (file_id)"
         )
         params: list[Any] = []
         if dataset is not None:
@@ -301,17 +349,22 @@ class Catalog:
             )
             check_unchanged(Path(row["path"]), identity, row["dataset"])
 
-    def read(self, file_id: int, ordinals: Sequence[int] | np.ndarray) -> pa.Table:
-        """The records of one file at the given ordinals, read by pointer (never a rescan)."""
+    def read(
+        self, file_id: int, ordinals: Sequence[int] | np.ndarray, *, text: bool = False
+    ) -> pa.Table:
+        """The records of one file at the given ordinals, read by pointer (never a rescan).
+        Records of token ids hold them as a list column; ``text=True`` adds their text,
+        decoded with the dataset's tokenizer."""
         rows = self._con.execute(
-            "SELECT f.path, f.format, f.size, f.mtime_ns, f.fingerprint, d.name, d.text_field "
-            "FROM files f JOIN datasets d USING (dataset_id) WHERE f.file_id = ?",
+            "SELECT f.path, f.format, f.size, f.mtime_ns, f.fingerprint, d.name, d.text_field, "
+            "t.dtype FROM files f JOIN datasets d USING (dataset_id) "
+            "LEFT JOIN token_files t USING (file_id) WHERE f.file_id = ?",
             [file_id],
         ).fetchall()
         if not rows:
             msg = f"unknown file id {file_id}"
             raise CatalogError(msg)
-        path, fmt, size, mtime_ns, fingerprint, dataset, text_field = rows[0]
+        path, fmt, size, mtime_ns, fingerprint, dataset, text_field, token_dtype = rows[0]
         check_unchanged(
             Path(path), FileIdentity(size=size, mtime_ns=mtime_ns, fingerprint=fingerprint), dataset
         )
@@ -340,6 +393,9 @@ class Catalog:
                 f"file {path} holds ordinals 0..{samples - 1}; asked for {missing.to_pylist()[:5]}"
             )
             raise CatalogError(msg)
+        if token_dtype is not None:
+            row = self.files(dataset).filter(pc.equal(pc.field("file_id"), file_id)).to_pylist()[0]
+            return pretokenized.read_records(row, pointers, text=text)
         return get_format(fmt).read(Path(path), pointers, text_field or "text")
 
     def _pointer_table(self, file_id: int) -> pa.Table:
@@ -385,65 +441,49 @@ class Catalog:
 
     def count_tokens(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: Tokenizer | str | os.PathLike[str],
         *,
         datasets: Sequence[str] | None = None,
-        batch_size: int = 4096,
+        workers: int | None = None,
+        engine: EngineName | Engine = "local",
+        ray_address: str | None = None,
+        on_changed: OnChanged = "error",
+        batch_size: int = token_counts.BATCH_SAMPLES,
         progress: bool | None = None,
-    ) -> int:
-        """Store exact per-sample token counts for ``tokenizer`` (cached by its fingerprint:
-        files counted before are skipped). Batches are encoded by the tokenizer's own thread
-        pool. Returns the number of samples counted now."""
-        names = list(datasets) if datasets is not None else [d.name for d in self.datasets()]
-        fp = tokenizer.fingerprint
-        done = {
-            r[0]
-            for r in self._con.execute(
-                "SELECT file_id FROM token_count_files WHERE tokenizer = ?", [fp]
-            ).fetchall()
-        }
-        files = [f for n in names for f in self.files(n).to_pylist() if f["file_id"] not in done]
-        counted = 0
-        with tqdm(
-            total=sum(f["samples"] for f in files),
-            unit="samples",
-            leave=False,
-            desc="count-tokens",
-            disable=not progress if progress is not None else None,
-        ) as bar:
-            for f in files:
-                parts = []
-                for start in range(0, f["samples"], batch_size):
-                    ordinals = np.arange(
-                        start, min(start + batch_size, f["samples"]), dtype=np.int64
-                    )
-                    texts = self._texts(f["file_id"], ordinals, f["format"], f["text_field"])
-                    parts.append(
-                        pa.table(
-                            {
-                                "tokenizer": pa.array([fp] * len(ordinals)),
-                                "file_id": pa.array(np.full(len(ordinals), f["file_id"], np.int32)),
-                                "ordinal": pa.array(ordinals),
-                                "tokens": pa.array(tokenizer.count_batch(texts)),
-                            }
-                        )
-                    )
-                    bar.update(len(ordinals))
-                self._con.execute("BEGIN TRANSACTION")
-                try:
-                    if parts:
-                        self._con.register("_mixplane_tokens", pa.concat_tables(parts))
-                        self._con.execute("INSERT INTO token_counts SELECT * FROM _mixplane_tokens")
-                        self._con.unregister("_mixplane_tokens")
-                    self._con.execute(
-                        "INSERT INTO token_count_files VALUES (?, ?)", [fp, f["file_id"]]
-                    )
-                    self._con.execute("COMMIT")
-                except BaseException:
-                    self._con.execute("ROLLBACK")
-                    raise
-                counted += f["samples"]
-        return counted
+        lock: AbstractContextManager[Any] | None = None,
+    ) -> TokenCountReport:
+        """Store exact per-sample token counts for ``tokenizer`` (a tokenizer, or a name or
+        path for ``load_tokenizer``) over ``datasets`` (default: all); files counted before
+        with its fingerprint are cached and not read again (``token_counts`` has the
+        algorithm). ``workers``: processes (``engine="local"``; default one per core, none
+        for a small count) or Ray tasks at once (``engine="ray"``, on ``ray_address``, the
+        running cluster, or a local one). A file changed since registration is an error before
+        anything is counted (``on_changed="error"``) or left out and reported (``"skip"``).
+        ``lock`` is held around each use of the catalog (a server's catalog lock), not while
+        workers count. Returns what was counted now and what was cached."""
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(os.fspath(tokenizer))
+        held = lock if lock is not None else contextlib.nullcontext()
+        with held:
+            names = list(datasets) if datasets is not None else [d.name for d in self.datasets()]
+            files = [
+                f
+                for n in dict.fromkeys(names)
+                for f in self.files(n).to_pylist()
+                if f["token_dtype"] is None  # token ids: counted exactly at registration
+            ]
+        return token_counts.count_tokens(
+            self._con,
+            tokenizer,
+            files,
+            source=token_counts.tokenizer_source(tokenizer),
+            engine=get_engine(engine, address=ray_address),
+            workers=workers,
+            batch_size=batch_size,
+            on_changed=on_changed,
+            progress=progress,
+            lock=lock,
+        )
 
     def _texts(
         self, file_id: int, ordinals: np.ndarray, fmt: str, text_field: str | None
@@ -479,13 +519,7 @@ class Catalog:
         """Exact token counts for the samples of ``runs`` in run order, or None when some file
         has not been counted with this tokenizer fingerprint."""
         files = np.unique(runs.column("file_id").to_numpy()).tolist()
-        done = {
-            r[0]
-            for r in self._con.execute(
-                "SELECT file_id FROM token_count_files WHERE tokenizer = ?", [tokenizer]
-            ).fetchall()
-        }
-        if not set(files) <= done:
+        if not set(files) <= token_counts.counted_files(self._con, tokenizer):
             return None
         return self._per_sample(runs, "token_counts", "tokens", "AND t.tokenizer = ?", [tokenizer])
 
@@ -517,7 +551,8 @@ class Catalog:
         if known is not None and not replace:
             ids = [f["file_id"] for f in files]
             taken = self._con.execute(
-                f'SELECT count("{name}") FROM samples WHERE list_contains(?, file_id)', [ids]
+                f"SELECT count({identifier(name)}) FROM samples WHERE list_contains(?, file_id)",
+                [ids],
             ).fetchall()
             if taken[0][0]:
                 msg = (
@@ -538,12 +573,13 @@ class Catalog:
             leave=False,
             disable=not progress if progress is not None else None,
         ) as bar:
+            text = asks_for_text(function)
             batches = computer.values(
                 name,
                 function,
                 files,
                 batch_size=batch_size,
-                read=self.read,
+                read=(lambda f, o: self.read(f, o, text=True)) if text else self.read,
                 pointers=self._pointer_table,
             )
             with closing(batches):
@@ -578,12 +614,12 @@ class Catalog:
         con.execute("BEGIN TRANSACTION")
         try:
             if known is None:
-                con.execute(f'ALTER TABLE samples ADD COLUMN "{name}" {ptype.sql}')
+                con.execute(f"ALTER TABLE samples ADD COLUMN {identifier(name)} {ptype.sql}")
             elif ptype is not known:
-                con.execute(f'ALTER TABLE samples ALTER COLUMN "{name}" TYPE {ptype.sql}')
+                con.execute(f"ALTER TABLE samples ALTER COLUMN {identifier(name)} TYPE {ptype.sql}")
             con.register("_mixplane_values", table)
             con.execute(
-                f'UPDATE samples SET "{name}" = v.value FROM _mixplane_values v '
+                f"UPDATE samples SET {identifier(name)} = v.value FROM _mixplane_values v "
                 "WHERE samples.file_id = v.file_id AND samples.ordinal = v.ordinal"
             )
             con.unregister("_mixplane_values")
@@ -726,7 +762,54 @@ class Catalog:
         return self.components(where, by)
 
 
-__all__ = ["Catalog", "DatasetInfo", "FileReport", "default_home"]
+__all__ = ["Catalog", "DatasetInfo", "FileReport", "TokenCountReport", "default_home"]
+
+
+def _token_spec(
+    formats: Sequence[str],
+    tokenizer: Tokenizer | str | os.PathLike[str] | None,
+    token_dtype: str | None,
+    tokens_field: str | None,
+    text_field: str | None,
+) -> TokenSpec | None:
+    """The declared tokenizer of a registration of token ids, or None for text; refuses a mix
+    of the two and token ids without their tokenizer."""
+    token_formats = [f for f in formats if f in TOKEN_FORMATS]
+    tokens = bool(token_formats) or tokens_field is not None
+    if tokens and len(token_formats) != len(formats) and tokens_field is None:
+        text = sorted(set(formats) - set(token_formats))
+        msg = (
+            f"the paths hold token ids ({token_formats}) and text ({text}); register them as "
+            "two datasets"
+        )
+        raise RegistrationError(msg)
+    if tokens and set(formats) - {*TOKEN_FORMATS, "parquet"}:
+        msg = (
+            f"a tokens field names a column of ids in Arrow or Parquet files, not in "
+            f"{sorted(set(formats) - {*TOKEN_FORMATS, 'parquet'})} files; drop tokens_field"
+        )
+        raise RegistrationError(msg)
+    if not tokens:
+        if tokenizer is not None or token_dtype is not None:
+            msg = (
+                "tokenizer= and token_dtype= declare the tokenizer of pre-tokenized data (formats "
+                f"{sorted(TOKEN_FORMATS)}, or tokens_field= for Parquet); these files are text "
+                f"({list(formats)}): count their tokens with count_tokens instead"
+            )
+            raise RegistrationError(msg)
+        return None
+    if tokenizer is None:
+        msg = (
+            "pre-tokenized data is registered with the tokenizer its ids belong to; pass "
+            "tokenizer=NAME|PATH (--tokenizer)"
+        )
+        raise RegistrationError(msg)
+    if text_field is not None and tokens_field is not None and text_field != tokens_field:
+        msg = "text_field and tokens_field differ; token ids have no text field, pass one"
+        raise RegistrationError(msg)
+    return pretokenized.declare(
+        tokenizer, dtype=token_dtype, field=tokens_field or text_field
+    )
 
 
 def pointer_arrays(table: pa.Table) -> dict[str, np.ndarray]:

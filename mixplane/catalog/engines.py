@@ -12,26 +12,41 @@ user's code on the user's cluster).
 Same results as ``local``. A file's scan depends on the property types the dataset's earlier files
 showed (records are checked against them, ``ScanRequest.fields``), so a task starts with a guess
 of those types; when the owner reaches the file it compares the guess with the exact types and,
-on a miss, cancels the tasks started with that guess and starts them again with the exact types.
+on a miss, drops the tasks started with that guess and starts them again with the exact types.
 The first file runs alone (no type is known before it); later files start with the types known
 after it and miss only when a file shows a field's type for the first time or widens an
 integer to a float. Errors travel as values (type, message, file and line) and are raised when
 the owner reaches their file, after the batches before them, so the first error in file order
 wins and its message is the local one.
 
+Token counts (``token_counts.py``) run on the same engines: ``local`` starts worker processes
+(spawned, one per core by default; a small count stays in this process), ``ray`` one Ray task
+per slice of a file. Both get plain task values (a file row and its pointer slice) and the
+tokenizer as plain values (``tokens/wire.py``), and give back Arrow tables of (file_id,
+ordinal, tokens) as they complete, at most ``2 x workers`` tasks ahead; errors travel as values.
+
 Cost: starting a local Ray instance takes ~5 s (none when ``ray.init`` already ran); each task
 costs a few ms plus moving its Arrow batches (~40 bytes a sample without function values)
-through the object store, where at most ``2 x CPUs`` files wait ahead of the owner. Storing stays
+through the object store, where at most ``2 x CPUs`` files wait ahead of the owner. Tasks whose
+results are no longer wanted (a missed guess, an error, a stop) are dropped, not cancelled: they
+run to their end and their results are discarded (``ray.cancel`` racing a task that just
+finished aborts the driver process in Ray 2.x: "Tried to complete task that was not pending"). Storing stays
 on the owner's DuckDB connection. Files are not split: one task per file, so a dataset of a few
 large files uses few cores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import itertools
 import logging
+import multiprocessing
 import os
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+import signal
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -40,14 +55,24 @@ import pyarrow as pa
 
 from mixplane.catalog.files import FileIdentity, Location, check_unchanged
 from mixplane.catalog.formats import RESTART, FormatName, ScanBatch, get_format
+from mixplane.catalog.formats.tokenized import TokenSpec, asks_for_text
 from mixplane.catalog.ingest import FileEnd, ScanJob, Scanned, scan_file
+from mixplane.catalog.pretokenized import read_records
 from mixplane.catalog.properties import ConstantSource, FieldSource, PropertyType, as_column
+from mixplane.catalog.token_counts import (
+    SPAWN_MIN_BYTES,
+    TokenizerWire,
+    count_task,
+    cpu_count,
+    worker_tokenizer,
+)
 from mixplane.errors import (
     DependencyError,
     MalformedRecordError,
     MixplaneError,
     RegistrationError,
 )
+from mixplane.tokens.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +85,13 @@ Reader = Callable[[int, np.ndarray], pa.Table]
 Pointers = Callable[[int], pa.Table]
 FileScans = Generator[tuple[Location, FormatName, Iterator[Scanned | FileEnd]], None, None]
 Values = Generator[tuple[Mapping[str, Any], np.ndarray, pa.Array], None, None]
+#: (task, its counts or None, its error or None) for each token-count task, as they complete.
+Counts = Generator[tuple[Mapping[str, Any], pa.Table | None, MixplaneError | None], None, None]
 
 
 class Engine(Protocol):
+    name: str
+
     def scan(
         self,
         job: ScanJob,
@@ -85,6 +114,23 @@ class Engine(Protocol):
     ) -> Values:
         """(file, ordinals, values) for each batch of ``batch_size`` records of each file
         (rows of ``Catalog.files()``), in file and ordinal order."""
+        ...
+
+    def count_workers(self, requested: int | None, tasks: int, text_bytes: int) -> int:
+        """How many token-count tasks run at once (0: in this process), for ``tasks`` tasks
+        holding ``text_bytes`` of text and ``requested`` workers (None: the engine's choice)."""
+        ...
+
+    def counts(
+        self,
+        tasks: Iterable[Mapping[str, Any]],
+        tokenizer: Tokenizer,
+        source: TokenizerWire | None,
+        *,
+        workers: int,
+    ) -> Counts:
+        """Each token-count task's counts (``token_counts.count_task``), as they complete, with
+        ``workers`` from ``count_workers``; ``source`` rebuilds ``tokenizer`` in a worker."""
         ...
 
 
@@ -116,7 +162,10 @@ def function_values(
 
 
 class LocalEngine:
-    """Everything in this process, one file after the other."""
+    """Everything in this process, one file after the other (token counts: in worker
+    processes)."""
+
+    name: str = "local"
 
     def scan(
         self,
@@ -143,10 +192,71 @@ class LocalEngine:
                 records = read(f["file_id"], ordinals)
                 yield f, ordinals, function_values(name, function, records, f["path"])
 
+    def count_workers(self, requested: int | None, tasks: int, text_bytes: int) -> int:
+        if requested is None and text_bytes < SPAWN_MIN_BYTES:
+            return 0
+        workers = min(requested or cpu_count(), tasks)
+        return workers if workers > 1 else 0  # one worker: this process
+
+    def counts(
+        self,
+        tasks: Iterable[Mapping[str, Any]],
+        tokenizer: Tokenizer,
+        source: TokenizerWire | None,
+        *,
+        workers: int,
+    ) -> Counts:
+        if workers == 0 or source is None:
+            for task in tasks:
+                yield task, *_counted(_count_value(task, tokenizer))
+            return
+        # spawned, not forked: the owner holds DuckDB and the tokenizer's thread pool
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_count_init,
+            initargs=(source,),
+        )
+        waiting = iter(tasks)
+        out: dict[Future[dict[str, Any]], Mapping[str, Any]] = {}
+
+        def submit(count: int) -> None:
+            for task in itertools.islice(waiting, count):
+                out[pool.submit(_count_in_process, task)] = task
+
+        finished = False
+        try:
+            submit(2 * workers)
+            while out:
+                done, _ = wait(out, return_when=FIRST_COMPLETED)
+                for future in done:
+                    task = out.pop(future)
+                    try:
+                        value = future.result()
+                    except BrokenProcessPool as exc:
+                        msg = (
+                            f"a token-count worker process died ({exc}); out of memory? "
+                            "run again with fewer workers (--workers)"
+                        )
+                        raise MixplaneError(msg) from None
+                    submit(1)
+                    yield task, *_counted(value)
+            finished = True
+        finally:
+            if not finished:  # stopped (an error, Ctrl-C): tasks running are not waited for
+                # (ProcessPoolExecutor has no public way to stop its processes before 3.14)
+                processes = getattr(pool, "_processes", None) or {}
+                for process in list(processes.values()):
+                    if process.is_alive():
+                        process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+
 
 class RayEngine:
     """One task per file on a Ray cluster: ``address`` (``ray.init``'s), the running one, or a
     local instance started on 127.0.0.1."""
+
+    name: str = "ray"
 
     def __init__(self, *, address: str | None = None) -> None:
         self._ray = _connect(address)
@@ -178,10 +288,9 @@ class RayEngine:
             for k, (path, fmt) in enumerate(files):
                 now = found()
                 exact = {n: _type_value(now.get(n)) for n in names}
-                for j, (guess, ref) in list(started.items()):
+                for j, (guess, _) in list(started.items()):
                     if guess != exact:  # types only grow, so this guess cannot come true later
-                        ray.cancel(ref)
-                        del started[j]
+                        del started[j]  # dropped, not cancelled (module docstring)
                         self.misses += 1
                 # before the first file no type is known: scan it alone, then guess from it
                 last = k + 1 if k == 0 and names else min(len(files), k + ahead)
@@ -191,8 +300,7 @@ class RayEngine:
                 _, ref = started.pop(k)
                 yield path, fmt, _scan_events(ray.get(ref))
         finally:
-            for _, ref in started.values():
-                ray.cancel(ref)
+            started.clear()  # dropped, not cancelled (module docstring)
 
     def values(
         self,
@@ -226,8 +334,46 @@ class RayEngine:
                 if result["error"] is not None:
                     raise _error(result["error"])
         finally:
-            for ref in started.values():
-                ray.cancel(ref)
+            started.clear()  # dropped, not cancelled (module docstring)
+
+    def count_workers(self, requested: int | None, tasks: int, text_bytes: int) -> int:
+        cpus = int(self._ray.cluster_resources().get("CPU", 1))
+        return max(1, min(requested or cpus, tasks)) if tasks else 0
+
+    def counts(
+        self,
+        tasks: Iterable[Mapping[str, Any]],
+        tokenizer: Tokenizer,
+        source: TokenizerWire | None,
+        *,
+        workers: int,
+    ) -> Counts:
+        if source is None:
+            msg = (
+                "engine='ray' rebuilds the tokenizer on each worker: pass one loaded by name or "
+                "from a tokenizer.json or .tiktoken file (load_tokenizer)"
+            )
+            raise MixplaneError(msg)
+        ray = self._ray
+        task_fn = ray.remote(num_cpus=1)(_count_ray_task)
+        shipped = ray.put(source)
+        waiting = iter(tasks)
+        out: dict[Any, Mapping[str, Any]] = {}
+
+        def submit(count: int) -> None:
+            for task in itertools.islice(waiting, count):
+                out[task_fn.remote(shipped, task)] = task
+
+        try:
+            submit(2 * max(workers, 1))
+            while out:
+                ready, _ = ray.wait(list(out), num_returns=1)
+                task = out.pop(ready[0])
+                value = ray.get(ready[0])
+                submit(1)
+                yield task, *_counted(value)
+        finally:
+            out.clear()  # dropped, not cancelled (module docstring)
 
 
 # -- Ray: connecting ---------------------------------------------------------------------------
@@ -270,6 +416,7 @@ def _scan_task(
         text_field=options["text_field"],
         on_error=options["on_error"],
         text_lengths=options["text_lengths"],
+        tokens=TokenSpec(**options["tokens"]) if options.get("tokens") else None,
     )
     types = {n: PropertyType(t) if t is not None else None for n, t in found.items()}
     batches: list[pa.Table] = []
@@ -305,9 +452,11 @@ def _values_task(
         for start in range(0, file["samples"], batch_size):
             stop = min(start + batch_size, file["samples"])
             check_unchanged(path, identity, file["dataset"])
-            records = fmt.read(
-                path, pointers.slice(start, stop - start), file["text_field"] or "text"
-            )
+            part = pointers.slice(start, stop - start)
+            if file.get("token_dtype") is not None:  # token ids (text decoded when asked)
+                records = read_records(file, part, text=asks_for_text(function))
+            else:
+                records = fmt.read(path, part, file["text_field"] or "text")
             values.append(function_values(name, function, records, file["path"]))
     except MixplaneError as exc:
         return {"values": values, "error": _error_value(exc)}
@@ -321,6 +470,7 @@ def _job_options(job: ScanJob) -> dict[str, Any]:
         "text_field": job.text_field,
         "on_error": job.on_error,
         "text_lengths": job.text_lengths,
+        "tokens": dataclasses.asdict(job.tokens) if job.tokens is not None else None,
     }
 
 
@@ -343,9 +493,13 @@ def _encode(scanned: Scanned) -> pa.Table:
         values = getattr(batch, name)
         if values is not None:
             columns[name] = pa.array(values)
+    if batch.tokens is not None:
+        columns["tokens"] = pa.array(batch.tokens, pa.int64())
     columns.update({_FIELD + k: v for k, v in batch.fields.items()})
     columns.update({_OUTPUT + k: v for k, v in scanned.outputs.items()})
     meta = {"scanned_bytes": str(batch.scanned_bytes), "restart": str(int(batch is RESTART))}
+    if batch.token_dtype is not None:
+        meta["token_dtype"] = batch.token_dtype
     return pa.table(columns).replace_schema_metadata(meta)
 
 
@@ -373,6 +527,8 @@ def _decode(table: pa.Table) -> Scanned:
         row_group=column("row_group"),
         row=column("row"),
         scanned_bytes=int(meta[b"scanned_bytes"]),
+        tokens=column("tokens"),
+        token_dtype=meta[b"token_dtype"].decode() if b"token_dtype" in meta else None,
     )
     return Scanned(batch=batch, outputs=arrays(_OUTPUT))
 
@@ -415,3 +571,52 @@ def _subclasses(base: type[MixplaneError]) -> dict[str, type[MixplaneError]]:
     for sub in base.__subclasses__():
         out |= _subclasses(sub)
     return out
+
+
+# -- token counts: the worker side -------------------------------------------------------------
+
+_COUNT_SOURCE: dict[str, Any] = {}
+
+
+def _count_init(source: dict[str, Any]) -> None:
+    """A local count worker's start: keep the tokenizer's source (built at the first task, so
+    an error comes back as a value); Ctrl-C is the owner's to handle (it stops the pool)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _COUNT_SOURCE.clear()
+    _COUNT_SOURCE.update(source)
+
+
+def _count_in_process(task: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        tokenizer = worker_tokenizer(_COUNT_SOURCE)
+    except MixplaneError as exc:
+        return {"table": None, "error": _error_value(exc)}
+    return _count_value(task, tokenizer)
+
+
+def _count_ray_task(source: dict[str, Any], task: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        tokenizer = worker_tokenizer(source)
+    except MixplaneError as exc:
+        return {"table": None, "error": _error_value(exc)}
+    return _count_value(task, tokenizer)
+
+
+def _count_value(task: Mapping[str, Any], tokenizer: Tokenizer) -> dict[str, Any]:
+    """One task's counts, or its error as a value."""
+    try:
+        return {"table": count_task(task, tokenizer), "error": None}
+    except MixplaneError as exc:
+        return {"table": None, "error": _error_value(exc)}
+    except (OSError, ValueError) as exc:  # a file that no longer reads as registered
+        message = (
+            f"cannot read {task['file']['path']} of dataset {task['file']['dataset']!r} "
+            f"({type(exc).__name__}: {exc}); re-register it"
+        )
+        return {"table": None, "error": {"type": "CatalogError", "message": message}}
+
+
+def _counted(value: Mapping[str, Any]) -> tuple[pa.Table | None, MixplaneError | None]:
+    error = value["error"]
+    return value["table"], _error(error) if error is not None else None

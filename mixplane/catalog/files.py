@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 from mixplane.catalog import remote_fs
-from mixplane.catalog.formats import FormatName, detect
+from mixplane.catalog.formats import TOKEN_FORMATS, FormatName, detect
 from mixplane.catalog.remote_fs import RemotePath, location
 from mixplane.errors import FileChangedError, RegistrationError
 
@@ -113,7 +113,8 @@ def discover(
             raise RegistrationError(msg)
         path = Path(text).expanduser()
         if path.is_dir():
-            found.extend(p for p in sorted(path.rglob("*")) if p.is_file() and _known(p, fmt))
+            inside = [p for p in sorted(path.rglob("*")) if p.is_file() and _known(p, fmt)]
+            found.extend(_without_saved_dataset_files(inside))
         elif path.is_file():
             found.append(path)
         elif glob.has_magic(text):
@@ -134,8 +135,10 @@ def discover(
         if detected is None:
             msg = f"cannot tell the format of {where} from its name; pass format='jsonl', 'parquet' or 'webdataset'"
             raise RegistrationError(msg)
+        if detected == "megatron" and isinstance(where, Path):  # the .bin is the data file
+            where = where.with_suffix(".bin") if where.suffix.lower() == ".idx" else where
         result.append((where.resolve(), detected))
-    return result
+    return list(dict.fromkeys(result))  # an .idx and its .bin name one file
 
 
 def _discover_remote(uri: str, fmt: FormatName | None) -> list[RemotePath]:
@@ -153,7 +156,29 @@ def _known(path: Location, fmt: FormatName | None) -> bool:
     detected = detect(path)
     if fmt is None:
         return detected is not None
+    if fmt in TOKEN_FORMATS:  # data beside sidecars (.csv.gz metadata, .json, .bin)
+        return detected == fmt or (fmt == "megatron" and path.suffix.lower() == ".bin")
     return detected in (fmt, None) and not path.name.startswith(".")
+
+
+#: The files ``datasets.save_to_disk`` writes beside its ``.arrow`` data.
+SAVED_DATASET_FILES = ("dataset_info.json", "state.json")
+
+
+def _without_saved_dataset_files(paths: Sequence[Location]) -> list[Location]:
+    """A folder written by ``datasets.save_to_disk``: its Arrow files, not its JSON metadata."""
+    folders = {
+        p.parent
+        for p in paths
+        if p.name == "state.json"
+        and isinstance(p, Path)
+        and (p.parent / "dataset_info.json").exists()
+    }
+    return [
+        p
+        for p in paths
+        if not (isinstance(p, Path) and p.parent in folders and p.name in SAVED_DATASET_FILES)
+    ]
 
 
 def _unique(paths: Iterable[Location]) -> list[Location]:

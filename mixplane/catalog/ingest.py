@@ -27,6 +27,7 @@ import pyarrow as pa
 from mixplane.catalog.files import FileIdentity, Location, identify
 from mixplane.catalog.formats import (
     RESTART,
+    TOKEN_FORMATS,
     FormatName,
     OnError,
     ScanBatch,
@@ -34,16 +35,19 @@ from mixplane.catalog.formats import (
     compression_of,
     get_format,
 )
+from mixplane.catalog.formats.tokenized import TokenSpec, asks_for_text
 from mixplane.catalog.properties import (
     BatchFunction,
     ConstantSource,
     FieldSource,
+    PathPattern,
     PropertyType,
     as_column,
     check_name,
     infer_type,
     unify,
 )
+from mixplane.catalog.sql import identifier
 from mixplane.errors import MalformedRecordError, MixplaneError, PropertyError, RegistrationError
 
 if TYPE_CHECKING:
@@ -104,10 +108,12 @@ class PropertyTypes:
         if merged is None:
             return values
         if name not in self.columns:
-            self.con.execute(f'ALTER TABLE samples ADD COLUMN "{name}" {merged.sql}')
+            self.con.execute(f"ALTER TABLE samples ADD COLUMN {identifier(name)} {merged.sql}")
             self.columns.add(name)
         elif known is not None and merged is not known:
-            self.con.execute(f'ALTER TABLE samples ALTER COLUMN "{name}" TYPE {merged.sql}')
+            self.con.execute(
+                f"ALTER TABLE samples ALTER COLUMN {identifier(name)} TYPE {merged.sql}"
+            )
         if pa.types.is_dictionary(values.type):
             values = values.cast(values.type.value_type)
         return values.cast(merged.arrow)
@@ -126,12 +132,17 @@ def register_files(
     progress: Callable[[int], object],
     text_lengths: Literal["exact", "metadata"] = "exact",
     engine: Engine | None = None,
+    tokens: TokenSpec | None = None,
+    path_pattern: PathPattern | None = None,
 ) -> list[FileReport]:
     """Insert a dataset's samples; the caller owns the transaction and the dataset row.
 
     ``engine`` scans the files (``scan_file``, here or on workers) and hands back their batches
-    in file order; only this function writes to the catalog.
+    in file order; only this function writes to the catalog. ``tokens``: the files hold token
+    ids of that tokenizer (their exact counts and token file rows are stored too, see
+    ``catalog.pretokenized``). ``path_pattern``: properties from each file's path.
     """
+    from mixplane.catalog import pretokenized
     from mixplane.catalog.engines import LocalEngine
 
     known = {
@@ -152,6 +163,7 @@ def register_files(
         text_field=text_field,
         on_error=on_error,
         text_lengths=text_lengths,
+        tokens=tokens,
     )
     reports = []
     scans = (engine or LocalEngine()).scan(job, files, lambda: types.found)
@@ -159,7 +171,9 @@ def register_files(
         for path, fmt, events in scans:
             file_id = int(con.execute("SELECT nextval('file_ids')").fetchall()[0][0])
             count = 0
+            dtype: str | None = None
             end: FileEnd | None = None
+            per_file = [*constants, *(path_pattern.values(str(path)) if path_pattern else [])]
             for event in events:
                 if isinstance(event, FileEnd):
                     end = event
@@ -168,11 +182,17 @@ def register_files(
                     con.execute("DELETE FROM samples WHERE file_id = ?", [file_id])
                     count = 0
                     continue
-                rows = _rows(event, file_id, count, fields, constants, types, str(path))
+                rows = _rows(event, file_id, count, fields, per_file, types, str(path))
                 if rows.num_rows:
                     con.register("_mixplane_batch", rows)
                     con.execute("INSERT INTO samples BY NAME SELECT * FROM _mixplane_batch")
                     con.unregister("_mixplane_batch")
+                if tokens is not None:
+                    if event.batch.tokens is None:
+                        msg = f"{path}: format {fmt!r} does not hold token ids; drop tokenizer="
+                        raise RegistrationError(msg)
+                    pretokenized.store_counts(con, tokens, file_id, count, event.batch.tokens)
+                    dtype = dtype or event.batch.token_dtype
                 count += rows.num_rows
                 progress(event.batch.scanned_bytes)
             assert end is not None, "a file's scan ends with a FileEnd"
@@ -191,6 +211,8 @@ def register_files(
                     end.skipped,
                 ],
             )
+            if tokens is not None:
+                pretokenized.store_file(con, tokens, file_id, dtype)
             reports.append(
                 FileReport(
                     path=str(path), samples=count, skipped=end.skipped, messages=end.messages
@@ -221,6 +243,7 @@ class ScanJob:
     text_field: str | None
     on_error: OnError
     text_lengths: Literal["exact", "metadata"] = "exact"
+    tokens: TokenSpec | None = None  # the files hold token ids of this tokenizer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,10 +284,16 @@ def scan_file(
         # records are checked against the types this dataset has shown so far; a clash with
         # another dataset's type is a PropertyError naming the property and file (accept)
         fields={f.path: seen[f.name] for f in job.fields},
-        text_field=job.text_field or ("txt" if fmt == "webdataset" else "text"),
+        text_field=job.text_field or (
+            (job.tokens.field if job.tokens else "input_ids")
+            if fmt in TOKEN_FORMATS
+            else ("txt" if fmt == "webdataset" else "text")
+        ),
         on_error=job.on_error,
         want_table=job.function is not None,
         text_lengths=job.text_lengths,
+        tokens=job.tokens,
+        want_text=job.function is not None and asks_for_text(job.function),
     )
     count = 0
     for batch in get_format(fmt).scan(path, request):

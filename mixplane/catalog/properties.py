@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mixplane.catalog import fields
 from mixplane.errors import PropertyError
 
 NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -133,11 +134,14 @@ class FieldSource:
     """A property read from a (dotted) field path of each record, e.g. ``meta.language``."""
 
     name: str
-    path: str
+    path: str  # a field path (mixplane.catalog.fields): checked here, where it enters
+
+    def __post_init__(self) -> None:
+        fields.check(self.path, f"property {self.name!r}")
 
     @property
     def parts(self) -> tuple[str, ...]:
-        return tuple(self.path.split("."))
+        return fields.keys(self.path)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +160,49 @@ class ConstantSource:
         if isinstance(self.value, float):
             return PropertyType.FLOAT
         return PropertyType.STRING
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PathPattern:
+    """Properties from each file's path: a regular expression whose named groups are property
+    names, searched in the file's path (``/(?P<source>[^/]+)/[^/]+\\.idx$`` gives each file's
+    directory name as ``source``). A value of digits only is an integer."""
+
+    pattern: str
+
+    def compiled(self) -> re.Pattern[str]:
+        try:
+            regex = re.compile(self.pattern)
+        except re.error as exc:
+            msg = f"path pattern {self.pattern!r} is not a regular expression ({exc})"
+            raise PropertyError(msg) from exc
+        if not regex.groupindex:
+            msg = (
+                f"path pattern {self.pattern!r} names no property; use named groups, e.g. "
+                "'/(?P<source>[^/]+)/[^/]+$'"
+            )
+            raise PropertyError(msg)
+        for name in regex.groupindex:
+            check_name(name)
+        return regex
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.compiled().groupindex)
+
+    def values(self, path: str) -> list[ConstantSource]:
+        """The properties of one file (constants for its samples)."""
+        found = self.compiled().search(path)
+        if found is None:
+            msg = f"path pattern {self.pattern!r} does not match file {path}; fix the pattern"
+            raise PropertyError(msg)
+        out = []
+        for name, value in found.groupdict().items():
+            if value is None:
+                msg = f"path pattern {self.pattern!r} gives no {name!r} for file {path}"
+                raise PropertyError(msg)
+            out.append(ConstantSource(name=name, value=int(value) if value.isdigit() else value))
+        return out
 
 
 #: A user function over a batch of records (an Arrow table with the records' fields) that returns

@@ -186,7 +186,9 @@ class Store:
 
     def path_of(self, uri: str) -> str:
         if self.fsspec is not None:
-            return str(self.fsspec._strip_protocol(uri)).rstrip("/") or "/"
+            from fsspec.core import strip_protocol  # type: ignore[import-untyped]
+
+            return str(strip_protocol(uri)).rstrip("/") or "/"
         return uri[len(self.prefix) :].rstrip("/")
 
     def uri_of(self, path: str) -> str:

@@ -14,6 +14,12 @@ Tables (all in one DuckDB file under the mixplane home):
   ``bytes`` is the UTF-8 length of the sample's text, used to plan token budgets.
 - ``token_counts(tokenizer, file_id, ordinal, tokens)`` and ``token_count_files``: exact token
   counts per tokenizer fingerprint, filled by ``count_tokens`` (schema v2).
+- ``token_files(file_id, tokenizer, tokenizer_source, dtype, eos_id, vocab_size)``: the files
+  of pre-tokenized datasets (schema v3): the fingerprint of the tokenizer their ids belong to
+  (and the name or path it was loaded from), the dtype of the stored ids, the tokenizer's EOS
+  id and vocabulary size. Their samples point at byte spans of ids (``offset``, ``length``)
+  or at rows (Parquet), and their exact token counts are in ``token_counts`` under that
+  fingerprint, written by the registration itself.
 
 Properties are columns of ``samples`` (added with ALTER TABLE inside the registering
 transaction): columnar storage keeps a filter or group-by on a property a scan of one column.
@@ -25,7 +31,7 @@ import duckdb
 
 from mixplane.errors import SchemaVersionError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _DDL_V1 = [
     "CREATE TABLE schema_version (version INTEGER NOT NULL)",
@@ -78,6 +84,17 @@ MIGRATIONS: dict[int, list[str]] = {
             tokenizer VARCHAR NOT NULL,
             file_id INTEGER NOT NULL,
             PRIMARY KEY (tokenizer, file_id)
+        )""",
+    ],
+    # v3: files of pre-tokenized datasets (``formats.tokenized``)
+    2: [
+        """CREATE TABLE token_files (
+            file_id INTEGER PRIMARY KEY,
+            tokenizer VARCHAR NOT NULL,
+            tokenizer_source VARCHAR NOT NULL,
+            dtype VARCHAR NOT NULL,
+            eos_id BIGINT NOT NULL,
+            vocab_size BIGINT NOT NULL
         )""",
     ],
 }

@@ -76,6 +76,20 @@ class Assignment:
         i = g + self.topology.dp_groups * (w + self.topology.workers * j)
         return self.frontier + i, 0
 
+    def locate(self, chunk: int) -> tuple[int, int] | None:
+        """(consumer, j): who reads a chunk, as its j-th, under this segment (the inverse of
+        ``chunk``); None for a chunk below the frontier that no consumer still reads."""
+        n = self.topology.consumers
+        groups = self.topology.dp_groups
+        if chunk < self.frontier:
+            for index, (k, _offset) in enumerate(self.carried):
+                if k == chunk:
+                    return index % n, index // n
+            return None
+        i = chunk - self.frontier
+        consumer = ((i // groups) % self.topology.workers) * groups + i % groups
+        return consumer, len(range(consumer, len(self.carried), n)) + i // n
+
     def owner(self, chunk: int) -> tuple[int, int]:
         """(dp_group, worker) that reads a chunk at or after the frontier."""
         if chunk < self.frontier:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, TypedDict
+from typing import TypedDict
 
 import numpy as np
 
@@ -36,8 +36,8 @@ from mixplane.chunking.order import ComponentOrder
 from mixplane.chunking.spec import ChunkSpec, Unit
 from mixplane.errors import PlanError, StateError
 from mixplane.mixture.apportion import apportion_with_carry, largest_remainder
+from mixplane.mixture.schedule import OnExhausted
 
-OnExhausted = Literal["repeat", "stop", "redistribute"]
 STATE_VERSION = 2  # 2: given carries deviations across segments (float) and the segment total
 
 
@@ -293,24 +293,70 @@ class Planner:
             msg = f"planner state version {state.get('version')!r}, expected {STATE_VERSION}"
             raise StateError(msg)
         k = len(self.components)
-        if len(state["positions"]) != k:
+        if isinstance(state.get("positions"), list) and len(state["positions"]) != k:
             msg = f"planner state has {len(state['positions'])} components, the job has {k}"
             raise StateError(msg)
-        self.next_chunk = int(state["next_chunk"])
-        self._epochs = np.asarray(state["epochs"], dtype=np.int64)
-        self._positions = np.asarray(state["positions"], dtype=np.int64)
-        self._given = np.asarray(state["given"], dtype=np.float64)
+        sizes = np.array([c.total for c in self.components], dtype=np.int64)
+        epochs = _vector(state, "epochs", k, np.int64)
+        positions = _vector(state, "positions", k, np.int64)
+        given = _vector(state, "given", k, np.float64)
+        weights = _vector(state, "weights", k, np.float64)
+        exhausted = _vector(state, "exhausted", k, np.bool_)
         # version 1 had no carry: the segment total was the sum of what was given
-        self._handed = int(state.get("handed", round(float(self._given.sum()))))
-        self._weights = np.asarray(state["weights"], dtype=np.float64)
-        self._exhausted = np.asarray(state["exhausted"], dtype=bool)
-        self.mixture_version = int(state["mixture_version"])
-        self.ended = bool(state["ended"])
+        handed = state.get("handed", round(float(given.sum())))
         policy = state["on_exhausted"]
-        if policy not in ("repeat", "stop", "redistribute"):
-            msg = f"planner state has an unknown exhaustion policy {policy!r}"
+        if (
+            (epochs < 0).any()
+            or (positions < 0).any()
+            or (positions > sizes).any()
+            or (weights < 0).any()
+            or weights.sum() <= 0
+            or not all(_whole(state[key]) for key in ("next_chunk", "mixture_version"))
+            or not _whole(handed)
+            or not isinstance(state["ended"], bool)
+        ):
+            msg = (
+                "planner state holds values out of range (a negative or too large cursor, "
+                "weights without a positive sum); pass a state saved by this job"
+            )
             raise StateError(msg)
+        if policy not in ("repeat", "stop", "redistribute"):
+            msg = f"planner state has an unknown exhaustion policy {policy!r:.40}"
+            raise StateError(msg)
+        self.next_chunk = int(state["next_chunk"])
+        self._epochs, self._positions, self._given = epochs, positions, given
+        self._handed = int(handed)
+        self._weights, self._exhausted = weights, exhausted
+        self.mixture_version = int(state["mixture_version"])
+        self.ended = state["ended"]
         self.on_exhausted = policy  # type: ignore[assignment]
+
+
+def _whole(value: object) -> bool:
+    """An integer in 0..2**62 (a chunk index, a version, a count): JSON has no other kind."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
+def _vector(state: PlannerState, key: str, k: int, dtype: type[np.generic]) -> np.ndarray:
+    """One value per component, of one kind (integers, finite numbers or booleans)."""
+    values = state[key]  # type: ignore[literal-required]
+    kind = {np.int64: _whole, np.float64: _finite, np.bool_: _boolean}[dtype]
+    if not isinstance(values, list) or len(values) != k or not all(kind(v) for v in values):
+        msg = f"planner state {key!r} must hold {k} values of the job's components"
+        raise StateError(msg)
+    return np.asarray(values, dtype=dtype)
+
+
+def _finite(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and -(2.0**62) < value < 2.0**62
+    )
+
+
+def _boolean(value: object) -> bool:
+    return isinstance(value, bool)
 
 
 def _take_tokens(

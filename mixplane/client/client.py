@@ -7,22 +7,16 @@ server). The remote client (a later issue) has exactly this interface.
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Self
 
 from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Topology
-from mixplane.chunking.planner import OnExhausted
-from mixplane.chunking.spec import Unit
 from mixplane.client.stream import Sample
-from mixplane.errors import PlanError
-from mixplane.job import Job, JobState, Phase, ScheduleUnit, make_spec
-from mixplane.mixture.mixture import Mixture
-from mixplane.query.expr import Expr
-from mixplane.tokens.tokenizer import Tokenizer
+from mixplane.errors import JobNotFoundError, PlanError
+from mixplane.job import Job, JobState, make_spec
+from mixplane.tokens.tokenizer import Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from mixplane.client.remote import RemoteClient
@@ -45,11 +39,14 @@ class Client:
         *,
         token: str | None = None,
         token_file: str | os.PathLike[str] | None = None,
+        ca_file: str | os.PathLike[str] | None = None,
         retry_for: float = 60.0,
     ) -> RemoteClient:
         """A client of the mixplane server at ``url`` (default: ``MIXPLANE_SERVER``), with the
         same interface as ``Client.local``. The bearer token comes from ``token``,
-        ``token_file`` or ``MIXPLANE_TOKEN_FILE``."""
+        ``token_file`` or ``MIXPLANE_TOKEN_FILE``. An ``https://`` server's certificate is
+        verified with the system's certificates, or those in ``ca_file`` or
+        ``MIXPLANE_CA_FILE``."""
         from mixplane.client.remote import RemoteClient, ServerAddress
 
         url = url or os.environ.get("MIXPLANE_SERVER")
@@ -59,7 +56,21 @@ class Client:
         token_file = token_file or os.environ.get("MIXPLANE_TOKEN_FILE")
         if token is None and token_file:
             token = Path(token_file).read_text().strip()
-        return RemoteClient(ServerAddress(url, token, retry_for))
+        ca_file = ca_file or os.environ.get("MIXPLANE_CA_FILE") or None
+        ca = os.fspath(ca_file) if ca_file is not None else None
+        return RemoteClient(ServerAddress(url, token, retry_for, ca_file=ca))
+
+    is_remote = False  # JobClient: this process runs the jobs
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The registered datasets (``DatasetInfo.to_dict``), as a server answers them."""
+        return [d.to_dict() for d in self.catalog.datasets()]
+
+    def explain_query(
+        self, where: str | None = None, by: Sequence[str] = (), *, runs: bool = False
+    ) -> dict[str, Any]:
+        """A filter's SQL and components (``QueryResult.to_dict``), as a server answers it."""
+        return self.catalog.explain(where, by=by).to_dict(runs=runs)
 
     def close(self) -> None:
         for job in self._jobs.values():
@@ -76,46 +87,24 @@ class Client:
         self,
         job_id: str,
         *,
-        where: Expr | str | None = None,
-        mixture: Mixture | Mapping[str, Any],
         topology: Topology | None = None,
-        seed: int = 0,
-        unit: Unit = "samples",
-        chunk_size: int = 1000,
-        on_exhausted: OnExhausted = "repeat",
-        order: Literal["shuffled", "as-stored", "sorted"] = "shuffled",
-        sort_by: str | None = None,
-        descending: bool = False,
-        block_size: int = 256,
-        bytes_per_token: float = 4.0,
-        schedule: Sequence[Phase] = (),
-        schedule_unit: ScheduleUnit = "chunks",
-        tokenizer: Tokenizer | None = None,
-        algorithm: str | None = None,
-        algorithm_options: Mapping[str, Any] | None = None,
+        tokenizer: Tokenizer | str | None = None,
         local: Collection[tuple[int, int]] | None = None,
+        **options: Any,
     ) -> Job:
-        """Create a job (replacing one with the same id in this client). ``local`` limits the
-        consumers (dp_group, worker) this process serves (``Job.limit_consumers``)."""
-        spec = make_spec(
-            job_id,
-            where=where,
-            mixture=mixture,
-            seed=seed,
-            unit=unit,
-            chunk_size=chunk_size,
-            on_exhausted=on_exhausted,
-            order=order,
-            sort_by=sort_by,
-            descending=descending,
-            block_size=block_size,
-            bytes_per_token=bytes_per_token,
-            schedule=schedule,
-            schedule_unit=schedule_unit,
-            tokenizer=tokenizer,
-            algorithm=algorithm,
-            algorithm_options=algorithm_options,
-        )
+        """Create a job (replacing one with the same id in this client). ``options`` are the
+        job's definition, ``JobSpec``'s fields by name (``mixture`` is required; ``where``,
+        ``seed``, ``unit``, ``chunk_size``, ``on_exhausted``, ``order``, ``schedule``,
+        ``algorithm``, ``read_ahead``, ...). ``local`` limits the consumers (dp_group,
+        worker) this process serves (``Job.limit_consumers``).
+
+        Defaults are the recommended settings: a token budget (``unit="tokens"``) in chunks
+        of ``DEFAULT_TOKEN_CHUNK`` tokens (``DEFAULT_ADAPTIVE_TOKEN_CHUNK`` for adaptive jobs),
+        sized with ``tokenizer`` (a ``Tokenizer``, a name such as ``"deepseek"`` or a path),
+        which window streams of the job then use by default."""
+        if isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer)
+        spec = make_spec(job_id, tokenizer=tokenizer, **options)
         job = Job(self.catalog, spec, topology or Topology(), tokenizer, local=local)
         if job_id in self._jobs:
             self._jobs[job_id].close()
@@ -127,7 +116,7 @@ class Client:
             return self._jobs[job_id]
         except KeyError:
             msg = f"unknown job {job_id!r}; submitted jobs: {sorted(self._jobs)}"
-            raise PlanError(msg) from None
+            raise JobNotFoundError(msg) from None
 
     def stream(
         self, job_id: str, dp_group: int = 0, rank: int = 0, worker: int = 0
@@ -144,36 +133,6 @@ class Client:
         self.job(job_id).load_state_dict(state)
 
     def explain(self, job_id: str, *, chunks: int | None = None) -> dict[str, Any]:
-        """Per component: samples, estimated tokens, share, what the job draws, epochs implied."""
-        job = self.job(job_id)
-        weights = job.weights
-        per_chunk = job.spec.chunk_size
-        total_budget = per_chunk * chunks if chunks is not None else None
-        rows = []
-        for c, order, w in zip(job.result.components, job.orders, weights, strict=True):
-            tokens = (
-                int(order.sizes.sum())
-                if order.sizes is not None
-                else int(np.ceil(c.bytes / job.spec.bytes_per_token))
-            )
-            size = tokens if job.spec.unit == "tokens" else c.samples
-            row: dict[str, Any] = {
-                "component": c.selector,
-                "properties": c.properties,
-                "samples": c.samples,
-                "bytes": c.bytes,
-                "tokens": tokens,
-                "weight": float(w),
-            }
-            if total_budget is not None and size:
-                row["draws"] = float(w) * total_budget
-                row["epochs"] = float(w) * total_budget / size
-                if job.spec.on_exhausted == "stop" and w > 0:
-                    row["runs_out_at_chunk"] = int(np.ceil(size / (float(w) * per_chunk))) - 1
-            rows.append(row)
-        return {
-            "job": job.spec.to_json(),
-            "sql": job.result.sql,
-            "components": rows,
-            "query_fingerprint": job.result.fingerprint,
-        }
+        """Per component: samples, tokens and how they were sized, share, what the job draws,
+        epochs implied (``Job.explain``)."""
+        return self.job(job_id).explain(chunks=chunks)

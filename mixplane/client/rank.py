@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from mixplane.chunking.assign import Topology
 from mixplane.client.snapshot import JobSnapshot
 from mixplane.client.windows import PREFETCH_CHUNKS, WindowStream, WindowStreamState
-from mixplane.errors import PlanError, StateError
+from mixplane.errors import MALFORMED, PlanError, StateError, shown
 from mixplane.job import Job, JobSpec, JobState
 from mixplane.tokens.packing import Window
 from mixplane.tokens.tokenizer import Tokenizer, load_tokenizer
@@ -115,6 +115,8 @@ class RankWindows:
         block: int = 1,
     ) -> None:
         self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        if not isinstance(source, JobSnapshot):
+            source.use_tokenizer(self.tokenizer)  # sized with the stream's tokenizer if it can
         self.source = source
         self.topology = (
             Topology(**source.topology) if isinstance(source, JobSnapshot) else source.topology
@@ -194,6 +196,23 @@ class RankWindows:
         if self._iterating:
             msg = "load the state before iterating (make a new RankWindows to restore)"
             raise StateError(msg)
+        live = self.source if isinstance(self.source, Job) else None
+        before = live.state_dict() if live is not None else None
+        try:
+            self._load(state)
+        except (StateError, *MALFORMED) as exc:
+            if live is not None and before is not None:  # the job as it was
+                live.load_state_dict(before)
+            self.job, self._streams = None, []
+            if isinstance(exc, StateError):
+                raise
+            msg = (
+                f"the rank's window state is corrupt ({type(exc).__name__}: {shown(str(exc))}); "
+                "pass a state saved by state_dict()"
+            )
+            raise StateError(msg) from None
+
+    def _load(self, state: RankWindowsState | dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             msg = f"rank windows state version {state.get('version')!r}, expected {STATE_VERSION}"
             raise StateError(msg)

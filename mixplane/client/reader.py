@@ -29,9 +29,10 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mixplane.catalog.fields import keys as field_keys
 from mixplane.catalog.files import FileIdentity, check_unchanged
-from mixplane.catalog.formats import compression_of, dig, webdataset
-from mixplane.catalog.formats.jsonl import open_stream, read_lines, uncompressed
+from mixplane.catalog.formats import compression_of, dig, parquet, webdataset
+from mixplane.catalog.formats.jsonl import open_stream, parse_line, read_lines, uncompressed
 from mixplane.catalog.remote_fs import (
     RangeCache,
     RemoteFile,
@@ -55,6 +56,19 @@ class FileInfo:
     dataset: str
     size: int = 0
     fingerprint: str = ""
+    token_dtype: str | None = None  # ids of a pre-tokenized file: their dtype
+    tokenizer: str | None = None  # ... and the fingerprint of their tokenizer
+    tokenizer_source: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenFile:
+    """A file of token ids as the reader holds it: the ids (a memory map) and each sample's
+    first id and id count in it."""
+
+    ids: np.ndarray
+    starts: np.ndarray  # int64
+    lengths: np.ndarray  # int64
 
 
 class PointerSource(Protocol):
@@ -83,6 +97,10 @@ class Reader:
         self._decompressed: OrderedDict[int, bytes] = OrderedDict()
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._rows: dict[int, dict[str, Any]] = {}
+        self._token_files: OrderedDict[int, TokenFile] = OrderedDict()
+        self._token_groups: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = (
+            OrderedDict()
+        )
         self._refresh()
 
     def _refresh(self) -> None:
@@ -99,6 +117,9 @@ class Reader:
                 dataset=row["dataset"],
                 size=row["size"],
                 fingerprint=row["fingerprint"],
+                token_dtype=row.get("token_dtype"),
+                tokenizer=row.get("tokenizer"),
+                tokenizer_source=row.get("tokenizer_source"),
             )
 
     def _load(self, file_id: int) -> dict[str, np.ndarray]:
@@ -137,8 +158,18 @@ class Reader:
     ) -> tuple[list[dict[str, Any]], list[str]]:
         ptr = self._load(file_id)
         info = self._files[file_id]
+        if info.token_dtype is not None:  # token ids: records hold them, there is no text
+            docs, _ = self._token_documents(info, ptr, ordinals)
+            return [{info.text_field: d} for d in docs], [""] * len(docs)
         if info.format == "jsonl":
-            records = [orjson.loads(line) for line in self._jsonl_lines(info, ptr, ordinals)]
+            lines = self._jsonl_lines(info, ptr, ordinals)
+            offsets = ptr["offset"][ordinals].tolist()
+            records = []
+            for line, offset in zip(lines, offsets, strict=True):
+                try:
+                    records.append(orjson.loads(line))
+                except orjson.JSONDecodeError:  # NaN, Infinity, ...: parse_line's fallback
+                    records.append(parse_line(line, str(info.path), offset))
         elif info.format == "parquet":
             records = self._parquet(info, ptr, ordinals)
         else:
@@ -147,15 +178,122 @@ class Reader:
             )
             if isinstance(info.path, RemotePath):
                 shard = RemoteFile(self._remote(info))
-                records = webdataset.read_spans(shard, pointers, str(info.path)).to_pylist()
+                records = webdataset.read_records(shard, pointers, str(info.path))
             else:
-                records = webdataset.read(info.path, pointers, info.text_field).to_pylist()
-        field = info.text_field
-        if "." not in field:
-            texts = [_as_text(r.get(field)) for r in records]
+                with info.path.open("rb") as f:
+                    records = webdataset.read_records(f, pointers, str(info.path))
+        keys = field_keys(info.text_field)
+        if len(keys) == 1:
+            texts = [_as_text(r.get(keys[0])) for r in records]
         else:
-            texts = [_as_text(dig(r, field)) for r in records]
+            texts = [_as_text(dig(r, info.text_field)) for r in records]
         return records, texts
+
+    def file_info(self, file_id: int) -> FileInfo:
+        """What the reader knows of a file (its format, and tokenizer for token ids)."""
+        with self._lock:
+            if file_id not in self._files:
+                self._refresh()
+            info = self._files.get(file_id)
+        if info is None:
+            msg = f"file id {file_id} is not in the catalog; was its dataset removed?"
+            raise CatalogError(msg)
+        return info
+
+    def token_documents(
+        self, file_id: int, ordinals: np.ndarray
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """The stored ids of the samples at the ordinals of a file of token ids, in the given
+        order (views: slices of a memory map, or of a decoded Parquet row group), and the last
+        id of each (-1 for an empty one), found in one vectorized gather."""
+        with self._lock:
+            ptr = self._load(file_id)
+            info = self._files[file_id]
+            if info.token_dtype is None:
+                msg = f"file {info.path} holds text, not token ids"
+                raise CatalogError(msg)
+            return self._token_documents(info, ptr, ordinals)
+
+    def _token_documents(
+        self, info: FileInfo, ptr: dict[str, np.ndarray], ordinals: np.ndarray
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        if info.format == "parquet":
+            return self._parquet_tokens(info, ptr, ordinals)
+        held = self._token_file(info, ptr)
+        starts = held.starts[ordinals]
+        lengths = held.lengths[ordinals]
+        ids = held.ids
+        docs = [ids[a : a + n] for a, n in zip(starts.tolist(), lengths.tolist(), strict=True)]
+        last = np.where(lengths > 0, ids[np.maximum(starts + lengths - 1, 0)], -1)
+        return docs, last
+
+    def _token_file(self, info: FileInfo, ptr: dict[str, np.ndarray]) -> TokenFile:
+        """The file's ids as one memory-mapped array of their dtype, with each sample's span."""
+        held = self._token_files.get(info.file_id)
+        if held is not None:
+            self._token_files.move_to_end(info.file_id)
+            return held
+        if isinstance(info.path, RemotePath):
+            msg = f"{info.path}: token ids are read from a local or shared filesystem; copy them there"
+            raise CatalogError(msg)
+        assert info.token_dtype is not None
+        dtype = np.dtype(info.token_dtype)
+        offsets, lengths = ptr["offset"].astype(np.int64), ptr["length"].astype(np.int64)
+        shift = int(offsets[0]) % dtype.itemsize if len(offsets) else 0
+        if ((offsets - shift) % dtype.itemsize).any() or (lengths % dtype.itemsize).any():
+            msg = f"file {info.path}: sample spans are not whole {dtype.name} ids; register it again"
+            raise CatalogError(msg)
+        size = info.path.stat().st_size
+        if len(offsets) and int((offsets + lengths).max()) > size:
+            msg = f"file {info.path} is shorter than its registered samples; register it again"
+            raise CatalogError(msg)
+        raw = np.memmap(info.path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        ids = np.frombuffer(raw, dtype=dtype, offset=shift, count=(size - shift) // dtype.itemsize)
+        held = TokenFile(
+            ids=ids, starts=(offsets - shift) // dtype.itemsize, lengths=lengths // dtype.itemsize
+        )
+        self._token_files[info.file_id] = held
+        while len(self._token_files) > OPEN_FILES:
+            self._token_files.popitem(last=False)  # views handed out keep their map alive
+        return held
+
+    def _parquet_tokens(
+        self, info: FileInfo, ptr: dict[str, np.ndarray], ordinals: np.ndarray
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        groups = ptr["row_group"][ordinals]
+        rows = ptr["row"][ordinals]
+        docs: list[np.ndarray] = [np.zeros(0, np.int32)] * len(ordinals)
+        last = np.full(len(ordinals), -1, dtype=np.int64)
+        for g in np.unique(groups).tolist():
+            key = (info.file_id, g)
+            held = self._token_groups.get(key)
+            if held is None:
+                source = (
+                    RemoteFile(self._remote(info))
+                    if isinstance(info.path, RemotePath)
+                    else info.path
+                )
+                column = (
+                    pq.ParquetFile(source)
+                    .read_row_group(g, columns=[info.text_field])
+                    .column(info.text_field)
+                    .combine_chunks()
+                )
+                held = (
+                    column.values.to_numpy(zero_copy_only=False),
+                    column.offsets.to_numpy(zero_copy_only=False).astype(np.int64),
+                )
+                self._token_groups[key] = held
+                while len(self._token_groups) > ROW_GROUP_CACHE:
+                    self._token_groups.popitem(last=False)
+            values, offsets = held
+            where = np.flatnonzero(groups == g)
+            begin = offsets[rows[where]]
+            stop = offsets[rows[where] + 1]
+            for i, a, b in zip(where.tolist(), begin.tolist(), stop.tolist(), strict=True):
+                docs[i] = values[a:b]
+            last[where] = np.where(stop > begin, values[np.maximum(stop - 1, 0)], -1)
+        return docs, last
 
     def _fd(self, info: FileInfo) -> int:
         fd = self._fds.get(info.file_id)
@@ -190,6 +328,8 @@ class Reader:
             for obj in self._objects.values():
                 obj.close()
             self._objects.clear()
+            self._token_files.clear()
+            self._token_groups.clear()
 
     def _jsonl_lines(
         self, info: FileInfo, ptr: dict[str, np.ndarray], ordinals: np.ndarray
@@ -235,7 +375,7 @@ class Reader:
                     if isinstance(info.path, RemotePath)
                     else info.path
                 )
-                table = pq.ParquetFile(source).read_row_group(g)
+                table = parquet.read_row_group(pq.ParquetFile(source), g, info.path)
                 self._row_groups[key] = table
                 while len(self._row_groups) > ROW_GROUP_CACHE:
                     self._row_groups.popitem(last=False)

@@ -1,23 +1,31 @@
 """The remote client: the ``Client`` interface over a mixplane server (``mixplane serve``).
 
 ``Client.remote(url, token=...)`` submits jobs to the server, which owns the catalog and plans;
-the client fetches chunk descriptors in batches (``FETCH_AHEAD`` of a consumer's chunks per
-request, while reporting where each local rank is consuming), reads the files the chunks name
+the client fetches chunk descriptors in batches (the rest of an aligned block of a consumer's
+chunks per request: ``FETCH_AHEAD`` chunks, or the job's read group for an adaptive job, while
+reporting where each local rank is consuming; blocks start at fixed positions of the
+consumer's sequence, so a client that re-attaches mid-block makes the server plan exactly as
+far as the uninterrupted one did), reads the files the chunks name
 itself (only pointers cross the network: the server's file paths must be readable here, e.g. a
 shared filesystem), and tokenizes and packs locally, exactly as in-process. ``RemoteJob`` is a
 job handle for ``Stream``, ``WindowStream``, ``RankWindows`` and the PyTorch dataset.
 
 Connection errors and 503s are retried with exponential backoff for ``retry_for`` seconds, so a
 client continues after a server restart (the server reloads its jobs from its checkpoints and
-plans the same chunks again). Bodies are msgpack; no pickle.
+plans the same chunks again). An ``https://`` server's certificate is verified (the system's
+certificates, or ``ServerAddress.ca_file``); a certificate that does not verify, or a server
+that does not speak TLS, fails at once rather than being retried. Bodies are msgpack; no pickle.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
+import ssl
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +38,16 @@ from pyarrow import ipc
 
 from mixplane.adapt.base import check_feedback
 from mixplane.catalog.catalog import pointer_arrays
-from mixplane.chunking.assign import Topology
-from mixplane.chunking.planner import OnExhausted
-from mixplane.chunking.spec import ChunkSpec, Unit
+from mixplane.catalog.token_counts import OnChanged, TokenCountReport
+from mixplane.chunking.assign import Assignment, Topology
+from mixplane.chunking.spec import ChunkSpec
 from mixplane.client.reader import Reader
 from mixplane.client.stream import ConsumerState, Sample, Stream
-from mixplane.errors import MixplaneError, StateError
-from mixplane.job import JobSpec, JobState, Phase, ScheduleUnit, make_spec
-from mixplane.mixture.mixture import Mixture
+from mixplane.errors import MixplaneError, SizingWarning, StateError
+from mixplane.job import JobSpec, JobState, make_spec, warn_once
 from mixplane.protocol import ARROW_STREAM, MSGPACK, PROTOCOL_HEADER, PROTOCOL_VERSION
-from mixplane.query.expr import Expr
-from mixplane.tokens.tokenizer import Tokenizer
+from mixplane.tokens.tokenizer import Tokenizer, TokenizerError, load_tokenizer
+from mixplane.tokens.wire import MAX_TOKENIZER_CHARS, tokenizer_to_wire
 
 FETCH_AHEAD = 8  # chunk descriptors of a consumer fetched per request
 RETRY_FOR = 60.0  # seconds a request is retried on connection errors
@@ -55,6 +62,40 @@ class RemoteError(MixplaneError):
         self.status = status
 
 
+_REMOTE_KINDS: dict[str, type[RemoteError]] = {}
+
+
+def remote_error(kind: Any, message: str, status: int | None) -> RemoteError:
+    """The error a server's answer names (``type``: a ``MixplaneError`` class), raised here as
+    that class and ``RemoteError`` both: ``except PlanError`` catches it as in-process. Names
+    are looked up among mixplane's error classes, never imported or evaluated."""
+    if not isinstance(kind, str):
+        return RemoteError(message, status)
+    cls = _REMOTE_KINDS.get(kind)
+    if cls is None:
+        known = {c.__name__: c for c in _error_classes(MixplaneError)}
+        base = known.get(kind)
+        if (
+            base is None
+            or issubclass(base, RemoteError)
+            or any(
+                "__init__" in vars(c) for c in base.__mro__ if c.__module__.startswith("mixplane")
+            )
+        ):
+            return RemoteError(message, status)  # unknown, or one that takes other arguments
+        cls = _REMOTE_KINDS.setdefault(kind, type(f"Remote{kind}", (RemoteError, base), {}))
+    return cls(message, status)
+
+
+def _error_classes(root: type[MixplaneError]) -> list[type[MixplaneError]]:
+    out, todo = [], [root]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo += cls.__subclasses__()
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class ServerAddress:
     """Where a server is and how to authenticate: what worker processes need to reconnect."""
@@ -62,12 +103,13 @@ class ServerAddress:
     url: str
     token: str | None = None
     retry_for: float = RETRY_FOR
+    ca_file: str | None = None  # PEM certificates that sign an https:// server's certificate
 
 
 class Connection:
     """HTTP/1.1 keep-alive connections to one server, one per thread, with retries."""
 
-    def __init__(self, address: ServerAddress, *, timeout: float = 60.0) -> None:
+    def __init__(self, address: ServerAddress, *, timeout: float | None = 60.0) -> None:
         parts = urllib.parse.urlsplit(address.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             msg = f"server URL {address.url!r} must look like http://HOST:PORT"
@@ -78,16 +120,17 @@ class Connection:
         self._prefix = parts.path.rstrip("/")
         self._timeout = timeout
         self._local = threading.local()
+        self._tls = tls_context(address.ca_file) if parts.scheme == "https" else None
 
     def _conn(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
         if conn is None:
-            cls = (
-                http.client.HTTPSConnection
-                if self._scheme == "https"
-                else http.client.HTTPConnection
-            )
-            conn = cls(self._host, self._port, timeout=self._timeout)
+            if self._tls is not None:
+                conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self._timeout, context=self._tls
+                )
+            else:
+                conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
             self._local.conn = conn
         return conn
 
@@ -122,13 +165,22 @@ class Connection:
                 if response.status != 503:
                     return response.status, response.getheader("Content-Type") or "", data
                 problem = f"503 {data[:200]!r}"
+            except ssl.SSLError as exc:
+                self._drop()
+                fatal = tls_failure(self.address, exc)
+                if fatal is not None:
+                    raise RemoteError(fatal) from None
+                problem = f"{type(exc).__name__}: {exc}"
             except (OSError, http.client.HTTPException) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             self._drop()
             if time.monotonic() > deadline:
+                hint = (
+                    " (if it serves HTTPS, use an https:// URL)" if self._scheme == "http" else ""
+                )
                 msg = (
                     f"mixplane server {self.address.url} did not answer for "
-                    f"{self.address.retry_for:.0f} s ({problem}); is it running?"
+                    f"{self.address.retry_for:.0f} s ({problem}); is it running?{hint}"
                 )
                 raise RemoteError(msg)
             time.sleep(delay)
@@ -140,9 +192,42 @@ class Connection:
         decoded = _decode(ctype, data)
         if status >= 400:
             message = decoded.get("error") if isinstance(decoded, dict) else None
+            kind = decoded.get("type") if isinstance(decoded, dict) else None
             msg = f"server: {message or data[:300]!r} (HTTP {status} on {method} {path})"
-            raise RemoteError(msg, status)
+            raise remote_error(kind, msg, status)
         return decoded
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """A client context verifying the server's certificate and name: the system's
+    certificates, or those of ``ca_file`` (PEM)."""
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        msg = (
+            f"cannot load CA file {ca_file} ({getattr(exc, 'strerror', None) or exc}); give the "
+            "PEM certificate that signed the server's (--ca-file or MIXPLANE_CA_FILE)"
+        )
+        raise RemoteError(msg) from None
+
+
+def tls_failure(address: ServerAddress, exc: ssl.SSLError) -> str | None:
+    """The message for a TLS error that retrying cannot mend (a certificate that does not
+    verify, a server that does not speak TLS), or None for one that may pass (a connection
+    closed during the handshake by a server that is restarting)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        where = f"the CA file {address.ca_file}" if address.ca_file else "the system's certificates"
+        return (
+            f"cannot verify the TLS certificate of {address.url} against {where} "
+            f"({exc.verify_message or exc.reason}); pass --ca-file (or MIXPLANE_CA_FILE) with "
+            "the certificate of the authority that signed the server's"
+        )
+    if exc.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL"):
+        return (
+            f"{address.url} does not speak TLS ({exc.reason}); use an http:// URL, or serve "
+            "HTTPS with mixplane serve --tls-cert F --tls-key F"
+        )
+    return None
 
 
 def _decode(ctype: str, data: bytes) -> Any:
@@ -190,6 +275,17 @@ class RemoteJob:
         self.selectors: list[str] = list(info["selectors"])
         self._num_components = int(info["num_components"])
         self._read_group = int(info["read_group"])
+        assignment = info.get("assignment") or {}
+        self.assignment = Assignment(
+            topology=self.topology,
+            frontier=int(assignment.get("frontier", 0)),
+            carried=tuple((int(k), int(o)) for k, o in assignment.get("carried", ())),
+        )
+        #: how the server sized each component (token jobs), and why shares may be approximate
+        self.sizing: dict[str, Any] = dict(info.get("sizing") or {})
+        self.note: str | None = info.get("note")
+        #: the tokenizer the job was submitted with here (window streams use it by default)
+        self.tokenizer: Tokenizer | None = None
         self._lock = threading.RLock()
         self._ranks: dict[tuple[int, int], ConsumerState] = {}
         self._cache: dict[tuple[int, int], tuple[ChunkSpec | None, int]] = {}
@@ -236,10 +332,10 @@ class RemoteJob:
             hit = self._cache.pop((consumer, j), None)
             if hit is not None:
                 return hit
-            requests = [{"consumer": consumer, "j": j + i} for i in range(FETCH_AHEAD)]
-            consumed = [
-                {"consumer": c, "rank": r, "j": s["j"]} for (c, r), s in self._ranks.items()
-            ]
+            block = self._read_group if self.spec.algorithm is not None else FETCH_AHEAD
+            end = (j // block + 1) * block  # the rest of j's block: where it is fixed
+            requests = [{"consumer": consumer, "j": i} for i in range(j, end)]
+            consumed = self._consumed()
         answer = self.connection.call(
             "POST",
             f"/v1/jobs/{_quote(self.job_id)}/chunks",
@@ -262,6 +358,11 @@ class RemoteJob:
             raise RemoteError(msg)
         return first
 
+    def _consumed(self) -> list[dict[str, int]]:
+        """Where each local rank is consuming (the chunk its stream is in)."""
+        with self._lock:
+            return [{"consumer": c, "rank": r, "j": s["j"]} for (c, r), s in self._ranks.items()]
+
     def reader(self) -> Reader:
         with self._lock:
             if self._reader is None:
@@ -274,7 +375,27 @@ class RemoteJob:
             state = self._ranks.setdefault((consumer, rank), ConsumerState(j=0, offset=0))
         return Stream(self, consumer, state)
 
-    def _release(self) -> None:
+    def use_tokenizer(self, tokenizer: Tokenizer) -> bool:
+        """Whether the server sized this job with ``tokenizer`` (a server's job is sized when
+        it is submitted: if not, say so once, with the fix)."""
+        if self.spec.unit == "tokens" and self.spec.tokenizer == tokenizer.fingerprint:
+            return True
+        if self.spec.unit != "tokens":
+            msg = (
+                f"job {self.job_id!r} is budgeted in samples and streamed as tokens: its token "
+                "shares are not controlled; submit it with unit='tokens' and the tokenizer"
+            )
+        else:
+            msg = (
+                f"the server sized job {self.job_id!r} "
+                f"{'at a fixed ratio' if self.spec.tokenizer is None else 'with another tokenizer'}"
+                f" and it is streamed with tokenizer {tokenizer.fingerprint}: submit it with "
+                "tokenizer=... (the stream's) so its token shares are exact"
+            )
+        warn_once(msg)
+        return False
+
+    def release(self) -> None:
         """The server releases chunks as consumers report their positions."""
 
     def limit_consumers(self, local: Collection[tuple[int, int]]) -> None:
@@ -286,7 +407,12 @@ class RemoteJob:
         answer = self.connection.call(
             "POST",
             f"/v1/jobs/{_quote(self.job_id)}/feedback",
-            {"step": int(step), "loss_sum": loss.tolist(), "token_count": count.tolist()},
+            {
+                "step": int(step),
+                "loss_sum": loss.tolist(),
+                "token_count": count.tolist(),
+                "consumed": self._consumed(),
+            },
         )
         at = answer.get("applies_from")
         return None if at is None else int(at)
@@ -301,6 +427,22 @@ class RemoteJob:
         answer = self.connection.call("GET", f"/v1/jobs/{_quote(self.job_id)}/weights")
         return list(answer["mixture_log"])
 
+    def manifest(self) -> dict[str, Any]:
+        """Requested vs delivered token shares per component and the mixture versions, from
+        the server's feedback log (``mixplane job show``)."""
+        return self.connection.call("GET", f"/v1/jobs/{_quote(self.job_id)}/manifest")  # type: ignore[no-any-return]
+
+    def feedback_records(self) -> Iterator[dict[str, Any]]:
+        """Every feedback message the server logged for this job, in order, fetched in pages
+        (``mixplane job trace``)."""
+        start: int | None = 0
+        while start is not None:
+            page = self.connection.call(
+                "GET", f"/v1/jobs/{_quote(self.job_id)}/trace?start={int(start)}"
+            )
+            yield from page["records"]
+            start = page["next"]
+
     def checkpoint(self) -> JobState:
         """A consistent state of the whole job (all consumers), from the server."""
         return self.connection.call("GET", f"/v1/jobs/{_quote(self.job_id)}/state")  # type: ignore[no-any-return]
@@ -310,8 +452,15 @@ class RemoteJob:
         self.connection.call(
             "POST", f"/v1/jobs/{_quote(self.job_id)}/state", {"state": dict(state)}
         )
+        info = self.connection.call("GET", f"/v1/jobs/{_quote(self.job_id)}")
         with self._lock:
             self._cache.clear()
+            assignment = info.get("assignment") or {}
+            self.assignment = Assignment(
+                topology=self.topology,
+                frontier=int(assignment.get("frontier", 0)),
+                carried=tuple((int(k), int(o)) for k, o in assignment.get("carried", ())),
+            )
 
     def state_dict(self) -> dict[str, Any]:
         """A marker: the server holds the job's state (``checkpoint()`` fetches it); a rank's
@@ -367,6 +516,8 @@ class RemoteClient:
         self.close()
 
     # -- catalog -----------------------------------------------------------------------------
+    is_remote = True  # JobClient: a server runs the jobs
+
     def datasets(self) -> list[dict[str, Any]]:
         return self.connection.call("GET", "/v1/datasets")  # type: ignore[no-any-return]
 
@@ -398,6 +549,42 @@ class RemoteClient:
         }
         return self.connection.call("POST", "/v1/datasets", body)  # type: ignore[no-any-return]
 
+    def count_tokens(
+        self,
+        tokenizer: Tokenizer | str | os.PathLike[str],
+        *,
+        datasets: Sequence[str] | None = None,
+        workers: int | None = None,
+        on_changed: OnChanged = "error",
+    ) -> TokenCountReport:
+        """``Catalog.count_tokens`` on the server's catalog, with the server's worker processes.
+        ``tokenizer``: a tokenizer, or a name or path for ``load_tokenizer`` (loaded here, so a
+        bad one fails here); it travels as data (``tokens/wire.py``: its name, or its
+        ``tokenizer.json`` / rank file text), never as a path. Waits for the count, however
+        long."""
+        if isinstance(tokenizer, (str, os.PathLike)):
+            tokenizer = load_tokenizer(os.fspath(tokenizer))
+        wire = tokenizer_to_wire(tokenizer)
+        if len(wire.get("data") or "") > MAX_TOKENIZER_CHARS:
+            msg = (
+                f"tokenizer {getattr(tokenizer, 'source', tokenizer.fingerprint)} is over "
+                f"{MAX_TOKENIZER_CHARS} characters, more than a server takes; count in-process "
+                "(--home) instead"
+            )
+            raise TokenizerError(msg)
+        body: dict[str, Any] = {
+            "tokenizer": wire,
+            "datasets": list(datasets) if datasets is not None else None,
+            "workers": workers,
+            "on_changed": on_changed,
+        }
+        connection = Connection(self.address, timeout=None)  # a count may run for hours
+        try:
+            answer = connection.call("POST", "/v1/token-counts", body)
+        finally:
+            connection.close()
+        return TokenCountReport.from_dict(answer)
+
     def explain_query(
         self, where: str | None = None, by: Sequence[str] = (), *, runs: bool = False
     ) -> dict[str, Any]:
@@ -409,53 +596,28 @@ class RemoteClient:
         self,
         job_id: str,
         *,
-        where: Expr | str | None = None,
-        mixture: Mixture | Mapping[str, Any],
         topology: Topology | None = None,
-        seed: int = 0,
-        unit: Unit = "samples",
-        chunk_size: int = 1000,
-        on_exhausted: OnExhausted = "repeat",
-        order: Literal["shuffled", "as-stored", "sorted"] = "shuffled",
-        sort_by: str | None = None,
-        descending: bool = False,
-        block_size: int = 256,
-        bytes_per_token: float = 4.0,
-        schedule: Sequence[Phase] = (),
-        schedule_unit: ScheduleUnit = "chunks",
-        tokenizer: Tokenizer | None = None,
-        algorithm: str | None = None,
-        algorithm_options: Mapping[str, Any] | None = None,
+        tokenizer: Tokenizer | str | None = None,
         local: Collection[tuple[int, int]] | None = None,
         replace: bool = False,
+        **options: Any,
     ) -> RemoteJob:
         """Submit a job to the server (the same definition again attaches to it: every process
-        of a run submits), with ``Client.submit``'s arguments."""
-        spec = make_spec(
-            job_id,
-            where=where,
-            mixture=mixture,
-            seed=seed,
-            unit=unit,
-            chunk_size=chunk_size,
-            on_exhausted=on_exhausted,
-            order=order,
-            sort_by=sort_by,
-            descending=descending,
-            block_size=block_size,
-            bytes_per_token=bytes_per_token,
-            schedule=schedule,
-            schedule_unit=schedule_unit,
-            tokenizer=tokenizer,
-            algorithm=algorithm,
-            algorithm_options=algorithm_options,
-        )
+        of a run submits), with ``Client.submit``'s arguments. The tokenizer travels as data
+        (by name where it has one), so the server sizes the job exactly as in-process."""
+        if isinstance(tokenizer, str):
+            tokenizer = load_tokenizer(tokenizer)
+        spec = make_spec(job_id, tokenizer=tokenizer, **options)
         body = {
             "spec": spec.to_json(),
             "topology": (topology or Topology()).to_json(),
             "replace": replace,
+            "tokenizer": tokenizer_to_wire(tokenizer) if tokenizer is not None else None,
         }
         job = RemoteJob(self.connection, self.connection.call("POST", "/v1/jobs", body))
+        job.tokenizer = tokenizer
+        if job.note is not None:
+            warnings.warn(job.note, SizingWarning, stacklevel=2)
         if local is not None:
             job.limit_consumers(local)
         self._jobs[job_id] = job

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import ipc
 
-from mixplane.errors import StateError
+from mixplane.errors import MALFORMED, StateError, shown
 from mixplane.query.result import RUNS_SCHEMA, Component, QueryResult
 
 SNAPSHOT_VERSION = 1
@@ -160,13 +160,27 @@ class JobSnapshot:
         """Read a snapshot folder written by ``save`` (Arrow files memory-mapped)."""
         folder = Path(path)
         try:
-            meta = json.loads((folder / "snapshot.json").read_text())
+            meta = json.loads((folder / "snapshot.json").read_bytes())
         except FileNotFoundError:
             msg = f"{folder} is not a job snapshot (no snapshot.json); write one with job.snapshot().save(path)"
             raise StateError(msg) from None
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON
             msg = f"{folder / 'snapshot.json'} is not valid JSON ({exc}); write the snapshot again"
             raise StateError(msg) from None
+        if not isinstance(meta, dict):
+            msg = f"{folder / 'snapshot.json'} is not a job snapshot; write the snapshot again"
+            raise StateError(msg)
+        try:
+            return cls._from_parts(folder, meta)
+        except (pa.ArrowException, *MALFORMED) as exc:
+            msg = (
+                f"{folder} is a corrupt job snapshot ({type(exc).__name__}: {shown(str(exc))}); "
+                "write the snapshot again"
+            )
+            raise StateError(msg) from None
+
+    @classmethod
+    def _from_parts(cls, folder: Path, meta: dict[str, Any]) -> JobSnapshot:
         if meta.get("version") != SNAPSHOT_VERSION:
             msg = (
                 f"{folder} is a job snapshot of version {meta.get('version')!r}; this mixplane "

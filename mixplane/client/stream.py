@@ -1,8 +1,8 @@
 """Consumer streams: one consumer's samples, read in groups of chunks, in each chunk's order.
 
 A stream walks its consumer's chunk sequence (``Assignment``), reads its chunks in groups of
-about ``READ_AHEAD_SAMPLES`` samples at fixed positions of the sequence (one batched read per
-file for the group), and yields each chunk's samples in the chunk's seeded order: components
+the job's ``read_ahead`` chunks at fixed positions of the sequence (one batched read per file
+for the group), and yields each chunk's samples in the chunk's seeded order: components
 interleaved by stratified keys, each component's samples in random-key order (``shuffled``) or
 range order. Its position (chunk number j in the sequence, sample offset) advances only as
 samples are consumed, so ``state_dict`` is exact at any point. Cost per sample: one JSON parse,
@@ -11,17 +11,33 @@ a tuple, a generator step; per chunk: one generator, two sorts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, NamedTuple, Protocol, TypedDict
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple, Protocol, Self, TypedDict, TypeVar
 
 import numpy as np
 
 from mixplane.chunking.order import PURPOSE_SHUFFLE, generator
 from mixplane.chunking.spec import ChunkSpec
 from mixplane.client.reader import Reader
+from mixplane.errors import StateError, shown
 from mixplane.query.result import expand_runs
 
-READ_AHEAD_SAMPLES = 1000  # a stream reads its chunks in groups of about this many samples
+
+class _Sliceable(Protocol):
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: slice, /) -> Self: ...
+
+
+_Rest = TypeVar("_Rest", bound=_Sliceable)
+
+
+class ChunkReader(Protocol[_Rest]):
+    """Reads a group of chunks: one sliceable rest per chunk, in the chunk's order."""
+
+    def __call__(
+        self, reader: Reader, specs: list[ChunkSpec], seed: int, *, shuffle: bool
+    ) -> list[_Rest]: ...
 
 
 class ConsumerState(TypedDict):
@@ -47,7 +63,9 @@ class JobHandle(Protocol):
 
     def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream: ...
 
-    def _release(self) -> None: ...
+    def use_tokenizer(self, tokenizer: Any) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class Sample(NamedTuple):
@@ -61,26 +79,48 @@ class Sample(NamedTuple):
     chunk: int
 
 
+def _position(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
 class Stream:
     """One consumer's samples, in order; ``state_dict`` is its position."""
 
-    def __init__(self, job: JobHandle, consumer: int, state: ConsumerState) -> None:
+    def __init__(
+        self,
+        job: JobHandle,
+        consumer: int,
+        state: ConsumerState,
+        *,
+        gate: Callable[[int], bool] | None = None,
+    ) -> None:
         self.job = job
         self.consumer = consumer
         self._state = state
+        #: called with j before the first chunk of each read group past the first is asked
+        #: for; may wait (a prefetch cursor waits for its consumer); False ends the stream
+        self._gate = gate
 
     def state_dict(self) -> ConsumerState:
         return ConsumerState(j=self._state["j"], offset=self._state["offset"])
 
     def load_state_dict(self, state: ConsumerState) -> None:
         """Move this rank's position (the job's state must be loaded first)."""
+        j = state.get("j") if isinstance(state, dict) else None
+        offset = state.get("offset") if isinstance(state, dict) else None
+        if not (_position(j) and _position(offset)):
+            msg = f"a consumer position is {{j: int >= 0, offset: int >= 0}}, got {shown(state)}"
+            raise StateError(msg)
         self._state["j"], self._state["offset"] = int(state["j"]), int(state["offset"])
 
     def chunks(self) -> Iterator[tuple[ChunkSpec, int, int]]:
         """(chunk, first sample offset, j) for this consumer from its current position on (the
         position itself advances only as samples are consumed)."""
         j = self._state["j"]
+        first, group = j, self.job.read_group
         while True:
+            if self._gate is not None and j != first and j % group == 0 and not self._gate(j):
+                return
             spec, start = self.job.consumer_chunk(self.consumer, j)
             if spec is None:
                 return
@@ -88,7 +128,7 @@ class Stream:
             j += 1
 
     def __iter__(self) -> Iterator[Sample]:
-        for samples in self._chunk_rests():
+        for samples in self._chunk_rests(read_chunks):
             state = self._state
             begin = state["offset"]
             for i in range(len(samples)):
@@ -98,15 +138,20 @@ class Stream:
     def chunk_rests(self) -> Iterator[list[Sample]]:
         """The unread rest of each chunk, one list per chunk. Right after a list is returned
         the position is that list's start; it moves past the list when the next is asked."""
-        for samples in self._chunk_rests():
+        return self.rests(read_chunks)
+
+    def rests(self, read: ChunkReader[_Rest]) -> Iterator[_Rest]:
+        """``chunk_rests`` with another reader of a group of chunks (``read_chunks``' form):
+        the window stream's reads stored token ids as arrays (``client.documents``)."""
+        for samples in self._chunk_rests(read):
             yield samples
             self._state["offset"] += len(samples)
 
-    def _chunk_rests(self) -> Iterator[list[Sample]]:
+    def _chunk_rests(self, read: ChunkReader[_Rest]) -> Iterator[_Rest]:
         reader = self.job.reader()
         shuffle = self.job.spec.order == "shuffled"
         ahead: list[tuple[ChunkSpec, int]] = []
-        ready: list[list[Sample]] = []
+        ready: list[_Rest] = []
         chunks = self.chunks()
         group = self.job.read_group
         while True:
@@ -118,16 +163,14 @@ class Stream:
                         break
                 if not ahead:
                     return
-                ready = read_chunks(
-                    reader, [s for s, _ in ahead], self.job.spec.seed, shuffle=shuffle
-                )
+                ready = read(reader, [s for s, _ in ahead], self.job.spec.seed, shuffle=shuffle)
             spec, start = ahead.pop(0)
             samples = ready.pop(0)
             yield samples[start + self._state["offset"] :]
             self._state["j"] += 1
             self._state["offset"] = 0
             if not ahead:
-                self.job._release()
+                self.job.release()
 
 
 def interleave(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,8 +1,10 @@
 """Token windows of one consumer: its chunks, tokenized in batches and packed per component.
 
 ``WindowStream(job, tokenizer, seq_len, dp_group=, rank=, worker=)`` takes the consumer's
-chunks one at a time (``Stream.chunk_rests``), tokenizes each chunk's texts with one
-``encode_batch`` call (the tokenizer's own thread pool, GIL released), feeds the documents in the
+chunks one at a time (``Stream.rests`` with ``client.documents.DocumentReader``), tokenizes each
+chunk's texts with one ``encode_batch`` call (the tokenizer's own thread pool, GIL released),
+passes the stored ids of pre-tokenized samples through as they are (memory-mapped, never
+decoded; the EOS added unless a document ends with it), feeds the documents in the
 chunk's seeded order to a per-component ``Packer`` and yields the windows the chunk completes,
 interleaved across components by the same stratified rule as a chunk's samples (seeded by the
 chunk): every span of consecutive windows holds each component close to its share.
@@ -18,7 +20,10 @@ and packs up to n chunks ahead of the consumer (a bounded queue: memory is about
 windows), so training never waits on data while the loader is faster. The producer has its own
 cursor; the job sees the consumer's position (the chunk being consumed), so job states and
 chunk release follow what was consumed, not what was prefetched. ``prefetch=0`` does the work
-in the consumer's thread.
+in the consumer's thread. For an adaptive job the producer starts a read group only once the
+consumer is in the group before it, so planning runs at most one read group ahead of what was
+consumed whatever the producer's speed, and a new mixture lands where the job's
+``consumed_frontier`` says, with or without prefetch (docs/planning.md "adaptation latency").
 """
 
 from __future__ import annotations
@@ -34,8 +39,9 @@ from typing import Any, NamedTuple, TypedDict
 import numpy as np
 
 from mixplane.chunking.order import PURPOSE_WINDOWS, generator
+from mixplane.client.documents import DocumentReader, pack
 from mixplane.client.stream import ConsumerState, JobHandle, Stream, interleave, place
-from mixplane.errors import StateError
+from mixplane.errors import MALFORMED, StateError, shown
 from mixplane.tokens.packing import Packer, PackerState, Window
 from mixplane.tokens.tokenizer import Tokenizer, TokenizerError
 
@@ -101,6 +107,7 @@ class WindowStream:
             msg = "the tokenizer has no end-of-sequence token; train or load one with an EOS"
             raise TokenizerError(msg)
         bos_id = getattr(tokenizer, "bos_id", None) if bos else None
+        job.use_tokenizer(tokenizer)  # a token job made without one is sized with it now
         self.job = job
         self.tokenizer = tokenizer
         self._stream = job.stream(dp_group, rank, worker)
@@ -110,6 +117,9 @@ class WindowStream:
         self._windows = 0
         self.prefetch = prefetch
         self.stats = PrefetchStats()
+        self._moved = threading.Condition()  # the consumer's position changed
+        self._closing = threading.Event()
+        self._gated = getattr(job.spec, "algorithm", None) is not None
 
     def state_dict(self) -> WindowStreamState:
         return WindowStreamState(
@@ -121,6 +131,22 @@ class WindowStream:
         )
 
     def load_state_dict(self, state: WindowStreamState | dict[str, Any]) -> None:
+        """Continue from ``state_dict()``'s position; a state that does not fit or is corrupt
+        raises ``StateError`` and changes nothing."""
+        before = self.state_dict()
+        try:
+            self._load(state)
+        except (StateError, *MALFORMED) as exc:
+            self._load(before)
+            if isinstance(exc, StateError):
+                raise
+            msg = (
+                f"the window stream state is corrupt ({type(exc).__name__}: {shown(str(exc))}); "
+                "pass a state saved by WindowStream.state_dict()"
+            )
+            raise StateError(msg) from None
+
+    def _load(self, state: WindowStreamState | dict[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             msg = f"window stream state version {state.get('version')!r}, expected {STATE_VERSION}"
             raise StateError(msg)
@@ -131,10 +157,15 @@ class WindowStream:
         self._packer.load_state_dict(state["packer"])
         self._start = ConsumerState(j=state["stream"]["j"], offset=state["stream"]["offset"])
         self._start_packer = state["packer"]
-        self._windows = int(state["windows"])
+        windows = state["windows"]
+        if not isinstance(windows, int) or isinstance(windows, bool) or not 0 <= windows < 2**62:
+            msg = f"the window stream state's window count is {shown(windows)}, not an int >= 0"
+            raise StateError(msg)
+        self._windows = windows
 
     def __iter__(self) -> Iterator[Window]:
         """The windows from the current position on; iterating again continues."""
+        self._closing.clear()
         chunks = self._produce(self._start, self._start_packer)
         if self.prefetch > 0:
             chunks = _Prefetch(chunks, self.prefetch, self.stats)
@@ -143,18 +174,40 @@ class WindowStream:
             for item in chunks:
                 self.stats.chunks_consumed += 1
                 self._start, self._start_packer, self._windows = item.start, item.packer, skip
-                self._stream.load_state_dict(item.start)  # the job sees the consumed position
+                with self._moved:
+                    self._stream.load_state_dict(item.start)  # the job sees the consumed position
+                    self._moved.notify_all()
                 for window in item.windows[skip:]:
                     self._windows += 1
                     yield window
                 skip = 0
         finally:
+            self._closing.set()
+            with self._moved:
+                self._moved.notify_all()
             if isinstance(chunks, _Prefetch):
                 chunks.close()
 
+    def _wait_for_consumer(self, j: int) -> bool:
+        """Before the producer asks for chunk j, the first of a read group: wait until the
+        consumer is in the group before it; False when the stream is closing."""
+        group = self.job.read_group
+        needed = (j // group - 1) * group
+        with self._moved:
+            while self._stream.state_dict()["j"] < needed:
+                if self._closing.is_set():
+                    return False
+                self._moved.wait(timeout=0.05)
+        return not self._closing.is_set()
+
     def _produce(self, start: ConsumerState, packer_state: PackerState) -> Iterator[ChunkWindows]:
         """Each chunk's rest from ``start`` on: read, tokenized in one batch, packed."""
-        cursor = Stream(self.job, self._stream.consumer, ConsumerState(**start))
+        cursor = Stream(
+            self.job,
+            self._stream.consumer,
+            ConsumerState(**start),
+            gate=self._wait_for_consumer if self._gated else None,
+        )
         packer = Packer(
             self._packer.seq_len,
             self._packer.eos_id,
@@ -163,16 +216,12 @@ class WindowStream:
         )
         packer.load_state_dict(packer_state)
         encode = self.tokenizer.encode_batch
-        for samples in cursor.chunk_rests():
+        for rest in cursor.rests(DocumentReader(self.tokenizer)):
             begin = cursor.state_dict()
             before = packer.state_dict()
-            ids = encode([s.text for s in samples])
-            windows: list[Window] = []
-            add = packer.add
-            for sample, doc in zip(samples, ids, strict=True):
-                windows += add(doc, sample.component)
+            windows = pack(rest, packer, encode)
             if len(windows) > 1:
-                windows = self._interleaved(windows, samples[0].chunk)
+                windows = self._interleaved(windows, rest.chunk)
             self.stats.chunks_produced += 1
             yield ChunkWindows(begin, before, windows)
 

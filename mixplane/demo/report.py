@@ -86,7 +86,9 @@ def requested_tokens(
     return (np.asarray(tokens, dtype=np.float64)[:, None] * weights).sum(axis=0)
 
 
-def _run_series(record: RunRecord, settings: TrainSettings) -> dict[str, Any]:
+def run_series(record: RunRecord, settings: TrainSettings) -> dict[str, Any]:
+    """One run's plotted series (the manifest's ``runs[name]``, see the module); also used by
+    ``benchmarks/adaptive_effect.py`` for every arm and seed."""
     loss_sum = np.asarray(record.loss_sum, dtype=np.float64).reshape(-1, len(record.selectors))
     tokens = np.asarray(record.tokens, dtype=np.float64).reshape(loss_sum.shape)
     delivered = tokens.sum(axis=0)
@@ -198,7 +200,7 @@ def build_manifest(
     makes the report's lines on how it was run from the manifest."""
     first = runs["natural"]
     domains = [_domain(s) for s in first.selectors]
-    built = {name: _run_series(runs[name], settings) for name in RUNS}
+    built = {name: run_series(runs[name], settings) for name in RUNS}
     manifest: dict[str, Any] = {
         "version": MANIFEST_VERSION,
         "domains": domains,

@@ -177,8 +177,10 @@ def _tokenizer_texts(catalog: Catalog, limit: int) -> Iterator[str]:
             start = stop
 
 
-def _prepare(options: DemoOptions, echo: Echo) -> tuple[HFTokenizer, dict[str, Any]]:
-    """Corpus, registration, tokenizer, token counts; the catalog is closed on return."""
+def prepare(options: DemoOptions, echo: Echo) -> tuple[HFTokenizer, dict[str, Any]]:
+    """Corpus, registration, tokenizer, token counts (stages 1-2 of the module); the catalog
+    is closed on return. Returns the tokenizer and what the manifest says of it, including
+    each domain's training tokens (``training_tokens``)."""
     started = time.perf_counter()
     parts = _build(options)
     echo(
@@ -312,7 +314,7 @@ def run_demo(
     settings = options.settings
     times: dict[str, float] = {}
     started = time.perf_counter()
-    tokenizer, tokenizer_info = _prepare(options, echo)
+    tokenizer, tokenizer_info = prepare(options, echo)
     times["prepare"] = time.perf_counter() - started
     chunk_size = options.chunk_tokens
     ado = ado_options(settings.steps, settings.seq_len)

@@ -24,9 +24,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from tqdm import tqdm
 
 from mixplane.client.remote import RemoteClient, RemoteJob
 from mixplane.demo.model import GPT, ModelConfig
-from mixplane.errors import MixplaneError
+from mixplane.errors import MixplaneError, SizingWarning
 from mixplane.integrations.pytorch import (
     LossFeedback,
     TokenWindowDataset,
@@ -69,6 +70,8 @@ class TrainSettings:
     eval_every: int = 50
     eval_windows: int = 16  # held-out windows per domain
     seed: int = 0
+    device: str = "cpu"  # a torch device: "cpu", "cuda", "cuda:1"
+    precision: Literal["float32", "bfloat16"] = "float32"  # bfloat16: autocast (GPUs)
 
     @property
     def tokens_per_step(self) -> int:
@@ -107,6 +110,18 @@ class RunRecord:
 
 
 Batch = dict[str, Any]
+Precision = Literal["float32", "bfloat16"]
+
+
+def to_device(batch: Batch, device: torch.device | str) -> Batch:
+    """The batch with its tensors on ``device`` (the rest as is)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _autocast(device: torch.device, precision: Precision) -> torch.autocast:
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"
+    )
 
 
 def validation_windows(
@@ -129,6 +144,7 @@ def validation_windows(
         VALIDATION_JOB,
         where="split == 'validation'",
         mixture=Mixture.uniform(["domain"]),
+        unit="samples",
         chunk_size=64,
         block_size=1,
         on_exhausted="redistribute",
@@ -137,7 +153,9 @@ def validation_windows(
     )
     domains = [s.split("=", 1)[1] for s in job.selectors]
     found: dict[str, list[dict[str, torch.Tensor]]] = {d: [] for d in domains}
-    dataset = TokenWindowDataset(job, tokenizer, seq_len, dp_group=0, group_rank=0)
+    with warnings.catch_warnings():  # every document read once: no token shares to keep
+        warnings.simplefilter("ignore", SizingWarning)
+        dataset = TokenWindowDataset(job, tokenizer, seq_len, dp_group=0, group_rank=0)
     windows = iter(dataset)
     bar = tqdm(
         total=per_domain * len(domains),
@@ -161,11 +179,18 @@ def validation_windows(
 
 
 @torch.no_grad()
-def evaluate(model: GPT, validation: Mapping[str, Batch]) -> dict[str, float]:
-    """Mean per-token loss of each domain's held-out windows."""
+def evaluate(
+    model: GPT, validation: Mapping[str, Batch], *, precision: Precision = "float32"
+) -> dict[str, float]:
+    """Mean per-token loss of each domain's held-out windows (on the model's device)."""
+    device = next(model.parameters()).device
     model.eval()
     try:
-        return {d: float(model.token_loss(batch).mean()) for d, batch in validation.items()}
+        with _autocast(device, precision):
+            return {
+                d: float(model.token_loss(to_device(batch, device)).float().mean())
+                for d, batch in validation.items()
+            }
     finally:
         model.train()
 
@@ -183,9 +208,13 @@ def train_run(
 ) -> RunRecord:
     """Train a fresh model (seeded: both runs start from the same weights) on ``job``'s
     windows for ``settings.steps`` steps; see the module. ``on_batch(step, batch)`` sees every
-    trained batch (tests count its tokens)."""
-    torch.manual_seed(settings.seed)
-    model = GPT(settings.model_config(vocab_size))
+    trained batch (tests count its tokens). The model trains on ``settings.device``, in
+    bfloat16 autocast when ``settings.precision`` says so; the batches move there after
+    ``on_batch`` has seen them."""
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)  # the initial weights: made on the CPU for every device
+    model = GPT(settings.model_config(vocab_size)).to(device)
+    validation = {d: to_device(b, device) for d, b in validation.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95))
     feedback = LossFeedback(job)
     record = RunRecord(name=name, job_id=job.job_id, selectors=list(job.selectors))
@@ -209,16 +238,18 @@ def train_run(
         for step in range(settings.steps + 1):
             if step % settings.eval_every == 0 or step == settings.steps:
                 record.eval_steps.append(step)
-                record.validation.append(evaluate(model, validation))
+                record.validation.append(evaluate(model, validation, precision=settings.precision))
             if step == settings.steps:
                 break
             batch = next(batches)
             record.chunks.append(_chunk(dataset))
             if on_batch is not None:
                 on_batch(step, batch)
+            batch = to_device(batch, device)
             for group in optimizer.param_groups:
                 group["lr"] = settings.learning_rate(step)
-            loss = model.token_loss(batch)
+            with _autocast(device, settings.precision):
+                loss = model.token_loss(batch).float()
             torch.autograd.backward(loss.mean())
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()

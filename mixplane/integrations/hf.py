@@ -60,6 +60,9 @@ def hf_dataset(
     batch_size: int = 1,
 ) -> datasets.IterableDataset:
     """The rank's windows as a streaming ``datasets.IterableDataset`` (see the module)."""
+    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+    if isinstance(job, Job):
+        job.use_tokenizer(tok)  # sized with the stream's tokenizer (if it can be)
     # every iteration starts from the snapshot (datasets replays from the start to resume)
     source = (
         JobSnapshot.load(Path(job))
@@ -68,7 +71,6 @@ def hf_dataset(
         if isinstance(job, Job)
         else job
     )
-    tok = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
     layout = resolve_layout(
         Topology(**source.topology),
         dp_group=dp_group,

@@ -34,7 +34,7 @@ from mixplane.client.rank import Layout, RankWindows, resolve_layout
 from mixplane.client.remote import RemoteJob, ServerAddress
 from mixplane.client.snapshot import JobSnapshot
 from mixplane.client.windows import PREFETCH_CHUNKS
-from mixplane.errors import DependencyError, PlanError, StateError
+from mixplane.errors import DependencyError, PlanError, StateError, shown
 from mixplane.job import Job
 from mixplane.tokens.packing import Window
 from mixplane.tokens.tokenizer import Tokenizer, load_tokenizer
@@ -102,6 +102,9 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         super().__init__()
         if isinstance(job, str | os.PathLike):
             job = JobSnapshot.load(Path(job))
+        tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        if isinstance(job, Job | RemoteJob):  # sized with the stream's tokenizer (if it can)
+            job.use_tokenizer(tokenizer)
         self._job = job if isinstance(job, Job | RemoteJob) else None
         # worker processes run the job from a snapshot taken now, while the catalog is open,
         # or reconnect to the server's job
@@ -113,7 +116,7 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         else:
             self._snapshot = job.snapshot() if isinstance(job, Job) else job
             self.topology = Topology(**self._snapshot.topology)
-        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self.tokenizer = tokenizer
         self.seq_len, self.bos, self.prefetch, self.batch_size = seq_len, bos, prefetch, batch_size
         if device_mesh is not None:
             dp_group, group_rank = _mesh_coordinates(device_mesh, dp_dim)
@@ -202,9 +205,16 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         return {"version": STATE_VERSION, "windows": windows.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state_dict()`` at the next iteration."""
+        """Continue from ``state_dict()`` at the next iteration (its parts are checked there;
+        a corrupt one raises ``StateError`` from the iteration and changes nothing)."""
+        if not isinstance(state, dict) or not isinstance(state.get("windows"), dict):
+            msg = (
+                f"a dataset state is {{version, windows: {{...}}}} from state_dict(), got "
+                f"{shown(state)}"
+            )
+            raise StateError(msg)
         if state.get("version") != STATE_VERSION:
-            msg = f"dataset state version {state.get('version')!r}, expected {STATE_VERSION}"
+            msg = f"dataset state version {shown(state.get('version'))}, expected {STATE_VERSION}"
             raise StateError(msg)
         self._pending = state
         self._live = None

@@ -21,12 +21,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mixplane.errors import MixtureError
+from mixplane.errors import MixtureError, shown
 from mixplane.query.result import QueryResult, format_value
 
 Selector = tuple[tuple[str, str], ...]
 Kind = Literal["static", "uniform", "inferred"]
 TOLERANCE = 1e-6
+MAX_DEPTH = 32  # levels of a hierarchical mixture
 
 
 def parse_selector(text: str | Mapping[str, Any] | Selector) -> Selector:
@@ -118,6 +119,12 @@ class Mixture:
         flat: list[tuple[Selector, float]] = []
 
         def walk(node: Mapping[str, Any], prefix: Selector, scale: float) -> None:
+            if len(prefix) > MAX_DEPTH:
+                msg = f"the mixture is nested more than {MAX_DEPTH} levels deep"
+                raise MixtureError(msg)
+            _check_object(
+                node, f"the children of {selector_text(prefix)!r}" if prefix else "a mixture"
+            )
             total = sum(_weight(v) for v in node.values())
             if abs(total - 1.0) > TOLERANCE and not normalize:
                 msg = (
@@ -150,12 +157,17 @@ class Mixture:
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, normalize: bool = False) -> Mixture:
         """A mixture from its JSON form: a flat ``{selector: weight}``, a nested tree, or
-        ``{"uniform": [props]}`` / ``{"inferred": [props]}``."""
+        ``{"uniform": [props]}`` / ``{"inferred": [props]}``. Anything else (another type, a
+        key that is not text) is a ``MixtureError`` naming what was found."""
+        _check_object(data, "a mixture")
         if set(data) == {"uniform"}:
             return cls.uniform(data["uniform"])
         if set(data) == {"inferred"}:
             return cls.inferred(data["inferred"])
         if set(data) == {"weights", "allow_empty"}:
+            if not isinstance(data["allow_empty"], bool):
+                msg = f"allow_empty must be true or false, got {shown(data['allow_empty'])}"
+                raise MixtureError(msg)
             inner = cls.from_json(data["weights"], normalize=normalize)
             return cls(
                 kind=inner.kind,
@@ -255,6 +267,19 @@ class Mixture:
         return weights
 
 
+def _check_object(data: Any, what: str) -> None:
+    if not isinstance(data, Mapping):
+        msg = (
+            f"{what} must be a JSON object mapping selectors to weights, e.g. "
+            f'{{"language=en": 0.7, "language=de": 0.3}}; got {type(data).__name__}'
+        )
+        raise MixtureError(msg)
+    keys = [k for k in data if not isinstance(k, str)]
+    if keys:
+        msg = f"selectors are text such as 'language=en'; {what} has keys {shown(keys[:3])}"
+        raise MixtureError(msg)
+
+
 def _weight(value: Any) -> float:
     if isinstance(value, Mapping):
         return _number("weight", value.get("weight", 0.0))
@@ -263,7 +288,7 @@ def _weight(value: Any) -> float:
 
 def _number(name: Any, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"weight of {name!r} must be a number, got {value!r}"
+        msg = f"weight of {shown(name)} must be a number, got {shown(value)}"
         raise MixtureError(msg)
     return float(value)
 
@@ -271,6 +296,9 @@ def _number(name: Any, value: Any) -> float:
 def _by(by: Sequence[str]) -> tuple[str, ...]:
     if isinstance(by, str):
         by = [p.strip() for p in by.split(",") if p.strip()]
+    if not isinstance(by, Sequence) or not all(isinstance(p, str) and p for p in by):
+        msg = f"name the properties to mix over as a list of names, got {shown(by)}"
+        raise MixtureError(msg)
     if not by:
         msg = "name at least one property to mix over"
         raise MixtureError(msg)

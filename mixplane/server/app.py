@@ -4,11 +4,12 @@
 jobs, binds the socket and runs uvicorn (uvloop, httptools) in this one process, which owns the
 DuckDB catalog file.
 
-Every request passes ``Guard`` (pure ASGI, a few microseconds): the bearer token on ``/v1/``,
-``/metrics`` and the dashboard (``/``, ``/static/``, which also take it as ``?token=``;
-``hmac.compare_digest``), the protocol header on ``/v1/``, the body limit
+Every request passes ``Guard`` (pure ASGI, a few microseconds): who sends it and whether its
+role may call the route (``auth.Gate`` over the table ``roles.ROUTES``: 401 without a known
+token or session, 403 below the route's role), the protocol header on ``/v1/``, the body limit
 (``MAX_BODY_BYTES``, counted as the body streams in, so a missing Content-Length does not get
-around it), and the latency histogram. Bodies are decoded by their Content-Type (msgpack with
+around it), the latency histogram, and the audit log's line for actions it records
+(``audit``). Registration reads only below the data roots (``roots``). Bodies are decoded by their Content-Type (msgpack with
 length limits and ``raw=False``, or JSON) and validated by pydantic models before anything acts
 on them; answers use the type the Accept header prefers. Work that takes long (catalog calls,
 building jobs, feedback, checkpoints) runs in worker threads: catalog work in a small pool (its
@@ -20,22 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
-import hmac
 import ipaddress
 import logging
 import math
 import os
-import re
 import socket
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_type_hints
 
 import anyio
+import duckdb
 import msgpack
 import numpy as np
 import orjson
@@ -43,12 +43,17 @@ import pyarrow as pa
 from pyarrow import ipc
 
 from mixplane.catalog.catalog import Catalog
+from mixplane.catalog.formats import FormatName
+from mixplane.catalog.token_counts import cpu_count
 from mixplane.chunking.assign import Topology
 from mixplane.errors import (
+    AccessDeniedError,
     DatasetExistsError,
     DatasetNotFoundError,
     DependencyError,
     FileChangedError,
+    JobConflictError,
+    JobNotFoundError,
     MixplaneError,
     PlanError,
     RegistrationError,
@@ -64,14 +69,25 @@ from mixplane.protocol import (
     PROTOCOL_VERSION,
 )
 from mixplane.server import dashboard
-from mixplane.server.jobs import (
-    JOB_ID_PATTERN,
-    JobConflictError,
-    JobNotFoundError,
-    JobStore,
+from mixplane.server.audit import AuditLog
+from mixplane.server.auth import (
+    SESSION_COOKIE,
+    Credentials,
+    Decision,
+    Gate,
+    Principal,
+    Sessions,
+    cookie_value,
+    session_cookie,
 )
+from mixplane.server.feedback_log import FsyncPolicy
+from mixplane.server.jobs import JobStore
 from mixplane.server.metrics import CONTENT_TYPE as METRICS_TYPE
 from mixplane.server.metrics import Metrics
+from mixplane.server.roles import ROUTES, require_declared
+from mixplane.server.roots import DataRoots
+from mixplane.server.security import Security
+from mixplane.tokens.wire import MAX_TOKENIZER_CHARS, tokenizer_from_wire
 
 try:
     import uvicorn
@@ -80,7 +96,14 @@ try:
     from fastapi.exceptions import RequestValidationError
     from fastapi.openapi.utils import get_openapi
     from fastapi.responses import Response
-    from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+    from pydantic import (
+        BaseModel,
+        ConfigDict,
+        Field,
+        ValidationError,
+        create_model,
+        model_validator,
+    )
     from pydantic.json_schema import models_json_schema
     from starlette.exceptions import HTTPException
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -108,12 +131,14 @@ PAGE_HEADERS = {
         "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",  # the page's address may carry the token
+    "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-_ASSET_LINK = re.compile(r'(src|href)="/static/([A-Za-z0-9_.-]+)"')
+DECISION = "mixplane.decision"  # scope key: the gate's Decision for the request
+AUDIT = "mixplane.audit"  # scope key: details (and an action) a route adds to its audit line
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 Scalar = bool | int | float | str | None
 JobId = Annotated[str, PathParam(max_length=256, description="A job id")]
 
@@ -187,35 +212,82 @@ class PhaseBody(_Body):
     on_exhausted: Literal["repeat", "stop", "redistribute"] = "repeat"
 
 
-class SpecBody(_Body):
-    """A job definition: ``JobSpec.to_json()``'s form."""
+#: the JSON forms of the job options that are not plain values, and the options whose 0
+#: means "the default" (null on the wire)
+_WIRE_FORMS: dict[str, Any] = {
+    "mixture": dict[str, Any],
+    "schedule": list[PhaseBody],
+    "algorithm_options": dict[str, Scalar | list[Scalar]],
+}
+_ZERO_IS_DEFAULT = ("chunk_size", "read_ahead")
 
-    job_id: str = Field(pattern=JOB_ID_PATTERN)
-    where: str | None = Field(default=None, max_length=MAX_TEXT)
-    mixture: dict[str, Any] = Field(max_length=10_000)
-    seed: int = Field(default=0, ge=0, le=MAX_INT)
-    unit: Literal["samples", "tokens"] = "samples"
-    chunk_size: int = Field(default=1000, ge=1, le=100_000_000)
-    on_exhausted: Literal["repeat", "stop", "redistribute"] = "repeat"
-    order: Literal["shuffled", "as-stored", "sorted"] = "shuffled"
-    sort_by: str | None = Field(default=None, max_length=256)
-    descending: bool = False
-    block_size: int = Field(default=256, ge=1, le=1 << 24)
-    bytes_per_token: float = Field(default=4.0, gt=0, le=1e6, allow_inf_nan=False)
-    schedule: list[PhaseBody] = Field(default_factory=list, max_length=10_000)
-    schedule_unit: Literal["chunks", "samples", "tokens"] = "chunks"
-    tokenizer: str | None = Field(default=None, max_length=512)
-    algorithm: str | None = Field(default=None, max_length=128)
-    algorithm_options: dict[str, Scalar | list[Scalar]] = Field(default_factory=dict, max_length=64)
+
+def _spec_body() -> type[_Body]:
+    """``POST /v1/jobs``'s job definition (``JobSpec.to_json()``'s form), made from the
+    ``JobSpec`` fields themselves: their types, defaults and the limits each declares."""
+    hints = get_type_hints(JobSpec)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(JobSpec):
+        wire = dict(f.metadata.get("wire", {}))
+        annotation = _WIRE_FORMS.get(f.name, hints[f.name])
+        if f.name in ("job_id", "mixture"):  # required
+            fields[f.name] = (annotation, Field(..., **wire))
+        elif f.name in _ZERO_IS_DEFAULT:
+            fields[f.name] = (annotation | None, Field(default=None, **wire))
+        elif f.name in _WIRE_FORMS:
+            empty = list if f.name == "schedule" else dict
+            fields[f.name] = (annotation, Field(default_factory=empty, **wire))
+        else:
+            fields[f.name] = (annotation, Field(default=f.default, **wire))
+    model = create_model("SpecBody", __base__=_Body, **fields)
+    model.__doc__ = "A job definition: ``JobSpec.to_json()``'s form."
+    return model
+
+
+SpecBody = _spec_body()
+if TYPE_CHECKING:  # a model made at run time: statically, some request body
+    _SpecBody = _Body
+else:
+    _SpecBody = SpecBody
+
+
+class TokenizerBody(_Body):
+    """A tokenizer as data (``mixplane/tokens/wire.py``): by name, or its file's text."""
+
+    name: str | None = Field(default=None, max_length=64)
+    kind: Literal["hf", "tiktoken"] | None = None
+    data: str | None = Field(default=None, max_length=MAX_TOKENIZER_CHARS)
+    pattern: str | None = Field(default=None, max_length=4096)
+    special_tokens: dict[Annotated[str, Field(max_length=256)], int] | None = Field(
+        default=None, max_length=100_000
+    )
+    normalize: Literal["NFC"] | None = None
+    fingerprint: str | None = Field(default=None, max_length=64)
+
+
+class CountTokensBody(_Body):
+    """``POST /v1/token-counts``: count and store exact token counts with ``tokenizer`` (a
+    name the server knows, or the text of a ``tokenizer.json`` / rank file: data, parsed,
+    never run, never a path on the server)."""
+
+    tokenizer: TokenizerBody
+    datasets: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None, max_length=100_000
+    )
+    workers: int | None = Field(default=None, ge=1, le=1024)
+    on_changed: Literal["error", "skip"] = "error"
 
 
 class SubmitBody(_Body):
     """``POST /v1/jobs``: a job definition and its topology; the same again returns the
-    existing job, another definition under a taken id is a 409 unless ``replace``."""
+    existing job, another definition under a taken id is a 409 unless ``replace``. A job that
+    names a tokenizer (``spec.tokenizer``, its fingerprint) is sized with ``tokenizer`` (the
+    tokenizer as data) unless the catalog has its token counts."""
 
-    spec: SpecBody
+    spec: _SpecBody
     topology: TopologyBody = Field(default_factory=TopologyBody)
     replace: bool = False
+    tokenizer: TokenizerBody | None = None
 
 
 class _Numbers(BaseModel):
@@ -253,6 +325,7 @@ class FeedbackBody(_Body):
     step: int = Field(ge=0, le=MAX_INT)
     loss_sum: list[float] = Field(max_length=1 << 20)
     token_count: list[float] = Field(max_length=1 << 20)
+    consumed: list[ConsumedPosition] = Field(default_factory=list, max_length=MAX_CHUNK_REQUESTS)
 
 
 class StateBody(_Body):
@@ -263,6 +336,7 @@ class StateBody(_Body):
 
 BODIES: tuple[type[BaseModel], ...] = (
     RegisterBody,
+    CountTokensBody,
     ExplainBody,
     SubmitBody,
     ChunksBody,
@@ -338,10 +412,13 @@ def respond(data: Any, *, as_msgpack: bool, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type=media_type)
 
 
-def _error(request_headers: Mapping[str, str], status: int, message: str) -> Response:
-    return respond(
-        {"error": message}, as_msgpack=wants_msgpack(request_headers.get("accept")), status=status
-    )
+def _error(
+    request_headers: Mapping[str, str], status: int, message: str, kind: str | None = None
+) -> Response:
+    """``{"error": message}`` (and ``"type"``: the ``MixplaneError`` class raised, so a
+    remote client raises the same class as in-process)."""
+    body = {"error": message} if kind is None else {"error": message, "type": kind}
+    return respond(body, as_msgpack=wants_msgpack(request_headers.get("accept")), status=status)
 
 
 def unpack(raw: bytes) -> Any:
@@ -461,7 +538,7 @@ async def read_body(request: Request, model: type[BaseModel]) -> Any:
     return data
 
 
-def spec_of(body: SpecBody) -> JobSpec:
+def spec_of(body: BaseModel) -> JobSpec:
     """The ``JobSpec`` of a validated spec body (a mixture that does not parse is a 400)."""
     try:
         return JobSpec.from_json(body.model_dump())
@@ -473,6 +550,8 @@ def spec_of(body: SpecBody) -> JobSpec:
 
 
 def status_of(exc: MixplaneError) -> int:
+    if isinstance(exc, AccessDeniedError):
+        return 403
     if isinstance(exc, (JobNotFoundError, DatasetNotFoundError)):
         return 404
     if isinstance(exc, (JobConflictError, DatasetExistsError, FileChangedError)):
@@ -487,12 +566,16 @@ class BodyTooLargeError(HTTPException):
 
 
 class Guard:
-    """Token, protocol header, body limit and latency metrics for every request."""
+    """Access (``auth.Gate``), protocol header, body limit, latency metrics and audit lines for
+    every request."""
 
-    def __init__(self, app: ASGIApp, *, token: str | None, metrics: Metrics) -> None:
+    def __init__(
+        self, app: ASGIApp, *, gate: Gate, metrics: Metrics, audit: AuditLog | None
+    ) -> None:
         self.app = app
-        self.token = token.encode() if token is not None else None
+        self.gate = gate
         self.metrics = metrics
+        self.audit = audit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -500,15 +583,21 @@ class Guard:
             return
         started = time.perf_counter()
         status = 500
+        decision: Decision | None = None
+        audited = False
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, audited
             if message["type"] == "http.response.start":
                 status = int(message["status"])
+                if decision is not None and not audited:  # on disk before the answer leaves
+                    audited = True
+                    await self._audit(scope, decision, status)
             await send(message)
 
         try:
-            problem = self._check(scope)
+            decision, problem = self._check(scope)
+            scope[DECISION] = decision
             if problem is not None:
                 code, message, extra = problem
                 headers = {
@@ -524,27 +613,18 @@ class Guard:
             path = getattr(route, "path", None)
             endpoint = f"{scope['method']} {path}" if path else "unmatched"
             self.metrics.request(endpoint, status, time.perf_counter() - started)
+            if decision is not None and not audited:  # no answer went through send_status
+                await self._audit(scope, decision, status)
 
-    def _check(self, scope: Scope) -> tuple[int, str, dict[str, str]] | None:
-        path: str = scope["path"]
-        api = path.startswith("/v1/") or path == "/v1"
-        page = path == "/" or path.startswith("/static/")  # the dashboard
-        if not (api or page or path == "/metrics"):
-            return None
+    def _check(self, scope: Scope) -> tuple[Decision, tuple[int, str, dict[str, str]] | None]:
         headers: dict[bytes, bytes] = {}
         for k, v in scope["headers"]:
             headers.setdefault(k.lower(), v)
-        if self.token is not None:
-            scheme, _, credentials = headers.get(b"authorization", b"").partition(b" ")
-            bearer = scheme.lower() == b"bearer" and hmac.compare_digest(
-                credentials.strip(), self.token
-            )
-            if not bearer and not (page and self._query_token(scope)):
-                message = "missing or wrong bearer token; send 'Authorization: Bearer TOKEN'"
-                if page:
-                    message = "missing or wrong token; open the dashboard as /?token=TOKEN"
-                return 401, message, {"WWW-Authenticate": "Bearer"}
-        if api:
+        decision = self.gate.decide(scope, headers)
+        if decision.refusal is not None:
+            return decision, decision.refusal
+        path: str = scope["path"]
+        if path.startswith("/v1/") or path == "/v1":
             got = headers.get(PROTOCOL_HEADER.lower().encode())
             if got is None or got.strip() != str(PROTOCOL_VERSION).encode():
                 shown = "none" if got is None else repr(got.decode("latin-1")[:40])
@@ -552,24 +632,46 @@ class Guard:
                     f"this server speaks protocol {PROTOCOL_VERSION} (header {PROTOCOL_HEADER}: "
                     f"{PROTOCOL_VERSION}), got {shown}; run the same mixplane version on both sides"
                 )
-                return 400, message, {}
+                return decision, (400, message, {})
         length = headers.get(b"content-length")
         if length is not None:
             try:
                 too_large = int(length) > MAX_BODY_BYTES
             except ValueError:
-                return 400, "invalid Content-Length", {}
+                return decision, (400, "invalid Content-Length", {})
             if too_large:
-                return 413, BodyTooLargeError().detail, {}
-        return None
+                return decision, (413, BodyTooLargeError().detail, {})
+        return decision, None
 
-    def _query_token(self, scope: Scope) -> bool:
-        """Whether the query string carries the token (``?token=``; the dashboard's page and
-        files, which a browser loads without headers)."""
-        assert self.token is not None
-        query = scope.get("query_string", b"").decode("latin-1")
-        given = urllib.parse.parse_qs(query).get("token", [])
-        return any(hmac.compare_digest(t.encode("utf-8"), self.token) for t in given[:1])
+    async def _audit(self, scope: Scope, decision: Decision, status: int) -> None:
+        """The request's audit line, when its route or the route's handler names an action
+        and someone known sent it (a 401 names nobody)."""
+        noted: dict[str, Any] = scope.get(AUDIT) or {}
+        action = noted.get("action") or decision.access.action
+        who = decision.principal
+        if action is None or who is None or self.audit is None:
+            return
+        details = {k: v for k, v in noted.items() if k != "action"}
+        audit = self.audit
+        assert audit is not None
+        request = f"{scope['method']} {scope['path'][:1024]}"
+
+        def write() -> None:
+            try:
+                audit.record(
+                    action=action,
+                    name=who.name,
+                    role=who.role,
+                    via=who.via,
+                    request=request,
+                    status=status,
+                    details=details,
+                )
+            except OSError:
+                log.exception("cannot write the audit log %s", audit.path)
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(write)
 
     @staticmethod
     def _limited(receive: Receive) -> Receive:
@@ -589,11 +691,25 @@ class Guard:
 
 # -- the app ------------------------------------------------------------------------------------
 def create_app(
-    store: JobStore, *, token: str | None, checkpoint_every: float, metrics: Metrics
+    store: JobStore,
+    *,
+    checkpoint_every: float,
+    metrics: Metrics,
+    token: str | None = None,
+    security: Security | None = None,
+    audit: AuditLog | None = None,
 ) -> FastAPI:
-    """The server's app over ``store`` (which owns the open catalog). ``token`` None serves
-    without authentication (loopback only: ``serve`` enforces it); ``checkpoint_every``
-    seconds between checkpoints of changed jobs (0: only on request, feedback and shutdown)."""
+    """The server's app over ``store`` (which owns the open catalog). ``security``: tokens,
+    data roots and TLS (``Security.configure``); ``token`` is shorthand for one admin token
+    and no data roots; neither serves without authentication (loopback only: ``serve``
+    enforces it). ``audit`` receives the audit lines. ``checkpoint_every`` seconds between
+    checkpoints of changed jobs (0: only on request, feedback and shutdown). Every route must
+    have its role in ``roles.ROUTES``, else ``UnguardedRouteError``."""
+    if security is None:
+        credentials = Credentials.single(token) if token is not None else None
+        security = Security(credentials=credentials, roots=None if token is None else DataRoots())
+    roots = security.roots
+    sessions = Sessions()
     limiters: dict[str, anyio.CapacityLimiter] = {}
 
     @contextlib.asynccontextmanager
@@ -630,11 +746,12 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.add_middleware(Guard, token=token, metrics=metrics)
+    gate = Gate(security.credentials, sessions, routes=lambda: app.router.routes)
+    app.add_middleware(Guard, gate=gate, metrics=metrics, audit=audit)
 
     async def _mixplane_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, MixplaneError)
-        return _error(request.headers, status_of(exc), str(exc))
+        return _error(request.headers, status_of(exc), str(exc), type(exc).__name__)
 
     async def _http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -673,6 +790,10 @@ def create_app(
 
         return await anyio.to_thread.run_sync(run, limiter=limiters.get(pool))
 
+    async def off_loop_value(work: Callable[[], T], *, pool: str) -> T:
+        """``work()`` in a worker thread of ``pool``."""
+        return await anyio.to_thread.run_sync(work, limiter=limiters.get(pool))
+
     def with_catalog(work: Callable[[Catalog], Any]) -> Callable[[], Any]:
         def run() -> Any:
             with store.catalog_use() as catalog:
@@ -707,6 +828,7 @@ def create_app(
     )
     async def register(request: Request) -> Response:
         body = await parse(request, RegisterBody)
+        request.scope[AUDIT] = {"dataset": body.name, "paths": body.paths}
         relative = [
             p for p in body.paths if "://" not in p and not os.path.isabs(os.path.expanduser(p))
         ]
@@ -716,13 +838,18 @@ def create_app(
                 "or object-store URIs (s3://bucket/prefix)"
             )
             raise RegistrationError(msg)
+        paths = list(body.paths)
+        fmt: FormatName | None = body.format
+        if roots is not None:  # the files below the data roots, checked (403 otherwise)
+            confined = await off_loop_value(lambda: roots.confine(paths, fmt), pool="catalog")
+            paths, fmt = confined.paths, confined.format
 
         def work(catalog: Catalog) -> Any:
             try:
                 info = catalog.register(
                     body.name,
-                    list(body.paths),
-                    format=body.format,
+                    paths,
+                    format=fmt,
                     properties=body.properties,
                     constants=body.constants,
                     preset=body.preset,
@@ -741,6 +868,38 @@ def create_app(
             return report
 
         return await off_loop(request, with_catalog(work), pool="catalog")
+
+    @app.post(
+        "/v1/token-counts",
+        summary="Count and store exact token counts (cached per tokenizer and file)",
+        openapi_extra=_body_doc(CountTokensBody),
+    )
+    async def count_tokens(request: Request) -> Response:
+        body = await parse(request, CountTokensBody)
+        sent = body.tokenizer.model_dump(exclude_none=True)
+        request.scope[AUDIT] = {
+            "tokenizer": sent.get("name") or sent.get("fingerprint") or sent.get("kind"),
+            "datasets": body.datasets,
+        }
+
+        def work() -> Any:
+            tokenizer = tokenizer_from_wire(sent)
+            try:  # the catalog lock is held only while the catalog is used, not while counting
+                report = store.catalog.count_tokens(
+                    tokenizer,
+                    datasets=body.datasets,
+                    workers=min(body.workers, cpu_count()) if body.workers else None,
+                    on_changed=body.on_changed,
+                    progress=False,
+                    lock=store.catalog_lock,
+                )
+            except duckdb.Error as exc:
+                log.warning("catalog error", exc_info=True)
+                msg = f"the catalog could not run this request ({type(exc).__name__}: {exc})"
+                raise PlanError(msg) from None
+            return report.to_dict()
+
+        return await off_loop(request, work, pool="catalog")
 
     @app.post(
         "/v1/explain", summary="A filter's SQL and components", openapi_extra=_body_doc(ExplainBody)
@@ -790,10 +949,14 @@ def create_app(
     async def submit(request: Request) -> Response:
         body = await parse(request, SubmitBody)
         spec = spec_of(body.spec)
+        if body.replace:  # starts an existing job over: in the audit log
+            request.scope[AUDIT] = {"action": "replace", "job_id": spec.job_id}
         topology = Topology(**body.topology.model_dump())
 
+        sent = body.tokenizer.model_dump(exclude_none=True) if body.tokenizer else None
+
         def work() -> Any:
-            sj, _ = store.submit(spec, topology, replace=body.replace)
+            sj, _ = store.submit(spec, topology, replace=body.replace, tokenizer=sent)
             return sj.info()
 
         return await off_loop(request, work, pool="catalog")
@@ -850,8 +1013,12 @@ def create_app(
         body = await parse(request, FeedbackBody)
         store.get(job_id)
 
+        consumed = [(c.consumer, c.rank, c.j) for c in body.consumed]
+
         def work() -> Any:
-            at = store.feedback(job_id, body.step, body.loss_sum, body.token_count)
+            at = store.feedback(
+                job_id, body.step, body.loss_sum, body.token_count, consumed=consumed
+            )
             return {"applies_from": at}
 
         return await off_loop(request, work, pool="job")
@@ -884,18 +1051,29 @@ def create_app(
     async def weights(request: Request, job_id: JobId) -> Response:
         return await off_loop(request, lambda: store.weights(job_id), pool="job")
 
+    @app.get(
+        "/v1/jobs/{job_id}/manifest",
+        summary="Requested vs delivered token shares and the mixture versions (feedback log)",
+    )
+    async def manifest(request: Request, job_id: JobId) -> Response:
+        return await off_loop(request, lambda: store.manifest(job_id), pool="job")
+
+    @app.get("/v1/jobs/{job_id}/trace", summary="The job's logged feedback, every step")
+    async def trace(
+        request: Request,
+        job_id: JobId,
+        start: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> Response:
+        return await off_loop(request, lambda: store.trace(job_id, start, limit), pool="job")
+
     # -- dashboard ----------------------------------------------------------------------------
     folder = resources.files("mixplane.server") / "static"
     assets = {name: (folder / name).read_bytes() for name in STATIC}
 
     @app.get("/", include_in_schema=False)
-    async def page(request: Request) -> Response:
-        html = assets["index.html"].decode("utf-8")
-        token = request.query_params.get("token")
-        if token is not None:  # the Guard checked it: the page's files need it too
-            quoted = urllib.parse.quote(token, safe="")
-            html = _ASSET_LINK.sub(rf'\1="/static/\2?token={quoted}"', html)
-        return Response(html, media_type=STATIC["index.html"], headers=PAGE_HEADERS)
+    async def page() -> Response:  # open: the same bytes for everyone, no data
+        return Response(assets["index.html"], media_type=STATIC["index.html"], headers=PAGE_HEADERS)
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: Annotated[str, PathParam(max_length=64)]) -> Response:
@@ -903,6 +1081,40 @@ def create_app(
             msg = f"no dashboard file {name!r}; the dashboard has {sorted(STATIC)}"
             raise HTTPException(404, msg)
         return Response(assets[name], media_type=STATIC[name], headers=PAGE_HEADERS)
+
+    @app.post(
+        "/v1/session",
+        summary="Trade the bearer token for a dashboard session cookie (viewer role)",
+    )
+    async def open_session(request: Request) -> Response:
+        decision: Decision = request.scope[DECISION]
+        holder: Principal | None = decision.principal
+        if gate.credentials is None:
+            msg = "this server has no tokens: the dashboard needs no session"
+            raise HTTPException(400, msg)
+        if holder is None or holder.via != "token":
+            msg = "open a session with the token itself: send 'Authorization: Bearer TOKEN'"
+            raise HTTPException(400, msg)
+        value = sessions.open(holder)
+        seconds = int(sessions.seconds)
+        answer = {"name": holder.name, "role": "viewer", "expires_in": seconds}
+        response = respond(answer, as_msgpack=accepts_msgpack(request))
+        response.headers["Set-Cookie"] = session_cookie(
+            value, secure=security.tls is not None, max_age=seconds
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.delete("/v1/session", summary="End the dashboard session of the cookie sent")
+    async def close_session(request: Request) -> Response:
+        sent = cookie_value(request.headers.get("cookie", "").encode("latin-1"), SESSION_COOKIE)
+        if sent is not None:
+            sessions.close(sent)
+        response = respond({"closed": sent is not None}, as_msgpack=accepts_msgpack(request))
+        response.headers["Set-Cookie"] = session_cookie(
+            "", secure=security.tls is not None, max_age=0
+        )
+        return response
 
     @app.get("/v1/dashboard/jobs", summary="Every job in a line, for the dashboard")
     async def dashboard_jobs(request: Request) -> Response:
@@ -932,7 +1144,10 @@ def create_app(
         )
         components = schema.setdefault("components", {})
         components.setdefault("schemas", {}).update(defs.get("$defs", {}))
-        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        components["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+        }
         header = {
             "name": PROTOCOL_HEADER,
             "in": "header",
@@ -953,25 +1168,39 @@ def create_app(
             "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
         }
         for path, operations in schema.get("paths", {}).items():
-            for operation in operations.values():
+            for method, operation in operations.items():
                 responses = operation.setdefault("responses", {})
                 responses.pop("422", None)
                 responses["4XX"] = error
                 if path.startswith("/v1/"):
                     operation.setdefault("parameters", []).append(dict(header))
-                if path.startswith("/v1/") or path == "/metrics":
-                    operation["security"] = [{"bearer": []}]
+                access = ROUTES.get((method.upper(), path))
+                role = access.role if access is not None else "admin"
+                operation["x-mixplane-role"] = role
+                if role is not None:  # a session (the dashboard's cookie) is a viewer
+                    schemes: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}]
+                    schemes = schemes[: 2 if role == "viewer" else 1]
+                    operation["security"] = schemes
+                    operation["description"] = (
+                        f"{operation.get('description', '')}\n\nNeeds role `{role}`."
+                    ).strip()
         app.openapi_schema = schema
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    require_declared(
+        (method, str(getattr(route, "path", "")))
+        for route in app.routes
+        for method in getattr(route, "methods", None) or ()
+        if method != "HEAD"
+    )
     return app
 
 
 # -- serving ------------------------------------------------------------------------------------
-def bind_address(host: str, *, token: str | None) -> tuple[socket.AddressFamily, str]:
+def bind_address(host: str, *, authenticated: bool) -> tuple[socket.AddressFamily, str]:
     """The address family and numeric address to bind for ``host``; anything but loopback
-    without a token is refused."""
+    without tokens (``authenticated`` False) is refused."""
     name = host.strip().strip("[]")
     name = LOOPBACK_NAMES.get(name.lower(), name)
     try:
@@ -983,26 +1212,15 @@ def bind_address(host: str, *, token: str | None) -> tuple[socket.AddressFamily,
             msg = f"cannot resolve host {host!r} ({exc}); pass an address such as 127.0.0.1"
             raise MixplaneError(msg) from None
         address = ipaddress.ip_address(infos[0][4][0])
-    if not address.is_loopback and token is None:
+    if not address.is_loopback and not authenticated:
         msg = (
             f"refusing to listen on {host} (not a loopback address) without a token; pass "
-            "--token-file FILE (or set MIXPLANE_TOKEN_FILE) holding a secret, or bind 127.0.0.1"
+            "--tokens-file FILE (tokens with roles) or --token-file FILE (one admin token, or "
+            "set MIXPLANE_TOKEN_FILE), or bind 127.0.0.1"
         )
         raise MixplaneError(msg)
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
     return family, str(address)
-
-
-def read_token(path: str | Path) -> str:
-    """The bearer token in a file (surrounding whitespace stripped)."""
-    token = Path(path).read_text(encoding="utf-8").strip()
-    if not token:
-        msg = f"token file {path} is empty; write a secret into it (e.g. secrets.token_urlsafe(32))"
-        raise MixplaneError(msg)
-    if not all(0x21 <= ord(ch) <= 0x7E for ch in token):
-        msg = f"the token in {path} must be printable ASCII without spaces"
-        raise MixplaneError(msg)
-    return token
 
 
 def serve(
@@ -1011,18 +1229,30 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8411,
     token: str | None = None,
+    security: Security | None = None,
     checkpoint_every: float = 30.0,
+    feedback_fsync: FsyncPolicy = "group",
     announce: Callable[[str], None] = print,
 ) -> None:
     """Run the server until it is stopped (SIGINT/SIGTERM): check the address, open the
     catalog, reload the jobs, bind, serve; ``announce`` gets ``mixplane server listening on
-    URL`` once connections are accepted."""
-    family, address = bind_address(host, token=token)
+    URL`` (``https://`` under TLS) once connections are accepted. ``security``: tokens, data
+    roots and TLS (``Security.configure``); ``token`` is shorthand for one admin token."""
+    if security is None:
+        credentials = Credentials.single(token) if token is not None else None
+        security = Security(credentials=credentials, roots=None if token is None else DataRoots())
+    family, address = bind_address(host, authenticated=security.credentials is not None)
+    for warning in security.warnings(host=host, loopback=ipaddress.ip_address(address).is_loopback):
+        log.warning("%s", warning)
     catalog = Catalog.open(home)
     metrics = Metrics()
-    store = JobStore(catalog, catalog.home / "server" / "jobs", metrics)
+    store = JobStore(
+        catalog, catalog.home / "server" / "jobs", metrics, feedback_fsync=feedback_fsync
+    )
+    audit: AuditLog | None = None
     sock: socket.socket | None = None
     try:
+        audit = AuditLog(catalog.home / "server" / "audit.log")
         store.load()
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -1030,8 +1260,28 @@ def serve(
         sock.listen(2048)
         bound_port = sock.getsockname()[1]
         shown = f"[{address}]" if family == socket.AF_INET6 else address
-        url = f"http://{shown}:{bound_port}"
-        app = create_app(store, token=token, checkpoint_every=checkpoint_every, metrics=metrics)
+        url = f"{'https' if security.tls else 'http'}://{shown}:{bound_port}"
+        app = create_app(
+            store,
+            security=security,
+            audit=audit,
+            checkpoint_every=checkpoint_every,
+            metrics=metrics,
+        )
+        holders = security.credentials.holders() if security.credentials is not None else []
+        roots = security.roots
+        audit.record(
+            action="serve",
+            name="server",
+            role=None,
+            via=None,
+            details={
+                "url": url,
+                "tokens": holders,
+                "data_roots": None if roots is None else roots.describe(),
+                "tls": security.tls is not None,
+            },
+        )
         # chunk answers allocate many short-lived objects: fewer full collections (each one
         # pauses every request; benchmarks/serve.py measured 21-31 per run at the defaults)
         gc.set_threshold(100_000, 50, 100)
@@ -1046,6 +1296,8 @@ def serve(
             timeout_keep_alive=30,
             timeout_graceful_shutdown=10,
             backlog=2048,
+            ssl_certfile=security.tls.cert if security.tls else None,
+            ssl_keyfile=security.tls.key if security.tls else None,
         )
         server = uvicorn.Server(config)
 
@@ -1061,6 +1313,8 @@ def serve(
             _run_loop(run, config)
     finally:
         store.close()
+        if audit is not None:
+            audit.close()
         if sock is not None:
             sock.close()
 

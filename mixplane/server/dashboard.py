@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 
-from mixplane.adapt.ado import ADO, law_loss
+from mixplane.adapt.base import Fit, FitReport, ReportsFits
 from mixplane.chunking.assign import Assignment, Topology
-from mixplane.server.jobs import JobStore, ServerJob
-from mixplane.server.metrics import Metrics
+from mixplane.server.jobs import JobStore
+from mixplane.server.serving import ServerJob
 
 HISTORY = 500  # mixture log entries answered by default (evenly thinned)
 HISTORY_MAX = 10_000
@@ -87,22 +87,6 @@ class Losses(TypedDict):
     n: list[list[float]] | None  # [component][step]: samples trained (ADO's n), when known
 
 
-class Law(TypedDict):
-    eps: float
-    beta: float
-    alpha: float
-
-
-class Curve(TypedDict):
-    n: list[float]
-    loss: list[float]
-
-
-class Fit(TypedDict):
-    law: Law | None  # None: not fitted yet
-    curve: Curve | None  # over the n of the shown losses
-
-
 class Fits(TypedDict):
     algorithm: str
     refits: int
@@ -157,11 +141,10 @@ def overview(store: JobStore) -> Overview:
 
 def summary(sj: ServerJob) -> JobSummary:
     job = sj.job
-    with job._lock:
-        weights = job.weights.tolist()
-        changes = len(job.mixture_log) - 1
-        planned = job._planner.next_chunk
-        ended = bool(job._planner.ended)
+    progress = job.progress()
+    weights = progress.weights.tolist()
+    changes = len(progress.mixture_log) - 1
+    planned, ended = progress.next_chunk, progress.ended
     log = job.feedback_log
     last_step = log[-1][0] if log else None
     served = throughput(sj)
@@ -190,17 +173,13 @@ def dashboard(
     job = sj.job
     selectors = job.selectors
     k = len(selectors)
-    with job._lock:
-        current = job.weights.tolist()
-        log = list(job.mixture_log)
-        chunks = job._planner.next_chunk
-        positions = job._positions()
-        live = len(job._ranks)
-        assignment = job.assignment  # frozen: read it outside the lock
-    consumers = _consumers(job.topology, assignment, positions, live)
-    ado = _read_ado(sj)
-    losses, n_by_step = _losses(sj, k, steps, ado)
-    samples, tokens = _planned(store.metrics, sj.job_id, selectors, unit=job.spec.unit)
+    progress = job.progress()
+    current, log, chunks = progress.weights.tolist(), progress.mixture_log, progress.next_chunk
+    consumers = _consumers(
+        job.topology, progress.assignment, progress.positions, progress.live_ranks
+    )
+    losses, report = _losses(sj, k, steps)
+    samples, tokens = store.metrics.planned_by_component(sj.job_id, selectors)
     return Dashboard(
         job_id=sj.job_id,
         time=time.time(),
@@ -208,9 +187,11 @@ def dashboard(
         unit=job.spec.unit,
         algorithm=job.spec.algorithm,
         weights=Weights(current=current, total=len(log), history=_thin(log, history, k)),
-        planned=Planned(chunks=chunks, samples=samples, tokens=tokens),
+        planned=Planned(
+            chunks=chunks, samples=samples, tokens=tokens if job.spec.unit == "tokens" else None
+        ),
         losses=losses,
-        fits=None if ado is None else _fits(sj, k, ado, n_by_step),
+        fits=None if report is None else _fits(sj, report),
         throughput=throughput(sj),
         consumers=consumers,
     )
@@ -237,54 +218,11 @@ def _thin(log: list[dict[str, Any]], history: int, k: int) -> list[WeightsEntry]
     return out
 
 
-def _planned(
-    metrics: Metrics, job_id: str, selectors: list[str], *, unit: str
-) -> tuple[list[int], list[int] | None]:
-    """Samples and (token-budgeted jobs) tokens planned per component, from the metrics."""
-    with metrics._lock:
-        samples = [metrics._samples.get((job_id, s), 0) for s in selectors]
-        tokens = [metrics._tokens.get((job_id, s), 0) for s in selectors]
-    return samples, tokens if unit == "tokens" else None
-
-
-class _ADOView(NamedTuple):
-    """What the dashboard reads of an ADO: samples trained per component, the last step it
-    saw, its laws (log beta, log eps, alpha) and how many refits it made."""
-
-    algorithm: ADO
-    n: np.ndarray
-    step: int | None
-    laws: np.ndarray | None
-    refits: int
-
-
-def _read_ado(sj: ServerJob) -> _ADOView | None:
-    """The job's ADO as it is now (None for other algorithms), read under the job's algorithm
-    lock when that is free within ``ALGORITHM_WAIT_S`` (else during a refit, without it)."""
-    algorithm = sj.job.algorithm
-    if not isinstance(algorithm, ADO):
-        return None
-    lock = sj.job._algorithm_lock
-    locked = lock.acquire(timeout=ALGORITHM_WAIT_S)
-    try:
-        laws = algorithm.laws
-        return _ADOView(
-            algorithm=algorithm,
-            n=algorithm.n.copy(),
-            step=algorithm.step,
-            laws=None if laws is None else laws.copy(),
-            refits=algorithm.fits,
-        )
-    finally:
-        if locked:
-            lock.release()
-
-
-def _losses(
-    sj: ServerJob, k: int, steps: int, ado: _ADOView | None
-) -> tuple[Losses, np.ndarray | None]:
-    """The mean loss per component of the last ``steps`` feedback messages, and (ADO) the n
-    each was trained at (T x K)."""
+def _losses(sj: ServerJob, k: int, steps: int) -> tuple[Losses, FitReport | None]:
+    """The mean loss per component of the last ``steps`` feedback messages, and the report of
+    an algorithm that fits laws (``ReportsFits``): its laws and the n each step was trained at,
+    read under its lock when that is free within ``ALGORITHM_WAIT_S`` (else during a refit,
+    without it)."""
     job = sj.job
     received = job.feedback_received
     log = list(job.feedback_log)[-steps:] if steps else []  # a copy: feedback may arrive
@@ -297,62 +235,27 @@ def _losses(
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = np.where(count > 0, loss / count, np.nan)
     numbers = [int(s) for s, _, _ in log]
-    n = _trained(ado, numbers, count) if ado is not None and t else None
+    report = None
+    with job.algorithm_view(ALGORITHM_WAIT_S) as algorithm:
+        if isinstance(algorithm, ReportsFits):
+            report = algorithm.fit_report(numbers, count, curve_points=CURVE_POINTS)
     answer = Losses(
         received=received,
         steps=numbers,
         mean=[[None if np.isnan(v) else float(v) for v in mean[:, c]] for c in range(k)],
-        n=None if n is None else [n[:, c].tolist() for c in range(k)],
+        n=None if report is None else report["n_by_step"],
     )
-    return answer, n
+    return answer, report
 
 
-def _trained(ado: _ADOView, steps: list[int], count: np.ndarray) -> np.ndarray:
-    """Samples trained at each of ``steps`` (T x K): the ADO's n now, less what each later
-    step added, plus what steps it has not seen yet (feedback in flight) will add."""
-    algorithm = ado.algorithm
-    k = count.shape[1]
-    total = count.sum(axis=1, keepdims=True)
-    if algorithm.sample_count == "step":
-        added = np.repeat(total, k, axis=1) / algorithm.seq_len
-    else:
-        added = count / algorithm.seq_len
-    added = np.where(total > 0, added, 0.0)  # ADO skips a step without tokens
-    if ado.step is None:
-        seen = -1  # it has seen none of them
-    elif ado.step in steps:
-        seen = len(steps) - 1 - steps[::-1].index(ado.step)
-    else:
-        seen = len(steps) - 1
-    cumulative = np.cumsum(added, axis=0)
-    at_seen = cumulative[seen] if seen >= 0 else np.zeros(k)
-    n_now = np.zeros(k)
-    n_now[: min(k, len(ado.n))] = ado.n[:k]
-    return np.asarray(n_now[None, :] + cumulative - at_seen[None, :])
-
-
-def _fits(sj: ServerJob, k: int, ado: _ADOView, n_by_step: np.ndarray | None) -> Fits:
-    """The ADO's laws, each with its curve over the n of the shown losses."""
-    components = []
-    for c in range(k):
-        row = ado.laws[c] if ado.laws is not None and c < len(ado.laws) else None
-        if row is None or not np.isfinite(row).all():
-            components.append(Fit(law=None, curve=None))
-            continue
-        law = Law(eps=float(np.exp(row[1])), beta=float(np.exp(row[0])), alpha=float(row[2]))
-        curve = None
-        if n_by_step is not None:
-            seen = n_by_step[:, c][n_by_step[:, c] > 0]
-            if len(seen) >= 2 and seen.max() > seen.min():
-                n = np.geomspace(seen.min(), seen.max(), CURVE_POINTS)
-                curve = Curve(n=n.tolist(), loss=law_loss(row[None, :], n).tolist())
-        components.append(Fit(law=law, curve=curve))
+def _fits(sj: ServerJob, report: FitReport) -> Fits:
+    """The algorithm's laws, each with its curve over the n of the shown losses."""
     return Fits(
         algorithm=str(sj.job.spec.algorithm),
-        refits=ado.refits,
-        step=ado.step,
-        n=ado.n[:k].tolist(),
-        components=components,
+        refits=report["refits"],
+        step=report["step"],
+        n=report["n"],
+        components=report["components"],
     )
 
 

@@ -4,19 +4,16 @@
 queries, building a job) runs under one lock, because a DuckDB connection serves one thread at a
 time; answering chunks never touches the catalog, so it never waits behind a registration.
 
-A job's chunks are planned sequentially, one chunk per hold of the job's lock, so a request for
-a far chunk does not hold up requests for chunks already planned. Jobs without an adaptive
-algorithm also plan ahead in a background thread, up to ``plan_ahead`` chunks past the furthest
-chunk asked for (min(2 x consumers x read group, ``PLAN_AHEAD_MAX``)): planning costs about
-0.2 ms a chunk, so one thread keeps thousands of ranks supplied. Adaptive jobs plan only what is
-asked, so where a new mixture applies depends on what consumers asked, not on timing.
+Each job is served by a ``ServerJob`` (``serving.py``: chunk answers, planning ahead).
 
-Durability: each job is a file ``{home}/server/jobs/{job_id}.json`` holding its spec, topology
-and state (``Job.state_dict()``), replaced atomically (write a temporary file, fsync, rename,
-fsync the folder). It is written when the job is submitted or restored, after every feedback
-that changed the weights (the mixture log is never lost), on request, every few seconds while
-the job changes, and on shutdown. ``load`` rebuilds every job from its file at start; a file
-that cannot be loaded is logged and skipped.
+Durability: each job is a file ``{home}/server/jobs/{job_id}.json`` holding its spec, topology,
+state (``Job.state_dict()``) and the offset of its feedback log that the state includes,
+replaced atomically (write a temporary file, fsync, rename, fsync the folder). It is written
+when the job is submitted or restored, on request, every few seconds while the job changes, and
+on shutdown. Every feedback message is appended to the job's feedback log
+(``{job_id}.feedback``, ``feedback_log.py``) before it is answered; ``load`` rebuilds every job
+from its file at start and applies the log's messages after the checkpoint's offset again, so
+acknowledged feedback survives ``kill -9``. A file that cannot be loaded is logged and skipped.
 """
 
 from __future__ import annotations
@@ -25,57 +22,46 @@ import contextlib
 import logging
 import re
 import threading
-import time
-from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import msgpack
 import orjson
 
 from mixplane.adapt.base import FeedbackError
 from mixplane.atomic import write_atomic
 from mixplane.catalog.catalog import Catalog
 from mixplane.chunking.assign import Topology
-from mixplane.chunking.spec import ChunkSpec
-from mixplane.client.client import Client
-from mixplane.errors import MixplaneError, PlanError, StateError
-from mixplane.job import Job, JobSpec, JobState
+from mixplane.errors import (
+    JobConflictError,
+    JobNotFoundError,
+    MixplaneError,
+    PlanError,
+    StateError,
+)
+from mixplane.job import Job, JobSpec, JobState, Replay
+from mixplane.job.spec import JOB_ID_PATTERN
+from mixplane.server.feedback_log import (
+    FeedbackLog,
+    FsyncPolicy,
+    read_records,
+    record_of,
+    summary,
+)
 from mixplane.server.metrics import Metrics
+from mixplane.server.serving import InFlight, ServerJob
+from mixplane.tokens.tokenizer import Tokenizer
+from mixplane.tokens.wire import tokenizer_from_wire
 
 log = logging.getLogger(__name__)
 
 JOB_FILE_FORMAT = "mixplane server job"
 JOB_FILE_VERSION = 1
-JOB_ID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"
-PLAN_AHEAD_MAX = 4096  # chunks a background thread plans past the furthest chunk asked for
-REACH_MIN = 4096  # a request may ask this many chunks past those planned (more for big topologies)
-REACH_MAX = 1 << 18  # ... but never more than this
-IDLE_POLL_S = 0.1  # planning ahead re-checks its stop flag this often while requests run
-RELEASE_EVERY_S = 0.2  # how often a job drops chunks every consumer has finished
-WIRE_CACHE = 4096  # chunks whose wire maps are kept (every rank of a group asks for each)
-SERVED_SAMPLE_S = 1.0  # throughput: at most one (time, chunks served) sample a second
-SERVED_SAMPLES = 300  # ... of which the last 300 are kept (5 minutes while serving)
+TOKENIZER_CACHE = 8  # tokenizers sent by clients, kept loaded by fingerprint
 _JOB_ID = re.compile(JOB_ID_PATTERN)
-#: one answer to a chunk request: (consumer, j, starting sample offset, chunk or None)
-Answer = tuple[int, int, int, "ChunkSpec | None"]
-_PACKER = msgpack.Packer(use_bin_type=True)
-_CHUNKS_KEY = b"\x81" + _PACKER.pack("chunks")  # a map of one key
-_ITEM_CONSUMER = b"\x84" + _PACKER.pack("consumer")  # each answer: a map of four keys
-_ITEM_J, _ITEM_START, _ITEM_CHUNK = (_PACKER.pack(k) for k in ("j", "start", "chunk"))
-_NIL = _PACKER.pack(None)
 # what malformed input may raise inside code that expects well-formed values
 _INPUT_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError)
-
-
-class JobNotFoundError(MixplaneError, KeyError):
-    """A job id the server does not hold."""
-
-
-class JobConflictError(MixplaneError, ValueError):
-    """Another job definition under a job id that is taken."""
 
 
 def check_job_id(job_id: str) -> str:
@@ -88,281 +74,25 @@ def check_job_id(job_id: str) -> str:
     return job_id
 
 
-class ServedLog:
-    """Chunks served by a job: the running total and a ring of (monotonic time, total)
-    samples, at most one per ``SERVED_SAMPLE_S`` while chunks are served (the dashboard's
-    throughput). ``add`` is a lock and an integer add (well under a microsecond)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.total = 0
-        self.samples: deque[tuple[float, int]] = deque(maxlen=SERVED_SAMPLES)
-        self.samples.append((time.monotonic(), 0))
-
-    def add(self, chunks: int) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self.total += chunks
-            if now - self.samples[-1][0] >= SERVED_SAMPLE_S:
-                self.samples.append((now, self.total))
-
-    def read(self) -> tuple[float, int, list[tuple[float, int]]]:
-        """(monotonic now, total, samples): the samples end with (now, total)."""
-        now = time.monotonic()
-        with self._lock:
-            return now, self.total, [*self.samples, (now, self.total)]
-
-
-class InFlight:
-    """Chunk requests being answered, server-wide. Planning ahead waits while any is: it
-    shares one interpreter lock with them, and a request plans what it needs itself, so
-    planning ahead is done in the gaps between requests (measured in benchmarks/serve.py:
-    requests arriving together waited behind the planning their own arrival woke)."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._lock = threading.Lock()
-        self._idle = threading.Event()
-        self._idle.set()
-
-    @contextlib.contextmanager
-    def answering(self) -> Iterator[None]:
-        with self._lock:
-            self._count += 1
-            self._idle.clear()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._count -= 1
-                if self._count == 0:
-                    self._idle.set()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Whether no request was being answered within ``timeout`` seconds."""
-        return self._idle.wait(timeout)
-
-
-class ServerJob:
-    """One job of the server: the ``Job``, its planning thread and its checkpoint bookkeeping."""
-
-    def __init__(self, job: Job, metrics: Metrics, in_flight: InFlight | None = None) -> None:
-        self.job = job
-        self.in_flight = in_flight or InFlight()
-        self.job_id = job.spec.job_id
-        self.metrics = metrics
-        self.checkpoint_lock = threading.Lock()  # one checkpoint of this job at a time
-        self.dirty = True  # changed since the last checkpoint
-        self.removed = False  # deleted or replaced: never written again
-        self.served = ServedLog()  # chunks served, for the dashboard's throughput
-        self._counted = job._planner.next_chunk  # chunks below this are in the metrics
-        self._wires: OrderedDict[int, bytes] = OrderedDict()  # encoded once per chunk
-        self._released_at = 0.0
-        self._target = 0
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if job.algorithm is None:
-            self._thread = threading.Thread(
-                target=self._plan_ahead, name=f"mixplane-plan-{self.job_id}", daemon=True
-            )
-            self._thread.start()
-            self._ask(job._planner.next_chunk)
-
-    @property
-    def plan_ahead(self) -> int:
-        job = self.job
-        return min(2 * job.topology.consumers * job.read_group, PLAN_AHEAD_MAX)
-
-    def info(self) -> dict[str, Any]:
-        job = self.job
-        return {
-            "job_id": self.job_id,
-            "spec": job.spec.to_json(),
-            "topology": job.topology.to_json(),
-            "selectors": job.selectors,
-            "num_components": job.num_components,
-            "read_group": job.read_group,
-        }
-
-    # -- planning ----------------------------------------------------------------------------
-    def _ask(self, index: int) -> None:
-        """Chunk ``index`` was asked for: plan ahead of it in the background."""
-        if self._thread is not None and index + self.plan_ahead > self._target:
-            self._target = index + self.plan_ahead
-            self._wake.set()
-
-    def _plan_ahead(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait()
-            self._wake.clear()
-            while not self._stop.is_set():
-                if not self.in_flight.wait_idle(IDLE_POLL_S):
-                    continue  # requests plan what they need meanwhile
-                time.sleep(0)  # lets a thread waiting for the interpreter lock take it now
-                try:
-                    if not self._plan_one(self.job, self._target):
-                        break
-                except MixplaneError as exc:  # the request that needs the chunk reports it
-                    log.warning("job %s: planning ahead stopped: %s", self.job_id, exc)
-                    break
-                except Exception:  # a bug: log it; requests still plan what they need
-                    log.exception("job %s: planning ahead failed", self.job_id)
-                    break
-
-    def _plan_one(self, job: Job, below: int) -> bool:
-        """Plan the job's next chunk if it is below ``below``; whether one was planned."""
-        with job._lock:
-            k = job._planner.next_chunk
-            if k >= below or job._planner.ended:
-                return False
-            job.chunk(k)
-            self._count_planned(job)
-            return True
-
-    def _plan_to(self, job: Job, index: int) -> None:
-        """Plan up to chunk ``index``, one chunk per hold of the job's lock."""
-        while self._plan_one(job, index + 1):
-            pass
-
-    def _count_planned(self, job: Job) -> None:
-        k = job._planner.next_chunk
-        if k <= self._counted:
-            return
-        selectors = job.selectors
-        for index in range(self._counted, k):
-            spec = job._chunks.get(index)
-            if spec is not None:
-                self.metrics.planned(self.job_id, selectors, spec)
-        self._counted = k
-
-    def chunks(
-        self, requests: Sequence[tuple[int, int]], consumed: Sequence[tuple[int, int, int]]
-    ) -> list[Answer]:
-        """Record each (consumer, rank, j) of ``consumed``, then answer each (consumer, j) of
-        ``requests``: (consumer, j, the sample offset it starts at, the consumer's j-th chunk
-        or None past the end). Coordinates are all checked before anything is recorded; the
-        answers are looked up under one hold of the job's lock (chunks not planned yet are
-        planned first, one per hold, so other requests are not held up)."""
-        job = self.job
-        topology = job.topology
-        consumers, per_group = topology.consumers, topology.ranks_per_group
-        for consumer, rank, _ in consumed:
-            if not 0 <= consumer < consumers or not 0 <= rank < per_group:
-                self._coordinates(topology, consumer)
-                topology.consumer(consumer % topology.dp_groups, 0, rank)  # names the rank
-        for consumer, _ in requests:
-            if not 0 <= consumer < consumers:
-                self._coordinates(topology, consumer)
-        assignment = job.assignment
-        wanted = [(consumer, j, *assignment.chunk(consumer, j)) for consumer, j in requests]
-        if wanted:
-            furthest = max(w[2] for w in wanted)
-            reach = min(max(REACH_MIN, 16 * consumers * job.read_group), REACH_MAX)
-            planned = job._planner.next_chunk
-            if furthest >= planned + reach and not job._planner.ended:
-                consumer, j, index, _ = next(w for w in wanted if w[2] == furthest)
-                msg = (
-                    f"chunk {j} of consumer {consumer} is chunk {index}, more than {reach} "
-                    f"chunks past those the job has planned ({planned}); ask for each "
-                    "consumer's chunks in order"
-                )
-                raise PlanError(msg)
-            self._plan_to(job, furthest)
-        with job._lock:
-            if consumed:
-                # a rank behind the job (restored from an older checkpoint) is fine: released
-                # chunks and planner states are planned again from the job's milestones
-                job.set_positions(consumed)
-                self.dirty = True
-            out = [(consumer, j, start, job.chunk(index)) for consumer, j, index, start in wanted]
-            self._count_planned(job)
-        served = sum(1 for answer in out if answer[3] is not None)
-        if served:
-            self.metrics.served(self.job_id, served)
-            self.served.add(served)
-        if wanted:
-            self._ask(furthest)
-        now = time.monotonic()
-        if now - self._released_at >= RELEASE_EVERY_S:
-            self._released_at = now
-            job._release()
-        return out
-
-    def encode_msgpack(self, answers: Sequence[Answer]) -> bytes:
-        """``{"chunks": [{consumer, j, start, chunk}, ...]}`` as msgpack, each chunk's bytes
-        made once for all the ranks of its group (an LRU) and spliced in."""
-        pack = _PACKER.pack
-        parts = [_CHUNKS_KEY, _PACKER.pack_array_header(len(answers))]
-        for consumer, j, start, spec in answers:
-            parts += (_ITEM_CONSUMER, pack(consumer), _ITEM_J, pack(j), _ITEM_START, pack(start))
-            parts += (_ITEM_CHUNK, self._wire(spec) if spec is not None else _NIL)
-        return b"".join(parts)
-
-    @staticmethod
-    def to_json(answers: Sequence[Answer]) -> dict[str, Any]:
-        """The same answer as a JSON-able map."""
-        return {
-            "chunks": [
-                {
-                    "consumer": consumer,
-                    "j": j,
-                    "start": start,
-                    "chunk": spec.to_wire() if spec is not None else None,
-                }
-                for consumer, j, start, spec in answers
-            ]
-        }
-
-    def _wire(self, spec: ChunkSpec) -> bytes:
-        """A chunk's msgpack bytes, made once for all the ranks of its group (an LRU)."""
-        wire = self._wires.get(spec.index)
-        if wire is None:
-            wire = spec.to_bytes()
-            self._wires[spec.index] = wire
-            while len(self._wires) > WIRE_CACHE:
-                self._wires.popitem(last=False)
-        return wire
-
-    @staticmethod
-    def _coordinates(topology: Topology, consumer: int) -> tuple[int, int]:
-        if not 0 <= consumer < topology.consumers:
-            msg = (
-                f"consumer {consumer} is outside the job's topology (0..{topology.consumers - 1}: "
-                "worker x dp_groups + dp_group)"
-            )
-            raise PlanError(msg)
-        return consumer % topology.dp_groups, consumer // topology.dp_groups
-
-    # -- lifecycle ---------------------------------------------------------------------------
-    def swap(self, job: Job) -> None:
-        """Serve ``job`` (the same definition at another state) from now on."""
-        old, self.job = self.job, job
-        self._wires.clear()  # the restored job may plan a chunk index differently
-        self._counted = job._planner.next_chunk
-        self._target = 0
-        self.dirty = True
-        old.close()
-        self._ask(job._planner.next_chunk)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=10)
-        self.job.close()
-
-
 class JobStore:
     """The jobs of one server over its catalog (see the module)."""
 
-    def __init__(self, catalog: Catalog, directory: Path, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        catalog: Catalog,
+        directory: Path,
+        metrics: Metrics,
+        *,
+        feedback_fsync: FsyncPolicy = "group",
+    ) -> None:
         self.catalog = catalog
+        self.feedback_fsync: FsyncPolicy = feedback_fsync
         self.catalog_lock = threading.Lock()
         self.directory = directory
         self.metrics = metrics
         self.in_flight = InFlight()  # chunk requests being answered, all jobs
         self._jobs: dict[str, ServerJob] = {}
+        self._tokenizers: dict[str, Tokenizer] = {}  # by fingerprint
         self._closed = False
 
     def __len__(self) -> int:
@@ -385,6 +115,17 @@ class JobStore:
     def path(self, job_id: str) -> Path:
         return self.directory / f"{check_job_id(job_id)}.json"
 
+    def log_path(self, job_id: str) -> Path:
+        return self.directory / f"{check_job_id(job_id)}.feedback"
+
+    def _fresh_log(self, job_id: str) -> FeedbackLog:
+        """A new, empty feedback log for a job made now (a replaced job's log goes)."""
+        path = self.log_path(job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return FeedbackLog(path, fsync=self.feedback_fsync)
+
     # -- jobs --------------------------------------------------------------------------------
     def get(self, job_id: str) -> ServerJob:
         found = self._jobs.get(job_id)
@@ -393,9 +134,18 @@ class JobStore:
             raise JobNotFoundError(msg)
         return found
 
-    def submit(self, spec: JobSpec, topology: Topology, *, replace: bool) -> tuple[ServerJob, bool]:
+    def submit(
+        self,
+        spec: JobSpec,
+        topology: Topology,
+        *,
+        replace: bool,
+        tokenizer: Mapping[str, Any] | None = None,
+    ) -> tuple[ServerJob, bool]:
         """The job for ``spec`` under ``topology``: the existing one when it is the same
-        definition, else a new one (a taken id needs ``replace``). Returns (job, created)."""
+        definition, else a new one (a taken id needs ``replace``). Returns (job, created).
+        ``tokenizer`` (as data, ``mixplane/tokens/wire.py``) sizes a new job that names it
+        and has no token counts in the catalog, exactly as in-process."""
         check_job_id(spec.job_id)
         with self.catalog_use() as catalog:
             existing = self._jobs.get(spec.job_id)
@@ -409,26 +159,43 @@ class JobStore:
                     "start it over"
                 )
                 raise JobConflictError(msg)
-            job = _build(lambda: Job(catalog, spec, topology))
-            created = ServerJob(job, self.metrics, self.in_flight)
+            sizer = self._tokenizer(tokenizer) if tokenizer is not None else None
+            job = _build(lambda: Job(catalog, spec, topology, sizer))
             if existing is not None:
                 self._remove(existing)
+            created = ServerJob(
+                job, self.metrics, self.in_flight, feedback_log=self._fresh_log(spec.job_id)
+            )
             self._jobs[spec.job_id] = created
         self.checkpoint(created)
         return created, True
+
+    def _tokenizer(self, data: Mapping[str, Any]) -> Tokenizer:
+        """A tokenizer sent as data, loaded once per fingerprint (named ones take 0.3 s)."""
+        fingerprint = data.get("fingerprint")
+        cached = self._tokenizers.get(fingerprint) if isinstance(fingerprint, str) else None
+        if cached is not None:
+            return cached
+        tokenizer = tokenizer_from_wire(data)
+        while len(self._tokenizers) >= TOKENIZER_CACHE:
+            del self._tokenizers[next(iter(self._tokenizers))]
+        self._tokenizers[tokenizer.fingerprint] = tokenizer
+        return tokenizer
 
     def delete(self, job_id: str) -> None:
         sj = self.get(job_id)
         self._jobs.pop(job_id, None)
         self._remove(sj)
-        with contextlib.suppress(FileNotFoundError):
-            self.path(job_id).unlink()
+        for path in (self.path(job_id), self.log_path(job_id)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
         self.metrics.forget(job_id)
 
     def _remove(self, sj: ServerJob) -> None:
         with sj.checkpoint_lock:
             sj.removed = True
         sj.stop()
+        sj.close_log()
 
     def restore(self, job_id: str, state: Mapping[str, Any]) -> None:
         """Continue the job from ``state`` (``state()``'s form). It is loaded into a fresh job
@@ -443,7 +210,7 @@ class JobStore:
             old = sj.job
 
             def build() -> Job:
-                job = Job(catalog, old.spec, old.topology)
+                job = Job(catalog, old.spec, old.topology, sizing=old.sizing)
                 try:
                     job.load_state_dict(state)  # type: ignore[arg-type]
                 except BaseException:
@@ -458,37 +225,90 @@ class JobStore:
     def state(self, job_id: str) -> JobState:
         return self.get(job_id).job.state_dict()
 
-    def feedback(self, job_id: str, step: int, loss_sum: Any, token_count: Any) -> int | None:
+    def feedback(
+        self,
+        job_id: str,
+        step: int,
+        loss_sum: Any,
+        token_count: Any,
+        *,
+        consumed: Sequence[tuple[int, int, int]] = (),
+    ) -> int | None:
+        """Apply a feedback message; ``consumed``: where the sender's ranks are (so where a
+        change lands follows what they consumed, as in-process)."""
         sj = self.get(job_id)
         job = sj.job
-        try:
-            at = job.feedback(step, loss_sum, token_count)
-        except MixplaneError:
-            raise
-        except (ArithmeticError, *_INPUT_ERRORS) as exc:
-            log.warning("job %s: mixing algorithm failed", job_id, exc_info=True)
-            msg = (
-                f"the job's mixing algorithm {job.spec.algorithm!r} failed on this feedback "
-                f"({type(exc).__name__}: {exc}); check its algorithm_options"
-            )
-            raise FeedbackError(msg) from None
-        self.metrics.feedback(job_id, changed=at is not None)
-        sj.dirty = True
-        if at is not None:
-            self.checkpoint(sj)  # the mixture log is on disk before the answer
+        if consumed:
+            sj.check_positions(consumed)
+        with sj.feedback_lock:
+            if consumed:
+                job.set_positions(consumed)
+            try:
+                result = job.apply_feedback(step, loss_sum, token_count)
+            except MixplaneError:
+                raise
+            except (ArithmeticError, *_INPUT_ERRORS) as exc:
+                log.warning("job %s: mixing algorithm failed", job_id, exc_info=True)
+                msg = (
+                    f"the job's mixing algorithm {job.spec.algorithm!r} failed on this feedback "
+                    f"({type(exc).__name__}: {exc}); check its algorithm_options"
+                )
+                raise FeedbackError(msg) from None
+            if result.applied and sj.feedback_log is not None:  # on disk before the answer
+                sj.feedback_log.append(
+                    record_of(
+                        step,
+                        result.loss_sum,
+                        result.token_count,
+                        version=result.version,
+                        applies_from=result.applies_from,
+                        weights=result.weights,
+                        consumed=consumed,
+                    )
+                )
+        at = result.applies_from
+        if result.applied:
+            self.metrics.feedback(job_id, changed=at is not None)
+            sj.dirty = True
         return at
 
     def explain(self, job_id: str, chunks: int | None) -> dict[str, Any]:
-        job = self.get(job_id).job
-        client = Client(self.catalog)  # only its explain, which reads the job, not the catalog
-        client._jobs[job_id] = job
-        with job._lock:
-            return client.explain(job_id, chunks=chunks)
+        return self.get(job_id).job.explain(chunks=chunks)
+
+    def manifest(self, job_id: str) -> dict[str, Any]:
+        """The job's per-step data manifest summed up (``feedback_log.summary``)."""
+        sj = self.get(job_id)
+        job = sj.job
+        records = self._records(sj)
+        mixture_log = list(job.mixture_log)  # one list copy: consistent under the GIL
+        return {
+            "job_id": job_id,
+            "spec": job.spec.to_json(),
+            **summary(records, job.selectors, mixture_log),
+        }
+
+    def trace(self, job_id: str, start: int, limit: int) -> dict[str, Any]:
+        """Up to ``limit`` logged feedback records from the ``start``-th on, in order, and the
+        index to ask for next (None at the end); with the job's selectors."""
+        sj = self.get(job_id)
+        records = self._records(sj)
+        part = records[start : start + limit]
+        following = start + len(part)
+        return {
+            "selectors": sj.job.selectors,
+            "records": part,
+            "next": following if following < len(records) else None,
+        }
+
+    @staticmethod
+    def _records(sj: ServerJob) -> list[dict[str, Any]]:
+        if sj.feedback_log is None:
+            return []
+        return [r for _end, r in read_records(sj.feedback_log.path)]
 
     def weights(self, job_id: str) -> dict[str, Any]:
-        job = self.get(job_id).job
-        with job._lock:
-            return {"weights": job.weights.tolist(), "mixture_log": list(job.mixture_log)}
+        progress = self.get(job_id).job.progress()
+        return {"weights": progress.weights.tolist(), "mixture_log": progress.mixture_log}
 
     # -- durability --------------------------------------------------------------------------
     def checkpoint(self, sj: ServerJob) -> Path:
@@ -499,13 +319,20 @@ class JobStore:
                 return path
             sj.dirty = False
             job = sj.job
+            with sj.feedback_lock:  # the state and the log offset it includes, together
+                state = job.state_dict()
+                offset = sj.feedback_log.offset if sj.feedback_log is not None else None
+            if sj.feedback_log is not None:
+                sj.feedback_log.sync()  # the records the checkpoint names are on disk first
             data = {
                 "format": JOB_FILE_FORMAT,
                 "version": JOB_FILE_VERSION,
                 "job_id": sj.job_id,
                 "spec": job.spec.to_json(),
                 "topology": job.topology.to_json(),
-                "state": job.state_dict(),
+                "state": state,
+                "feedback_offset": offset,
+                "selectors": job.selectors,  # for reading the log without the catalog
             }
             try:
                 raw = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -561,14 +388,28 @@ class JobStore:
             msg = f"the file holds job {spec.job_id!r}; its name must be {spec.job_id}.json"
             raise StateError(msg)
         topology = Topology(**data["topology"])
+        state = data["state"]
+        # jobs checkpointed before sizing was saved were sized at the spec's fixed ratio
+        sizing = state.get("sizing") if isinstance(state, dict) else None
         with self.catalog_use() as catalog:
-            job = Job(catalog, spec, topology)
+            job = Job(catalog, spec, topology, sizing=sizing or "fixed")
             try:
-                job.load_state_dict(data["state"])
+                job.load_state_dict(state)
+                feedback = FeedbackLog(self.log_path(spec.job_id), fsync=self.feedback_fsync)
             except BaseException:
                 job.close()
                 raise
-        return ServerJob(job, self.metrics, self.in_flight)
+        try:
+            replayed = _replay(job, feedback, data.get("feedback_offset"))
+        except BaseException:
+            job.close()
+            feedback.close()
+            raise
+        if replayed:
+            log.info("job %s: applied %d logged feedback messages again", spec.job_id, replayed)
+        sj = ServerJob(job, self.metrics, self.in_flight, feedback_log=feedback)
+        sj.dirty = replayed > 0
+        return sj
 
     def close(self) -> None:
         """Checkpoint every job, stop the planning threads, close the catalog (idempotent)."""
@@ -578,8 +419,34 @@ class JobStore:
         for sj in self:
             sj.stop()
         self.checkpoint_all(changed_only=False)
+        for sj in self:
+            sj.close_log()
         with self.catalog_lock:
             self.catalog.close()
+
+
+def _replay(job: Job, feedback: FeedbackLog, offset: Any) -> int:
+    """Apply the logged messages after the checkpoint's ``offset`` again; returns how many.
+    A checkpoint without an offset (written before the log existed) includes all of it."""
+    if not isinstance(offset, int):
+        return 0
+    replayed = 0
+    for _end, record in read_records(feedback.path, offset):
+        try:
+            consumed = [tuple(int(v) for v in p) for p in record.get("consumed") or ()]
+            if consumed:
+                job.set_positions(consumed)  # type: ignore[arg-type]
+            job.apply_feedback(
+                record["step"],
+                record["loss_sum"],
+                record["token_count"],
+                replay=Replay(record.get("applies_from")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            msg = f"{feedback.path}: a feedback record cannot be applied again ({exc})"
+            raise StateError(msg) from None
+        replayed += 1
+    return replayed
 
 
 def _differences(job: Job, spec: JobSpec, topology: Topology) -> list[str]:

@@ -78,6 +78,15 @@ class Metrics:
         self._responses: dict[tuple[str, int], int] = {}
 
     # -- events ------------------------------------------------------------------------------
+    def planned_by_component(
+        self, job: str, selectors: Sequence[str]
+    ) -> tuple[list[int], list[int]]:
+        """Samples and tokens planned per component of a job, read together."""
+        with self._lock:
+            samples = [self._samples.get((job, s), 0) for s in selectors]
+            tokens = [self._tokens.get((job, s), 0) for s in selectors]
+        return samples, tokens
+
     def served(self, job: str, chunks: int) -> None:
         with self._lock:
             self._served[job] = self._served.get(job, 0) + chunks

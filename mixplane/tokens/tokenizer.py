@@ -78,6 +78,8 @@ class _Identified:
 
     _fingerprint: str
     _eos_id: int | None
+    #: the name it was loaded by (``NAMED``), None when loaded from a file or made in code
+    name: str | None = None
 
     def _identify(self, fingerprint: str, specials: Mapping[str, int]) -> None:
         self._fingerprint = fingerprint
@@ -129,6 +131,10 @@ class HFTokenizer(_Identified):
     def save(self, path: str | Path) -> None:
         self._inner.save(str(path))
 
+    def to_str(self) -> str:
+        """The ``tokenizer.json`` text (what decides its ids, and its fingerprint)."""
+        return self._inner.to_str()
+
 
 class TiktokenTokenizer(_Identified):
     """A ``tiktoken.Encoding`` built from the bytes of a rank file.
@@ -155,6 +161,13 @@ class TiktokenTokenizer(_Identified):
             raise DependencyError(msg) from exc
         specials = dict(special_tokens or {})
         mergeable = _parse_ranks(ranks, source)
+        missing = [b for b in range(256) if bytes([b]) not in mergeable]
+        if missing:  # tiktoken cannot encode text holding them (it panics)
+            msg = (
+                f"rank file {source} lacks {len(missing)} of the 256 single-byte tokens "
+                f"(first: {bytes(missing[:1])!r}); a byte-level rank file holds them all"
+            )
+            raise TokenizerError(msg)
         taken = set(mergeable.values())
         clashes = sorted(t for t, i in specials.items() if i in taken)
         if clashes:
@@ -174,6 +187,7 @@ class TiktokenTokenizer(_Identified):
             msg = f"cannot build a tiktoken encoding from {source} ({exc}); check pattern="
             raise TokenizerError(msg) from exc
         self.source = source
+        self.ranks = ranks  # the rank file's bytes (what a client sends a server, as data)
         self.pattern = pattern
         self.special_tokens = specials
         self.normalize = normalize
@@ -307,7 +321,9 @@ def load_tokenizer(
         if pattern is not None or special_tokens is not None:
             msg = f"tokenizer {spec!r} has its own pattern and special tokens; drop pattern= and special_tokens="
             raise TokenizerError(msg)
-        return NAMED[spec]()
+        named = NAMED[spec]()
+        named.name = spec
+        return named
     path = Path(spec)
     if path.is_dir() and (path / "tokenizer.json").is_file():
         path = path / "tokenizer.json"

@@ -30,7 +30,13 @@ PER_STEP = 10  # samples a step trains on
 
 def submit(client: Client) -> Job:
     return client.submit(
-        "ado", mixture=MIX, chunk_size=20, seed=11, algorithm="ado", algorithm_options=OPTIONS
+        "ado",
+        unit="samples",
+        mixture=MIX,
+        chunk_size=20,
+        seed=11,
+        algorithm="ado",
+        algorithm_options=OPTIONS,
     )
 
 
@@ -110,9 +116,9 @@ def test_the_jobs_trace_replays_to_its_weights(client: Client, tmp_path: Path) -
 def test_the_feedback_log_keeps_the_last_messages(client: Client, monkeypatch: Any) -> None:
     """Memory does not grow with the run: the job keeps the last FEEDBACK_LOG_MAX messages
     (the dashboard and ``trace()`` read them) and counts every one."""
-    import mixplane.job
+    import mixplane.job.adaptation
 
-    monkeypatch.setattr(mixplane.job, "FEEDBACK_LOG_MAX", 4)
+    monkeypatch.setattr(mixplane.job.adaptation, "FEEDBACK_LOG_MAX", 4)
     job = submit(client)
     for step in range(1, 11):
         job.feedback(step, *losses(job, step))

@@ -393,6 +393,7 @@ def test_ado_job_moves_weight_and_replays_exactly_after_a_restore(client: Any) -
         def submit() -> Any:
             return client.submit(
                 "ado",
+                unit="samples",
                 mixture=mix,
                 chunk_size=20,
                 seed=3,

@@ -35,7 +35,7 @@ def test_unknown_algorithm() -> None:
 
 
 def test_feedback_validation(client: Client) -> None:
-    job = client.submit("a", mixture=MIX, algorithm="loss-proportional")
+    job = client.submit("a", unit="samples", mixture=MIX, algorithm="loss-proportional")
     with pytest.raises(FeedbackError, match="3 values"):
         job.feedback(1, [1.0, 2.0], [1, 2])
     with pytest.raises(FeedbackError, match="NaN"):
@@ -50,6 +50,7 @@ def _run(client: Client, cut: int | None) -> tuple[list[tuple[int, int]], list[l
     def submit():  # type: ignore[no-untyped-def]
         return client.submit(
             "ad",
+            unit="samples",
             mixture=MIX,
             chunk_size=20,
             seed=3,

@@ -1,7 +1,10 @@
 """The dashboard in a real browser (issue 7): headless Chromium, driven over the Chrome DevTools
-Protocol, loads the page from a server with a token, draws every chart with data points, draws
-more as feedback and chunk requests arrive, and logs no error (a script error, a refused
-request, a Content-Security-Policy violation). A screenshot is left in
+Protocol, loads the page from a server with tokens, asks for a token and trades it for an
+HttpOnly, SameSite=Strict session cookie of the viewer role (issue 17: no token in the address,
+the script cannot read the cookie, the session cannot write), draws every chart with data
+points, draws more as feedback and chunk requests arrive, and logs no error (a script error, a
+refused request, a Content-Security-Policy violation). An old ``/?token=`` link is traded the
+same way and the token removed from the address. A screenshot is left in
 ``tests/browser/artifacts/dashboard.png``.
 
 Chromium is Debian's ``chromium`` package; the module's set-up installs it with apt-get when it
@@ -24,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.server.conftest import Server, register_corpus, spec
+from tests.server.conftest import NAMES, TOKENS, Server, register_corpus, spec, write_tokens
 from tests.server.test_dashboard import ask_chunks, send_feedback, submit_ado
 
 pytestmark = pytest.mark.integration
@@ -151,17 +154,18 @@ class Browser:
             if "method" in answer:
                 self.events.append(answer)
 
-    def evaluate(self, expression: str) -> Any:
-        params = {"expression": expression, "returnByValue": True}
+    def evaluate(self, expression: str, *, wait: bool = False) -> Any:
+        """The value of ``expression`` in the page (``wait``: of the promise it gives)."""
+        params = {"expression": expression, "returnByValue": True, "awaitPromise": wait}
         result = self.call("Runtime.evaluate", params, session=True)
         assert "exceptionDetails" not in result, result["exceptionDetails"]
         return result["result"].get("value")
 
-    def problems(self) -> list[str]:
-        """Errors the page met: exceptions, and error entries of the log (failed requests,
-        refused by the Content-Security-Policy, ...)."""
+    def problems(self, since: int = 0) -> list[str]:
+        """Errors the page met (from event ``since`` on): exceptions, and error entries of the
+        log (failed requests, refused by the Content-Security-Policy, ...)."""
         out = []
-        for event in self.events:
+        for event in self.events[since:]:
             params = event.get("params", {})
             if event.get("method") == "Runtime.exceptionThrown":
                 out.append(str(params.get("exceptionDetails", {}))[:500])
@@ -203,24 +207,62 @@ def wait_until(read: Callable[[], dict[str, Any]], ready: Callable[[dict[str, An
     return seen
 
 
+SESSION_PROBE = """(() => JSON.stringify({
+  login: Boolean(document.getElementById("login")) && !document.getElementById("login").hidden,
+  who: document.getElementById("who") ? document.getElementById("who").textContent : "",
+  cookie: document.cookie,
+  address: window.location.href,
+}))()"""
+WRITE_ATTEMPT = """fetch("/v1/jobs/live", {method: "DELETE", headers: {"X-Mixplane-Protocol": "1"}})
+  .then(async (r) => JSON.stringify({status: r.status, body: await r.json()}))"""
+
+
 def test_the_dashboard_draws_and_follows_a_job(tmp_path: Path, browser: Browser) -> None:
     started = time.monotonic()
-    token = "browser-token-" + "y" * 20
-    (tmp_path / "token").write_text(token)
-    server = Server(register_corpus(tmp_path), "--token-file", str(tmp_path / "token"))
+    tokens = write_tokens(tmp_path / "tokens.json")
+    server = Server(register_corpus(tmp_path), "--tokens-file", str(tokens))
     try:
-        client = server.client(token)
+        client = server.client(TOKENS["trainer"])
         submit_ado(client, "live", {"dp_groups": 2, "workers": 2})
         for j in range(3):
             ask_chunks(client, "live", 4, j)
         send_feedback(client, "live", range(30), NOISE)  # one refit (step 20): curves to draw
 
-        browser.call("Page.navigate", {"url": f"{server.url}/?token={token}"}, session=True)
-
         def read() -> dict[str, Any]:
             return dict(json.loads(browser.evaluate(PROBE)))
 
+        def session() -> dict[str, Any]:
+            return dict(json.loads(browser.evaluate(SESSION_PROBE)))
+
+        # the page loads without a token and asks for one; a wrong one is refused
+        browser.call("Page.navigate", {"url": f"{server.url}/"}, session=True)
+        wait_until(session, lambda s: s["login"])
+        assert read()["updates"] == 0
+        browser.evaluate(
+            'document.getElementById("login-token").value = "wrong-token-000000000000";'
+            'document.getElementById("login").requestSubmit()'
+        )
+        note = 'document.getElementById("login-note").textContent'
+        wait_until(lambda: {"note": browser.evaluate(note)}, lambda s: "401" in s["note"])
+        assert session()["login"]
+        # the viewer's token is traded for the session cookie, then forgotten
+        logged_in = len(browser.events)
+        browser.evaluate(
+            f'document.getElementById("login-token").value = "{TOKENS["viewer"]}";'
+            'document.getElementById("login").requestSubmit()'
+        )
         first = wait_until(read, lambda s: s["updates"] >= 1 and s["charts"].get("losses", 0) > 0)
+        facts = session()
+        assert not facts["login"] and facts["who"] == f"{NAMES['viewer']} (viewer)"
+        assert facts["cookie"] == ""  # HttpOnly: the page's script cannot read it
+        assert facts["address"] == f"{server.url}/"  # no token in the address
+        assert browser.evaluate('document.getElementById("login-token").value') == ""
+        cookies = browser.call("Network.getCookies", {"urls": [server.url]}, session=True)
+        (cookie,) = cookies["cookies"]
+        assert cookie["name"] == "mixplane_session" and cookie["httpOnly"] is True
+        assert cookie["sameSite"] == "Strict" and cookie["path"] == "/"
+        assert TOKENS["viewer"] not in cookie["value"]
+
         assert set(first["charts"]) == set(CHARTS), first
         assert first["svgs"] == len(CHARTS) and first["rows"] == 1 and first["laws"] == 3
         assert first["status"].startswith("live"), first["status"]
@@ -254,7 +296,27 @@ def test_the_dashboard_draws_and_follows_a_job(tmp_path: Path, browser: Browser)
         other = wait_until(read, lambda s: s["title"] == "plain")
         assert other["charts"]["losses"] == 0  # no feedback yet
         assert other["charts"]["weights"] == 3  # its one mixture, per component
-        assert browser.problems() == []
+        assert browser.problems(since=logged_in) == []
+
+        # the session reads and nothing more: a script in the page cannot delete a job
+        attempt = json.loads(browser.evaluate(WRITE_ATTEMPT, wait=True))
+        assert attempt["status"] == 403
+        assert "session of 'viewer-holder' has role 'viewer'" in attempt["body"]["error"]
+        assert client.get("/v1/jobs/live").status_code == 200
+
+        # signing out ends the session; an old /?token= link is traded and leaves the address
+        browser.evaluate('document.getElementById("logout").click()')
+        wait_until(session, lambda s: s["login"])
+        browser.call("Network.clearBrowserCookies", session=True)
+        link = f"{server.url}/?token={TOKENS['admin']}#job=plain"
+        browser.call("Page.navigate", {"url": link}, session=True)
+        traded = wait_until(
+            session, lambda s: s["who"] == f"{NAMES['admin']} (viewer)" and not s["login"]
+        )
+        assert traded["address"] == f"{server.url}/#job=plain"
+        history = browser.call("Page.getNavigationHistory", session=True)
+        assert all(TOKENS["admin"] not in entry["url"] for entry in history["entries"])
+        wait_until(read, lambda s: s["title"] == "plain" and s["updates"] >= 1)
     finally:
         server.kill()
     assert time.monotonic() - started < 60

@@ -192,28 +192,93 @@ def test_non_object_line_without_properties(
     assert info.bytes == sum(len(r["text"].encode()) for r in GOOD)
 
 
-@pytest.mark.xfail(
-    reason="known limitation (docs/catalog.md): the fast JSONL path reads the text field as a "
-    "VARCHAR column, so DuckDB casts a number or an object to its JSON text and the record is "
-    "registered; the line-by-line path (formats.check_record) rejects it",
-    strict=True,
+#: A text field value that is not a string, and what the message says about it.
+NOT_STRINGS = {
+    "int": ("5", "field 'text' is int"),
+    "float": ("-1.5e3", "field 'text' is float"),
+    "object": ('{"a": 1}', "field 'text' is dict"),
+    "list": ('["a", "b"]', "field 'text' is list"),
+    "bool": ("true", "field 'text' is bool"),
+    "nan": ("NaN", "field 'text' is float"),
+    "null": ("null", "missing field 'text'"),
+}
+#: How the file is scanned: DuckDB's fast path (a top-level text read as VARCHAR; a nested
+#: one), or the block-wise Arrow path (a property function needs whole records).
+SCAN_PATHS = ["fast", "nested", "blocks"]
+
+
+def _not_string_line(value: str, scan_path: str) -> bytes:
+    text = f'"body": {{"text": {value}}}' if scan_path == "nested" else f'"text": {value}'
+    return f'{{"id": "bad", {text}, "meta": {{"language": "en", "quality": 0.5}}}}'.encode()
+
+
+def _text_records(scan_path: str) -> list[Record]:
+    if scan_path != "nested":
+        return GOOD
+    return [
+        {**{k: v for k, v in r.items() if k != "text"}, "body": {"text": r["text"]}} for r in GOOD
+    ]
+
+
+def _register_args(scan_path: str, fields: dict[str, str]) -> dict[str, Any]:
+    args: dict[str, Any] = {"properties": fields}
+    if scan_path == "nested":
+        args["text_field"] = "body.text"
+    if scan_path == "blocks":
+        args["function"] = lambda t: {"n": [1] * t.num_rows}
+    return args
+
+
+@pytest.mark.parametrize(
+    ("kind", "scan_path", "compression"),
+    [(k, p, None) for k in sorted(NOT_STRINGS) for p in SCAN_PATHS]
+    + [(k, p, c) for k in ("int", "object") for p in SCAN_PATHS for c in ("gzip", "zstd")],
 )
-@pytest.mark.parametrize("text", ["5", '{"a": 1}'])
-@pytest.mark.parametrize("fields", [FIELDS, {}], ids=["fields", "no_fields"])
 def test_text_that_is_not_a_string(
-    catalog: Catalog, corpus: Corpus, snap: Any, text: str, fields: dict[str, str]
+    catalog: Catalog,
+    corpus: Corpus,
+    snap: Any,
+    kind: str,
+    scan_path: str,
+    compression: Any,
 ) -> None:
-    bad = f'{{"id": "bad", "text": {text}, "meta": {{"language": "en", "quality": 0.5}}}}'
-    path = corpus.jsonl("d.jsonl", [*GOOD[:2], bad.encode(), *GOOD[2:]])
-    assert_raises_unchanged(
-        catalog,
-        snap,
-        lambda: catalog.register("ds", path, properties=fields),
-        MalformedRecordError,
-        f"{path.resolve()}:line 3: field 'text' is",
-    )
-    info = catalog.register("ds", path, properties=fields, on_error="skip")
-    assert (info.samples, info.skipped) == (6, 1)
+    """Issue 13: on every path (and compression) a text that is not a string is an error
+    naming the line, or one counted skip; the fast path used to register its JSON text."""
+    value, problem = NOT_STRINGS[kind]
+    field = "body.text" if scan_path == "nested" else "text"
+    problem = problem.replace("'text'", repr(field))
+    bad = _not_string_line(value, scan_path)
+    records: list[Record | bytes] = list(_text_records(scan_path))
+    name = "d.jsonl" + {None: "", "gzip": ".gz", "zstd": ".zst"}[compression]
+    path = corpus.jsonl(name, [*records[:2], bad, *records[2:]], compression)
+    for fields in (FIELDS, {}):
+        args = _register_args(scan_path, fields)
+        assert_raises_unchanged(
+            catalog,
+            snap,
+            lambda args=args: catalog.register("ds", path, replace=True, **args),
+            MalformedRecordError,
+            f"{path.resolve()}:line 3: {problem}",
+        )
+        info = catalog.register("ds", path, on_error="skip", replace=True, **args)
+        assert (info.samples, info.skipped) == (6, 1)
+        assert info.bytes == sum(len(r["text"].encode()) for r in GOOD)
+        assert ids(catalog, file_id_of(catalog, path), 6) == [r["id"] for r in GOOD]
+
+
+@pytest.mark.parametrize("compression", [None, "gzip"])
+def test_texts_that_look_like_other_values_stay_on_the_fast_path(
+    catalog: Catalog, corpus: Corpus, jsonl_batches: dict[str, list[int]], compression: Any
+) -> None:
+    """Strings such as "5", "{...}", "true" are texts: the fast path checks their lines and
+    keeps them (no fallback to the block-wise path)."""
+    texts = ["5", "-1", '{"a": 1}', "[x]", "true", "false", "NaN", "9 lives", "plain"]
+    records = [{**r, "text": t} for r, t in zip(make_records(len(texts)), texts, strict=True)]
+    path = corpus.jsonl("d.jsonl" + (".gz" if compression else ""), records, compression)
+    info = catalog.register("ds", path, properties=FIELDS)
+    assert (info.samples, info.skipped) == (len(texts), 0)
+    assert info.bytes == sum(len(t) for t in texts)
+    assert jsonl_batches == {"duckdb": [len(texts)], "blocks": []}
 
 
 def test_failure_in_second_file_leaves_catalog_unchanged(
@@ -543,3 +608,91 @@ def test_parquet_schema_edge(catalog: Catalog, corpus: Corpus) -> None:
     with pytest.raises(MalformedRecordError, match="text_field="):
         catalog.register("n", path)
     assert catalog.register("n", path, text_field="body").bytes == 2
+
+
+# -- broken tar archives (issue 13) ---------------------------------------------------------------
+
+
+def _cut_tar(corpus: Corpus, name: str, how: str) -> tuple[Path, int]:
+    """A shard of 6 samples broken as ``how`` says, and the byte offset the error names."""
+    whole = corpus.tar("whole.tar", corpus.samples(GOOD))
+    data = whole.read_bytes()
+    whole.unlink()
+    header = data.find(b"r4.txt")  # the first member of the fifth sample
+    members = 12 * 1024  # 12 members of one header and one data block each
+    assert data[members : members + 1024] == bytes(1024)
+    cuts = {
+        # data cut short inside the member's padding: its padded data runs past the end
+        "in_padding": (data[: header + 700], header),
+        "in_data": (data[: header + 515], header),
+        "in_header": (data[: header + 100], header),  # not a multiple of 512
+        "at_boundary": (data[:header], header),  # no end-of-archive blocks at all
+        "one_zero_block": (data[: members + 512], members),
+        "trailing_bytes": (data + b"junk", len(data)),
+        "bad_checksum": (data[:header] + b"X" + data[header + 1 :], header),
+    }
+    cut, offset = cuts[how]
+    return corpus.raw(name, cut), offset
+
+
+TAR_BREAKS = [
+    "in_padding",
+    "in_data",
+    "in_header",
+    "at_boundary",
+    "one_zero_block",
+    "trailing_bytes",
+    "bad_checksum",
+]
+
+
+@pytest.mark.parametrize("how", TAR_BREAKS)
+def test_broken_tar_raises_naming_file_and_byte(
+    base: Catalog, corpus: Corpus, snap: Any, how: str
+) -> None:
+    corpus.tar("ds/a.tar", corpus.samples(make_records(3, "a")))
+    path, offset = _cut_tar(corpus, "ds/b.tar", how)
+    err = assert_raises_unchanged(
+        base,
+        snap,
+        lambda: base.register("ds", path.parent, properties={"language": "json.meta.language"}),
+        MalformedRecordError,
+        f"{path.resolve()}:byte {offset}: ",
+        "on_error='skip'",
+    )
+    assert (err.value.path, err.value.location) == (str(path.resolve()), f"byte {offset}")
+
+
+@pytest.mark.parametrize("how", TAR_BREAKS)
+def test_broken_tar_is_skipped_whole_and_reported(
+    base: Catalog, corpus: Corpus, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under on_error='skip' the broken shard is skipped whole (never half-read: batches it
+    had yielded are taken back) and reported, with the samples found before the break
+    counted as skipped; the other shard is registered."""
+    from mixplane.catalog.formats import webdataset
+
+    monkeypatch.setattr(webdataset, "BATCH_SAMPLES", 2)  # batches are yielded before the break
+    good = corpus.tar("ds/a.tar", corpus.samples(make_records(3, "a")))
+    path, offset = _cut_tar(corpus, "ds/b.tar", how)
+    fields = {"language": "json.meta.language"}
+    info = base.register("ds", path.parent, properties=fields, on_error="skip")
+    assert (info.files, info.samples) == (2, 3)
+    found = 4 if how in ("in_padding", "in_data", "in_header", "at_boundary", "bad_checksum") else 6
+    assert_skipped(base, info, {good: 0, path: found})
+    (message,) = info.file_reports[1].messages
+    assert message.startswith(f"{path.resolve()}:byte {offset}: ")
+    assert f"file skipped ({found} samples)" in message
+    assert base.files("ds").to_pylist()[1]["samples"] == 0
+    assert ids(base, file_id_of(base, good), 3) == ["a0", "a1", "a2"]
+
+
+def test_whole_tar_formats_still_register(catalog: Catalog, corpus: Corpus) -> None:
+    """Archives as writers make them (tarfile pads to 10 KiB records; GNU tar, PAX headers)
+    pass the end-of-archive and checksum checks."""
+    import tarfile
+
+    for fmt in (tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT):
+        path = corpus.tar(f"w{fmt}.tar", corpus.samples(GOOD), tar_format=fmt)
+        info = catalog.register(f"w{fmt}", path)
+        assert (info.samples, info.skipped) == (6, 0)

@@ -112,13 +112,17 @@ def pair(bucket: str, tmp_path: Path) -> Iterator[tuple[Client, Client]]:
 
 
 def samples(client: Client) -> Iterator[tuple[Any, ...]]:
-    job = client.submit("j", mixture=MIX, chunk_size=37, on_exhausted="redistribute", seed=3)
+    job = client.submit(
+        "j", unit="samples", mixture=MIX, chunk_size=37, on_exhausted="redistribute", seed=3
+    )
     for s in job.stream():
         yield s.text, s.record, s.component, s.file_id, s.ordinal
 
 
 def window_hashes(client: Client, tokenizer: Any) -> list[str]:
-    job = client.submit("w", mixture=MIX, chunk_size=23, on_exhausted="redistribute", seed=2)
+    job = client.submit(
+        "w", unit="samples", mixture=MIX, chunk_size=23, on_exhausted="redistribute", seed=2
+    )
     return [
         hashlib.blake2b(
             w.input_ids.tobytes() + w.labels.tobytes() + bytes([w.component]), digest_size=16
@@ -238,7 +242,9 @@ def test_webdataset_shard_from_s3(
 
 
 def all_texts(client: Client, job_id: str) -> list[str]:
-    job = client.submit(job_id, mixture=MIX, chunk_size=16, on_exhausted="redistribute")
+    job = client.submit(
+        job_id, unit="samples", mixture=MIX, chunk_size=16, on_exhausted="redistribute"
+    )
     return [s.text for s in job.stream()]
 
 
@@ -345,7 +351,7 @@ def test_fsspec_filesystem_when_pyarrow_has_none(catalog: Catalog, tmp_path: Pat
         memory.pipe(f"{root}/{path.name}", path.read_bytes())
     info = catalog.register("m", f"memory://{root}/*.jsonl", properties=PROPERTIES, progress=False)
     assert info.samples == 60
-    job = Client(catalog).submit("m", mixture=MIX, on_exhausted="redistribute")
+    job = Client(catalog).submit("m", unit="samples", mixture=MIX, on_exhausted="redistribute")
     texts = [s.text for s in itertools.islice(job.stream(), 100)]
     local = [orjson.loads(line)["text"] for p in files for line in p.read_bytes().splitlines()]
     assert sorted(texts) == sorted(local)

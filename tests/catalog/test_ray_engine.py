@@ -299,3 +299,75 @@ def test_without_ray_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_pa
     write_corpus(tmp_path / "data", files=1, per_file=5)
     with Catalog.open(tmp_path / "home") as cat, pytest.raises(DependencyError):
         cat.register("corpus", tmp_path / "data", engine="ray")
+
+
+def test_token_counts_same_as_local(ray_cluster: Any, tmp_path: Path, corpus: Corpus) -> None:
+    """count_tokens on Ray (tasks of 37 samples over every format, the tokenizer rebuilt on the
+    workers from its tokenizer.json's content) stores the counts the local engine stores, and a
+    second run (here through the CLI, joining the cluster) counts nothing."""
+    from mixplane.tokens import load_tokenizer, train_bpe
+
+    from .test_token_counts import mixed, register, stored, truth
+
+    datasets = mixed(corpus)
+    path = tmp_path / "tokenizer.json"
+    train_bpe(
+        [t for files in datasets.values() for _, ts in files for t in ts], vocab_size=300
+    ).save(path)
+    tokenizer = load_tokenizer(path)
+    counts = {}
+    for engine in ("local", "ray"):
+        with Catalog.open(tmp_path / f"home-{engine}") as cat:
+            register(cat, corpus.root)
+            report = cat.count_tokens(path, engine=engine, batch_size=37, progress=False)
+            assert (report.engine, report.counted, report.files_counted) == (engine, 510, 5)
+            counts[engine] = stored(cat, tokenizer.fingerprint)
+    assert counts["ray"] == counts["local"] == truth(datasets, tokenizer)
+    address = ray_cluster.get_runtime_context().gcs_address
+    again = run_cli(
+        tmp_path / "home-ray", "count-tokens", "--tokenizer", str(path), "--engine", "ray",
+        "--ray-address", address, "--json",
+    )  # fmt: skip
+    assert '"counted": 0, "cached": 510' in again.stdout
+
+
+def test_token_data_same_catalog(ray_cluster: Any, tmp_path: Path) -> None:
+    """Pre-tokenized files (issue 15): the same samples, exact token counts and token files;
+    a property function that asks for text gets it decoded on the workers."""
+    import numpy as np
+
+    from mixplane.catalog.formats.tokenized import wants_text
+    from mixplane.tokens import train_bpe
+    from tests.tokendata import documents, token_table, write_megatron, write_memmap, write_parquet
+
+    tok = train_bpe(["alpha beta gamma delta " * 30], vocab_size=270)
+    tok.save(tmp_path / "tokenizer.json")
+    eos = tok.eos_id
+    assert eos is not None
+    docs = documents(3, 90, vocab=tok.vocab_size, eos=eos)
+    write_megatron(tmp_path / "m" / "web" / "a", docs[:40], "uint16")
+    write_megatron(tmp_path / "m" / "code" / "b", docs[40:], "int32")
+    write_memmap(tmp_path / "d" / "part-0.npy", docs, "uint16")
+    write_parquet(tmp_path / "p" / "a.parquet", token_table(docs, pa.int32()), row_group_size=17)
+
+    def register(cat: Catalog, engine: Any) -> Any:
+        kw = {"tokenizer": str(tmp_path / "tokenizer.json"), "engine": engine, "progress": False}
+        cat.register("m", tmp_path / "m", path_pattern=r"/(?P<source>[a-z]+)/[ab]\.bin", **kw)
+        cat.register("d", tmp_path / "d", token_dtype="uint16", properties={"src": "src"}, **kw)
+        cat.register("p", tmp_path / "p", tokens_field="input_ids", **kw)
+
+        @wants_text
+        def has_alpha(batch: pa.Table) -> list[bool]:
+            return ["alpha" in t for t in batch.column("text").to_pylist()]
+
+        cat.add_property("alpha", has_alpha, engine=engine)
+        con = cat._con
+        return [
+            con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+            for table in ("token_files", "token_counts", "token_count_files")
+        ]
+
+    local, ray, local_tokens, ray_tokens = both(tmp_path, register, "ray")
+    assert ray == local
+    assert ray_tokens == local_tokens
+    assert len(local_tokens[1]) == 3 * 90 and np.array(local_tokens[1])[:, 3].astype(int).min() >= 0

@@ -62,7 +62,9 @@ def test_planner_resume(unit: str, policy: str) -> None:
 
 
 def _job(client: Client, topology: Topology, **kw: object):  # type: ignore[no-untyped-def]
-    return client.submit("j", mixture=MIX, topology=topology, chunk_size=17, seed=3, **kw)  # type: ignore[arg-type]
+    return client.submit(
+        "j", mixture=MIX, topology=topology, chunk_size=17, seed=3, **{"unit": "samples", **kw}
+    )  # type: ignore[arg-type]
 
 
 def _key(sample: object) -> tuple[int, int, int]:

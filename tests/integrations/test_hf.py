@@ -27,7 +27,9 @@ def tokenizer(client: Client) -> Any:
 
 
 def submit(client: Client) -> Job:
-    return client.submit("h", mixture=MIX, chunk_size=19, seed=5, topology=Topology(workers=2))
+    return client.submit(
+        "h", unit="samples", mixture=MIX, chunk_size=19, seed=5, topology=Topology(workers=2)
+    )
 
 
 def test_same_windows_as_the_torch_dataset(client: Client, tokenizer: Any) -> None:

@@ -47,7 +47,9 @@ def tokenizer(client: Client, tmp_path: Path) -> Any:
 
 def submit(client: Client, topology: Topology | None = None, **kw: Any) -> Job:
     topology = topology or Topology(workers=2)
-    return client.submit("t", mixture=MIX, chunk_size=19, seed=5, topology=topology, **kw)
+    return client.submit(
+        "t", mixture=MIX, chunk_size=19, seed=5, topology=topology, **{"unit": "samples", **kw}
+    )
 
 
 def digest(batch: dict[str, Any]) -> str:

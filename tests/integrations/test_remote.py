@@ -30,7 +30,9 @@ RANKS = [(g, w) for g in range(2) for w in range(2)]
 
 
 def submit(client: Any, **kw: Any) -> Any:
-    return client.submit("remote", mixture=MIX, chunk_size=19, seed=7, topology=TOPOLOGY, **kw)
+    return client.submit(
+        "remote", mixture=MIX, chunk_size=19, seed=7, topology=TOPOLOGY, **{"unit": "samples", **kw}
+    )
 
 
 def digest(window: Any) -> str:
@@ -69,7 +71,9 @@ def test_the_server_streams_what_the_job_streams(setup: Any) -> None:
     try:
         client = Client.remote(server.url)
         for g, w in RANKS:
-            job = client.submit("remote", mixture=MIX, chunk_size=19, seed=7, topology=TOPOLOGY)
+            job = client.submit(
+                "remote", unit="samples", mixture=MIX, chunk_size=19, seed=7, topology=TOPOLOGY
+            )
             assert hashes(job, tokenizer, g, w, 80) == expected[(g, w)]
         client.close()
     finally:
@@ -122,6 +126,7 @@ def test_feedback_through_the_server_adapts_the_mixture(setup: Any) -> None:
         options = {"start_step": 20, "refit_interval": 20, "ignore_steps": 2}
         job = client.submit(
             "adaptive",
+            unit="samples",
             mixture=MIX,
             chunk_size=19,
             algorithm="ado",
@@ -145,5 +150,39 @@ def test_feedback_through_the_server_adapts_the_mixture(setup: Any) -> None:
         with pytest.raises(RemoteError, match="404"):
             client.feedback("no-such-job", 1, [1.0, 1.0, 1.0], [1.0, 1.0, 1.0])
         client.close()
+    finally:
+        server.stop()
+
+
+def test_the_remote_client_raises_the_errors_raised_in_process(setup: Any) -> None:
+    """Issue 18: a server's 4xx names the error's class; the remote client raises that class
+    (as a RemoteError too), so code written against Client.local catches the same errors."""
+    from mixplane.client.api import JobClient
+    from mixplane.errors import JobNotFoundError, MixtureError, QueryError
+
+    home, _tokenizer, _expected = setup
+
+    def failures(client: JobClient) -> list[type[BaseException]]:
+        raised = []
+        for attempt in (
+            lambda: client.job("no-such-job").spec,
+            lambda: client.submit("bad", mixture={"language=xx": 1.0}, unit="samples"),
+            lambda: client.explain_query("lang == 'en'"),
+        ):
+            with pytest.raises((JobNotFoundError, MixtureError, QueryError)) as info:
+                attempt()
+            raised.append(
+                next(c for c in type(info.value).__mro__ if c.__module__ == "mixplane.errors")
+            )
+        return raised
+
+    with Client.local(home) as local:
+        assert not local.is_remote
+        in_process = failures(local)
+    server = Server(home).start()
+    try:
+        with Client.remote(server.url) as remote:
+            assert remote.is_remote
+            assert failures(remote) == in_process == [JobNotFoundError, MixtureError, QueryError]
     finally:
         server.stop()

@@ -16,7 +16,18 @@ from tests.integrations.server import Server
 pytestmark = pytest.mark.integration
 
 MIXTURE = '{"language=en": 0.6, "language=de": 0.4}'
-JOB = ["--mixture", MIXTURE, "--chunk-size", "13", "--dp-groups", "2", "--seed", "4"]
+JOB = [
+    "--mixture",
+    MIXTURE,
+    "--unit",
+    "samples",
+    "--chunk-size",
+    "13",
+    "--dp-groups",
+    "2",
+    "--seed",
+    "4",
+]
 
 
 def cli(*args: str, server: str | None = None, home: Path | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +22,21 @@ from mixplane.client import Client
 from mixplane.protocol import MSGPACK, PROTOCOL_HEADER
 from tests.conftest import write_corpus
 
-LISTENING = re.compile(r"^mixplane server listening on (http://127\.0\.0\.1:(\d+))$")
+LISTENING = re.compile(r"^mixplane server listening on (https?://127\.0\.0\.1:(\d+))$")
 PROPERTIES = {"language": "meta.language", "source": "meta.source", "quality": "meta.quality"}
 MIX = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
 
 
 def spec(job_id: str, **fields: Any) -> dict[str, Any]:
     """A job definition in ``JobSpec.to_json()``'s form (defaults left to the server)."""
-    return {"job_id": job_id, "mixture": MIX, "chunk_size": 50, "seed": 3, **fields}
+    return {
+        "job_id": job_id,
+        "mixture": MIX,
+        "unit": "samples",
+        "chunk_size": 50,
+        "seed": 3,
+        **fields,
+    }
 
 
 class Server:
@@ -84,11 +93,11 @@ class Server:
         assert self.proc.poll() is not None
         return self.proc.stderr.read() if self.proc.stderr else ""
 
-    def client(self, token: str | None = None) -> httpx.Client:
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
         headers = {PROTOCOL_HEADER: "1"}
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)
 
 
 def packed(data: Any) -> dict[str, Any]:
@@ -146,3 +155,56 @@ def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+# -- a server with role-scoped tokens and a data root (issue 17) -------------------------------
+TOKENS = {role: f"{role}-token-" + role[0] * 24 for role in ("viewer", "trainer", "admin")}
+NAMES = {role: f"{role}-holder" for role in TOKENS}  # each token's name (the audit log's)
+
+
+def write_tokens(path: Path, tokens: dict[str, str] | None = None) -> Path:
+    """A tokens file (mode 600) holding one token of each role, named ``NAMES[role]``."""
+    entries = [
+        {"token": token, "role": role, "name": NAMES[role]}
+        for role, token in (tokens or TOKENS).items()
+    ]
+    path.write_text(json.dumps({"tokens": entries}))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class RoleServer:
+    """A server with ``TOKENS`` (one per role) and one data root ``root`` (with
+    ``root/a.jsonl``), over the registered corpus at ``home``."""
+
+    server: Server
+    home: Path
+    root: Path
+
+    def client(self, role: str | None, **kwargs: Any) -> httpx.Client:
+        return self.server.client(TOKENS[role] if role else None, **kwargs)
+
+
+def write_records(path: Path, n: int = 5, language: str = "en") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = (
+        json.dumps({"text": f"{path.stem} {i}", "meta": {"language": language}}) for i in range(n)
+    )
+    path.write_text("\n".join(records) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def roles(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoleServer]:
+    """One ``RoleServer`` for the tests of a module."""
+    base = tmp_path_factory.mktemp("roles")
+    home = register_corpus(base)
+    root = base / "data-root"
+    write_records(root / "a.jsonl")
+    tokens = write_tokens(base / "tokens.json")
+    server = Server(home, "--tokens-file", str(tokens), "--data-root", str(root))
+    try:
+        yield RoleServer(server=server, home=home, root=root)
+    finally:
+        server.kill()

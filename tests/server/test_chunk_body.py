@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from mixplane.chunking.assign import Assignment, Topology
 from mixplane.chunking.spec import ChunkSpec
 from mixplane.server.app import CONSUMER_MAX, J_MAX, ChunksBody, _chunk_items, chunk_items
-from mixplane.server.jobs import ServerJob
+from mixplane.server.serving import ServerJob
 
 numbers = st.one_of(
     st.integers(-3, 3),

@@ -1,7 +1,7 @@
 """The live dashboard (issue 7): the page and its files are served locally (no other host is
 named anywhere), its JSON endpoints answer a job's weights history, planned samples, recent
-losses, ADO's fitted laws, throughput and consumer positions, and everything needs the token
-when the server has one."""
+losses, ADO's fitted laws, throughput and consumer positions, and every datum needs the token
+(or a session traded for it, issue 17) when the server has one."""
 
 from __future__ import annotations
 
@@ -84,9 +84,9 @@ def submit_ado(client: httpx.Client, job_id: str, topology: dict[str, int]) -> d
 
 
 def test_the_page_and_its_files_are_local(shared: tuple[Server, str, Path]) -> None:
-    server, token, _ = shared
+    server, _, _ = shared
     with httpx.Client(base_url=server.url, timeout=30) as browser:  # no headers, like a browser
-        page = browser.get("/", params={"token": token})
+        page = browser.get("/")
         assert page.status_code == 200, page.text
         assert page.headers["content-type"].startswith("text/html")
         csp = page.headers["content-security-policy"]
@@ -94,10 +94,9 @@ def test_the_page_and_its_files_are_local(shared: tuple[Server, str, Path]) -> N
         assert page.headers["referrer-policy"] == "no-referrer"
         links = re.findall(r'(?:src|href)="([^"]+)"', page.text)
         assets = [link for link in links if link != "data:,"]  # (data:, : no favicon)
-        assert sorted(a.split("?")[0] for a in assets) == ["/static/app.js", "/static/style.css"]
+        assert sorted(assets) == ["/static/app.js", "/static/style.css"]
         texts = {"/": page.text}
         for asset in assets:
-            assert asset.endswith(f"?token={token}")  # the browser loads them without headers
             answer = browser.get(asset)
             assert answer.status_code == 200, asset
             kind = "text/javascript" if asset.startswith("/static/app.js") else "text/css"
@@ -107,28 +106,25 @@ def test_the_page_and_its_files_are_local(shared: tuple[Server, str, Path]) -> N
             urls = set(URL.findall(text)) - NOT_FETCHED
             assert not urls, f"{name} names other hosts: {sorted(urls)}"
             assert "@import" not in text and "url(" not in text.replace("url(#", "")
-        assert browser.get("/static/other.js", params={"token": token}).status_code == 404
-        assert browser.get("/static/index.html", params={"token": token}).status_code == 200
+        assert browser.get("/static/other.js").status_code == 404
+        assert browser.get("/static/index.html").status_code == 200
 
 
-def test_token_required_for_the_page_its_files_and_the_endpoints(
+def test_the_page_is_open_and_its_data_needs_a_token_or_a_session(
     shared: tuple[Server, str, Path],
 ) -> None:
+    """Issue 17: the page and its files hold no data and load without a token (nothing secret
+    in an address); every datum needs the bearer token or a session cookie traded for it."""
     server, token, _ = shared
     with httpx.Client(base_url=server.url, timeout=30) as anonymous:
         for path in ("/", "/static/app.js", "/static/style.css", "/static/index.html"):
-            assert anonymous.get(path).status_code == 401, path
-            assert anonymous.get(path, params={"token": "wrong"}).status_code == 401, path
-            assert anonymous.get(path, params={"token": token}).status_code == 200, path
-            bearer = {"Authorization": f"Bearer {token}"}
-            assert anonymous.get(path, headers=bearer).status_code == 200, path
-        refused = anonymous.get("/")
-        assert refused.headers["www-authenticate"] == "Bearer"
-        assert "/?token=TOKEN" in refused.json()["error"]
+            assert anonymous.get(path).status_code == 200, path
         protocol = {PROTOCOL_HEADER: "1"}
         for path in ("/v1/dashboard/jobs", "/v1/jobs/none/dashboard"):
-            assert anonymous.get(path, headers=protocol).status_code == 401
-            # the query parameter is only for what a browser loads without headers
+            refused = anonymous.get(path, headers=protocol)
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"] == "Bearer"
+            # a token in the address is worth nothing
             assert anonymous.get(path, params={"token": token}, headers=protocol).status_code == 401
             bearer = {"Authorization": f"Bearer {token}"}
             assert anonymous.get(path, headers=bearer).status_code == 400  # no protocol header
@@ -268,9 +264,14 @@ def test_a_static_jobs_dashboard(shared: tuple[Server, str, Path]) -> None:
 def test_tokens_planned_for_a_token_budgeted_job(shared: tuple[Server, str, Path]) -> None:
     server, token, _ = shared
     client = server.client(token)
-    job = spec("tok", unit="tokens", chunk_size=2000, tokenizer="bytes-fingerprint")
+    named = spec("tok", unit="tokens", chunk_size=2000, tokenizer="bytes-fingerprint")
+    refused = client.post("/v1/jobs", json={"spec": named, "topology": {}})
+    assert refused.status_code == 400  # names a tokenizer it neither sent nor counted with
+    assert "cannot size job 'tok' in tokens" in refused.json()["error"]
+    job = spec("tok", unit="tokens", chunk_size=2000)  # a fixed bytes-per-token ratio
     answer = client.post("/v1/jobs", json={"spec": job, "topology": {}})
     assert answer.status_code == 200, answer.text
+    assert "fixed 4.0 bytes per token" in answer.json()["note"]
     assert ask_chunks(client, "tok", 1, 0) == 1
     planned = client.get("/v1/jobs/tok/dashboard").json()["planned"]
     assert planned["tokens"] is not None and len(planned["tokens"]) == 3

@@ -21,6 +21,7 @@ from mixplane.client import Client
 from mixplane.job import Phase
 from mixplane.mixture.mixture import Mixture
 from mixplane.protocol import MSGPACK
+from mixplane.server.feedback_log import read_records
 from tests.conftest import run_cli
 from tests.server.conftest import (
     MIX,
@@ -150,7 +151,9 @@ def _in_process_jobs(
     out = []
     with Client.local(home) as client:
         for job in (
-            client.submit("samples", mixture=MIX, chunk_size=40, seed=5, topology=TOPOLOGY),
+            client.submit(
+                "samples", unit="samples", mixture=MIX, chunk_size=40, seed=5, topology=TOPOLOGY
+            ),
             client.submit(
                 "tokens",
                 where="quality > 0.2",
@@ -164,6 +167,7 @@ def _in_process_jobs(
             ),
             client.submit(
                 "ends",
+                unit="samples",
                 mixture={"language=de": 1.0},
                 chunk_size=90,
                 on_exhausted="stop",
@@ -229,10 +233,18 @@ def test_feedback_is_validated_and_weight_changes_are_durable(
     assert (
         weights["mixture_log"][-1]["chunk"] == at and weights["mixture_log"][-1]["cause"] == "adapt"
     )
-    # the change is on disk before the answer: no periodic checkpoint runs on this server
-    saved = orjson.loads((home / "server" / "jobs" / "adaptive.json").read_bytes())
-    assert saved["state"]["mixture_log"] == weights["mixture_log"]
-    assert saved["state"]["algorithm"] is not None
+    # the message is on disk before the answer (no periodic checkpoint runs on this server):
+    # in the job's feedback log, with the change it made; the static job logs its own
+    logged = [r for _, r in read_records(home / "server" / "jobs" / "adaptive.feedback")]
+    assert [(r["step"], r["applies_from"]) for r in logged] == [(1, at)]
+    assert logged[0]["weights"] == weights["mixture_log"][-1]["weights"]
+    assert logged[0]["loss_sum"] == [4.0, 1.0, 2.0] and logged[0]["version"] == 0
+    static = [r for _, r in read_records(home / "server" / "jobs" / "static.feedback")]
+    assert [(r["step"], r["applies_from"], r["weights"]) for r in static] == [(1, None, None)]
+    # a restart (kill -9, no checkpoint since the submit) applies it again
+    server.kill()
+    restarted = start(home).client()
+    assert decode(restarted.get("/v1/jobs/adaptive/weights")) == weights
 
 
 def _chunk_files(home: Path) -> list[str]:
@@ -277,7 +289,8 @@ def test_checkpoints_survive_kill_9(tmp_path: Path, start: Callable[..., Server]
             t.join()
     assert errors == []
     server.kill()
-    assert _chunk_files(home) == ["durable.json"]  # no temporary file left behind
+    # no temporary file left behind (beside the checkpoint: the job's feedback log)
+    assert _chunk_files(home) == ["durable.feedback", "durable.json"]
 
     (home / "server" / "jobs" / "broken.json").write_text("{not json")
     (home / "server" / "jobs" / "alien.json").write_text('{"format": "something else"}')

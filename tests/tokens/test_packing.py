@@ -7,6 +7,7 @@ import json
 import logging
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -165,6 +166,65 @@ def test_document_longer_than_several_windows() -> None:
     assert all(w.cu_seqlens.tolist() == [0, seq_len] for w in windows)
     assert all(w.position_ids.tolist() == list(range(seq_len)) for w in windows)
     assert packer.pending() == [3]
+
+
+def test_eos_is_not_doubled() -> None:
+    """Issue 15: a document that already ends with the EOS (stored ids) gets no second one."""
+    packer = Packer(4, EOS, num_components=1)
+    windows = packer.add([5, 6, EOS], 0) + packer.add([EOS], 0) + packer.add([7, 8], 0)
+    (w,) = windows  # stream 5 6 <eos> <eos> 7 | 8 <eos>
+    assert w.input_ids.tolist() == [5, 6, EOS, EOS]
+    assert w.labels.tolist() == [6, EOS, EOS, 7]
+    assert w.cu_seqlens.tolist() == [0, 3, 4]  # the lone EOS is a document of its own
+    assert packer.pending() == [2]
+
+
+@pytest.mark.parametrize("bos", [None, BOS])
+@pytest.mark.parametrize("seq_len", [1, 5, 64])
+def test_add_many_is_add_for_each(seq_len: int, bos: int | None) -> None:
+    """Stored ids (arrays of any integer dtype, views of one buffer, some ending with the EOS)
+    added in batches give the windows and state of adding them one by one."""
+    rng = np.random.default_rng(seq_len)
+    buffer = rng.integers(2, 60_000, 5_000).astype(np.uint16)
+    buffer[rng.random(5_000) < 0.05] = EOS
+    cuts = np.sort(rng.choice(5_000, 300, replace=False))
+    docs = [buffer[a:b] for a, b in itertools.pairwise(cuts)]
+    comps = rng.integers(0, 3, len(docs)).tolist()
+    one = Packer(seq_len, EOS, bos, num_components=3)
+    single = [w for d, c in zip(docs, comps, strict=True) for w in one.add(d, c)]
+    many = Packer(seq_len, EOS, bos, num_components=3)
+    batched: list[Window] = []
+    for start in range(0, len(docs), 37):
+        part = list(zip(docs[start : start + 37], comps[start : start + 37], strict=True))
+        for c in range(3):
+            mine = [d for d, k in part if k == c]
+            ends = [len(d) > 0 and d[-1] == EOS for d in mine] if start % 2 else None
+            batched += many.add_many(mine, c, ends=ends)
+
+    def key(w: Window) -> tuple[Any, ...]:
+        return (
+            w.component,
+            w.input_ids.tolist(),
+            w.labels.tolist(),
+            w.position_ids.tolist(),
+            w.cu_seqlens.tolist(),
+            w.domain_ids.tolist(),
+        )
+
+    for c in range(3):
+        assert [key(w) for w in single if w.component == c] == [
+            key(w) for w in batched if w.component == c
+        ]
+    assert json.dumps(one.state_dict()) == json.dumps(many.state_dict())
+    assert all(w.input_ids.dtype == w.labels.dtype == np.int32 for w in batched)
+
+
+def test_domain_ids_are_one_read_only_row() -> None:
+    packer = Packer(4, EOS, num_components=2)
+    a, b = packer.add(list(range(2, 12)), 1)
+    assert a.domain_ids is b.domain_ids and a.domain_ids.tolist() == [1] * 4
+    with pytest.raises(ValueError, match="read-only"):
+        a.domain_ids[0] = 0
 
 
 def test_labels_do_not_share_memory_with_inputs() -> None:

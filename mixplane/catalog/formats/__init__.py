@@ -3,6 +3,12 @@
 Each format module exposes ``scan(path, request)`` yielding ``ScanBatch`` values (large batches,
 vectorized parsing) and ``read(path, pointers)`` returning records in pointer order. The registry
 maps a format name to its module; ``detect`` picks a format from a file name.
+
+Pre-tokenized formats (``megatron``, ``tokens``, ``arrow``, and Parquet with a token column)
+scan with ``ScanRequest.tokens`` set (the declared tokenizer's facts) and yield batches whose
+pointers are byte spans of ids (``offset``, ``length``) or rows, with each sample's exact token
+count (``ScanBatch.tokens``) and the dtype of its ids (``ScanBatch.token_dtype``); see
+``formats.tokenized``.
 """
 
 from __future__ import annotations
@@ -11,19 +17,25 @@ import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mixplane.catalog.fields import keys as field_keys
 from mixplane.catalog.properties import PropertyType, infer_type
 from mixplane.catalog.remote_fs import RemotePath
-from mixplane.errors import MalformedRecordError, PropertyError, RegistrationError
+from mixplane.errors import CatalogError, MalformedRecordError, PropertyError, RegistrationError
+
+if TYPE_CHECKING:
+    from mixplane.catalog.formats.tokenized import TokenSpec
 
 log = logging.getLogger(__name__)
 
-FormatName = Literal["jsonl", "parquet", "webdataset"]
+FormatName = Literal["jsonl", "parquet", "webdataset", "megatron", "tokens", "arrow"]
+#: Formats whose samples are token ids (Parquet holds ids when a tokens field is given).
+TOKEN_FORMATS: frozenset[str] = frozenset({"megatron", "tokens", "arrow"})
 OnError = Literal["raise", "skip"]
 #: How many skipped-record messages are kept per file for the report.
 KEPT_MESSAGES = 5
@@ -38,6 +50,8 @@ class ScanRequest:
     on_error: OnError
     want_table: bool  # a user function needs whole records
     text_lengths: Literal["exact", "metadata"] = "exact"  # Parquet: read text, or estimate
+    tokens: TokenSpec | None = None  # pre-tokenized data: the declared tokenizer's facts
+    want_text: bool = False  # token records: decode a ``text`` column for the user function
     skipped: int = 0
     messages: list[str] = field(default_factory=list)
 
@@ -63,6 +77,8 @@ class ScanBatch:
     row: np.ndarray | None = None  # int32
     table: pa.Table | None = None  # whole records, when ScanRequest.want_table
     scanned_bytes: int = 0  # progress: bytes of the file consumed by this batch
+    tokens: np.ndarray | None = None  # int64 exact token count of each sample (token formats)
+    token_dtype: str | None = None  # numpy dtype name of the stored ids (token formats)
 
     @property
     def num_samples(self) -> int:
@@ -84,12 +100,15 @@ class SampleFormat(Protocol):
 
 
 def get_format(name: str) -> SampleFormat:
-    from mixplane.catalog.formats import jsonl, parquet, webdataset
+    from mixplane.catalog.formats import arrow, jsonl, megatron, parquet, tokens, webdataset
 
     formats: dict[str, SampleFormat] = {
         "jsonl": jsonl,  # type: ignore[dict-item]
         "parquet": parquet,  # type: ignore[dict-item]
         "webdataset": webdataset,  # type: ignore[dict-item]
+        "megatron": megatron,  # type: ignore[dict-item]
+        "tokens": tokens,  # type: ignore[dict-item]
+        "arrow": arrow,  # type: ignore[dict-item]
     }
     try:
         return formats[name]
@@ -105,6 +124,9 @@ _SUFFIXES: dict[str, FormatName] = {
     ".parquet": "parquet",
     ".pq": "parquet",
     ".tar": "webdataset",
+    ".idx": "megatron",
+    ".npy": "tokens",
+    ".arrow": "arrow",
 }
 
 
@@ -126,8 +148,9 @@ def compression_of(path: PurePath | RemotePath) -> Literal["gzip", "zstd"] | Non
 
 
 def get_path(table: pa.Table, dotted: str) -> pa.Array | None:
-    """The values at a dotted field path of a table of records, or None when absent."""
-    first, *rest = dotted.split(".")
+    """The values at a field path (``mixplane.catalog.fields``) of a table of records, or None
+    when absent."""
+    first, *rest = field_keys(dotted)
     if first not in table.column_names:
         return None
     column: Any = table.column(first).combine_chunks()
@@ -184,16 +207,20 @@ def arrow_fields_ok(fields: Mapping[str, pa.Array], request: ScanRequest) -> boo
 def reject_missing(
     fields: dict[str, pa.Array], locations: np.ndarray, request: ScanRequest, path: str, unit: str
 ) -> np.ndarray | None:
-    """Reject samples lacking a requested field; the keep-mask, or None when all are present."""
-    keep: np.ndarray | None = None
-    for name, values in fields.items():
-        if values.null_count == 0:
-            continue
-        missing = np.asarray(values.is_null().to_numpy(zero_copy_only=False))
-        for where in locations[missing]:
-            request.reject(path, f"{unit} {where}", f"missing field {name!r}")
-        keep = ~missing if keep is None else keep & ~missing
-    return keep
+    """Reject samples lacking a requested field (once each, naming the first field missing);
+    the keep-mask, or None when all are present."""
+    missing: dict[str, np.ndarray] = {
+        name: np.asarray(values.is_null().to_numpy(zero_copy_only=False))
+        for name, values in fields.items()
+        if values.null_count
+    }
+    if not missing:
+        return None
+    lacking = np.logical_or.reduce(list(missing.values()))
+    for row in np.flatnonzero(lacking).tolist():
+        first = next(name for name, mask in missing.items() if mask[row])
+        request.reject(path, f"{unit} {locations[row]}", f"missing field {first!r}")
+    return np.asarray(~lacking)
 
 
 def take(values: np.ndarray | None, keep: np.ndarray | None) -> np.ndarray | None:
@@ -208,8 +235,9 @@ def filter_fields(fields: dict[str, pa.Array], keep: np.ndarray | None) -> dict[
 
 
 def dig(record: dict[str, Any], dotted: str) -> Any:
+    """The value at a field path of a decoded record, or None when absent."""
     node: Any = record
-    for part in dotted.split("."):
+    for part in field_keys(dotted):
         if not isinstance(node, dict):
             return None
         node = node.get(part)
@@ -239,6 +267,21 @@ def check_record(
         if want is None or (want is PropertyType.INTEGER and found is PropertyType.FLOAT):
             expected[dotted] = found  # first type seen, or int widened to float
     return None
+
+
+def records_table(records: list[dict[str, Any]], where: str) -> pa.Table:
+    """Decoded records as one Arrow table; records whose fields hold values of mixed types
+    (which registration accepts unless a property reads them) are an error naming the file."""
+    try:
+        return pa.Table.from_pylist(records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError) as exc:
+        problem = " ".join(str(exc).split())[:300]
+        msg = (
+            f"{where}: these records have fields of mixed types ({problem}); an Arrow table of "
+            "whole records needs one type per field: make the records agree, or read the "
+            "text only (the stream's reader does)"
+        )
+        raise CatalogError(msg) from None
 
 
 def arrow_type(ptype: PropertyType | None) -> pa.DataType | None:

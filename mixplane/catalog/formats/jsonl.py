@@ -17,11 +17,13 @@ import functools
 import gzip
 import io
 import itertools
+import json
 import logging
 import mmap
 import os
 import queue
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 import zstandard
 
+from mixplane.catalog.fields import keys as field_keys
 from mixplane.catalog.formats import (
     RESTART,
     ScanBatch,
@@ -46,11 +49,13 @@ from mixplane.catalog.formats import (
     dig,
     filter_fields,
     get_path,
+    records_table,
     reject_missing,
     take,
 )
 from mixplane.catalog.properties import PropertyType
 from mixplane.catalog.remote_fs import ObjectStoreError, RemotePath, location
+from mixplane.catalog.sql import identifier, literal
 from mixplane.errors import MalformedRecordError, RegistrationError
 
 log = logging.getLogger(__name__)
@@ -143,10 +148,13 @@ def _blocks(path: Path | RemotePath) -> Iterator[tuple[int, bytes, int]]:
                 carry = buf[cut + 1 :]
             if carry:
                 yield pos, carry, raw.tell() - raw_pos
-    except (zstandard.ZstdError, gzip.BadGzipFile, EOFError, OSError) as exc:
+    except (zstandard.ZstdError, zlib.error, EOFError, OSError) as exc:
         if isinstance(exc, (FileNotFoundError, ObjectStoreError)):
             raise
-        msg = f"cannot decompress ({exc}); the file is corrupt or truncated, replace or remove it"
+        problem = " ".join(str(exc).split())[:300]
+        msg = (
+            f"cannot decompress ({problem}); the file is corrupt or truncated, replace or remove it"
+        )
         raise MalformedRecordError(msg, path=str(path), location=f"byte {pos}") from exc
 
 
@@ -183,50 +191,75 @@ _JSON_TYPES = {
     "BOOLEAN": PropertyType.BOOLEAN,
     "ARRAY": PropertyType.LIST,
 }
-_EXTRACT = {
-    PropertyType.STRING: "{root}->>'{path}'",
-    PropertyType.INTEGER: "TRY_CAST({root}->>'{path}' AS BIGINT)",
-    PropertyType.FLOAT: "TRY_CAST({root}->>'{path}' AS DOUBLE)",
-    PropertyType.BOOLEAN: "TRY_CAST({root}->>'{path}' AS BOOLEAN)",
-    PropertyType.LIST: "TRY_CAST({root}->'{path}' AS VARCHAR[])",
-}
 PROBE_ROWS = 20_000
 DUCKDB_BATCH = 131_072
+#: The texts DuckDB makes of JSON values that are not strings, when it reads them into a
+#: VARCHAR column: a number (its JSON text; NaN and Infinity as such), an object or a list
+#: (its JSON text), true, false.
+#: A text column row matching this may have been such a value; its line is checked with orjson.
+_NUMBER = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?"
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
+def _maybe_not_string(column: str) -> str:
+    """SQL true where the VARCHAR ``column`` (quoted) could hold a converted non-string."""
+    return (
+        f"(regexp_full_match({column}, {literal(_NUMBER)}) "
+        f"OR (starts_with({column}, '{{') AND ends_with({column}, '}}')) "
+        f"OR (starts_with({column}, '[') AND ends_with({column}, ']')) "
+        f"OR {column} IN ('true', 'false', 'NaN', 'Infinity', '-Infinity'))"
+    )
+
+
+def _extract(ptype: PropertyType, root: str, pointer: str) -> str:
+    """SQL reading a property's value of type ``ptype`` at JSON ``pointer`` of column ``root``
+    (both already quoted)."""
+    if ptype is PropertyType.STRING:
+        return f"{root}->>{pointer}"
+    if ptype is PropertyType.LIST:
+        return f"TRY_CAST({root}->{pointer} AS VARCHAR[])"
+    return f"TRY_CAST({root}->>{pointer} AS {ptype.sql})"
+
+
+def _locate(dotted: str) -> tuple[str, str]:
+    """(quoted column, quoted JSON path) of a field path: the root key is the column, the
+    rest a JSON pointer (RFC 6901: ``~`` -> ``~0``, ``/`` -> ``~1``), which can address any key."""
+    root, *rest = field_keys(dotted)
+    pointer = "".join("/" + k.replace("~", "~0").replace("/", "~1") for k in rest)
+    return identifier(root), literal(pointer or "$")
 
 
 def _scan_duckdb(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
     """The fast path: DuckDB parses (multi-threaded, only requested fields are materialized);
-    line offsets come from a separate vectorized newline pass, paired row by row."""
+    line offsets come from a separate vectorized newline pass, paired row by row.
+
+    A top-level text field is read as VARCHAR (reading it as JSON and decoding it costs ~2.5x
+    the whole scan), so DuckDB turns a number or an object there into its JSON text; rows whose
+    text could be such a value (``_maybe_not_string``: a whole JSON number, ``{...}``, ``[...]``,
+    true, false) are checked on their line
+    with orjson, and a text that is not a string sends the file to the block-wise path, which
+    names the line. A nested text field is typed by ``json_type`` like the properties."""
     fields = list(request.fields)
-    roots = sorted({f.split(".")[0] for f in fields})
-    text_root, _, text_rest = request.text_field.partition(".")
-    columns = {r: "JSON" for r in roots}
+    roots = {field_keys(f)[0] for f in fields}
+    text_root, *text_rest = field_keys(request.text_field)
+    columns = {r: "JSON" for r in sorted(roots)}
     if text_root not in columns:
         columns[text_root] = "VARCHAR" if not text_rest else "JSON"
-    spec = "{" + ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in columns.items()) + "}"
+    spec = "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in columns.items()) + "}"
     source = (
-        f"read_json({_sql_str(str(path))}, format='newline_delimited', records='true', "
+        f"read_json({literal(str(path))}, format='newline_delimited', records='true', "
         f"columns={spec}, compression='auto_detect')"
     )
-
-    def locate(dotted: str) -> tuple[str, str]:
-        root, _, rest = dotted.partition(".")
-        return _quote(root), "$." + rest if rest else "$"
-
     con = duckdb.connect()
     closing: list[_Spans] = []
     try:
         types = dict(request.fields)
         if any(t is None for t in types.values()):
             probe = ", ".join(
-                "list_distinct(list(json_type({}, '{}')))".format(*locate(f)) for f in fields
+                f"list_distinct(list(json_type({root}, {pointer})))"
+                for root, pointer in map(_locate, fields)
             )
             found = con.sql(
-                f"SELECT {probe} FROM (SELECT * FROM {source} LIMIT {PROBE_ROWS})"
+                f"SELECT {probe} FROM (SELECT * FROM {source} LIMIT {PROBE_ROWS:d})"
             ).fetchall()[0]
             for f, listed in zip(fields, found, strict=True):
                 kinds = {_JSON_TYPES.get(k) for k in listed or [] if k not in (None, "NULL")}
@@ -245,14 +278,16 @@ def _scan_duckdb(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
                     raise _FastPathError(f"field {f!r} does not match its property type")
         select = []
         for i, f in enumerate(fields):
-            root, jpath = locate(f)
-            ptype = types[f] or PropertyType.STRING
-            select.append(_EXTRACT[ptype].format(root=root, path=jpath) + f" AS v{i}")
-            select.append(f"json_type({root}, '{jpath}') AS t{i}")
+            root, pointer = _locate(f)
+            select.append(f"{_extract(types[f] or PropertyType.STRING, root, pointer)} AS v{i:d}")
+            select.append(f"json_type({root}, {pointer}) AS t{i:d}")
+        root, pointer = _locate(request.text_field)
         if text_rest:
-            select.append(f"strlen({_quote(text_root)}->>'$.{text_rest}') AS text_bytes")
+            select.append(f"strlen({root}->>{pointer}) AS text_bytes")
+            select.append(f"json_type({root}, {pointer}) AS text_type")
         else:
-            select.append(f"strlen({_quote(text_root)}) AS text_bytes")
+            select.append(f"strlen({root}) AS text_bytes")
+            select.append(f"{_maybe_not_string(root)} AS text_check")
         reader = con.sql(f"SELECT {', '.join(select)} FROM {source}").to_arrow_reader(DUCKDB_BATCH)
         spans = _Spans(path)
         closing.append(spans)
@@ -271,6 +306,16 @@ def _scan_duckdb(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
                 if not kinds <= allowed:
                     raise _FastPathError(f"field {f!r} has values of another type")
                 out[f] = batch.column(f"v{i}")
+            if text_rest:
+                kinds = set(pc.unique(batch.column("text_type")).to_pylist()) - {None, "NULL"}
+                if not kinds <= {"VARCHAR"}:
+                    raise _FastPathError("the text field holds values that are not strings")
+            else:
+                check = np.flatnonzero(
+                    batch.column("text_check").fill_null(False).to_numpy(zero_copy_only=False)
+                )
+                if len(check) and not spans.texts_are_strings(check, request.text_field):
+                    raise _FastPathError("the text field holds values that are not strings")
             text_bytes = batch.column("text_bytes")
             checked = {**out, request.text_field: text_bytes}
             keep = reject_missing(checked, numbers, request, str(path), "line")
@@ -291,15 +336,13 @@ def _scan_duckdb(path: Path, request: ScanRequest) -> Iterator[ScanBatch]:
         con.close()
 
 
-def _sql_str(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 class _Spans:
     """Non-blank line spans of a file, handed out in the order DuckDB returns rows.
 
     The newline pass runs in a background thread (numpy releases the GIL) while DuckDB parses,
-    a few blocks ahead at most.
+    a few blocks ahead at most. The lines of the rows last handed out stay readable
+    (``texts_are_strings``): a plain file through its memory map, a compressed one through the
+    uncompressed blocks that hold them.
     """
 
     _DONE = object()
@@ -309,7 +352,10 @@ class _Spans:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._produce, args=(path,), daemon=True)
         self._thread.start()
-        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        # (starts, lengths, numbers, block id) per part; blocks by id: (first byte, bytes)
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self._blocks: dict[int, tuple[int, bytes | mmap.mmap]] = {}
+        self._taken: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._available = 0
         self._consumed = 0
         self._done = False
@@ -339,8 +385,11 @@ class _Spans:
         if isinstance(item, BaseException):
             self._done = True
             raise item
-        starts, lengths, numbers, consumed = item
-        self._parts.append((starts, lengths, numbers))
+        starts, lengths, numbers, consumed, block_id, block = item
+        if block_id not in self._blocks:
+            self._blocks[block_id] = block
+        ids = np.full(len(starts), block_id, dtype=np.int64)
+        self._parts.append((starts, lengths, numbers, ids))
         self._available += len(starts)
         self._consumed += consumed
         return True
@@ -349,11 +398,31 @@ class _Spans:
         while self._available < n:
             if not self._next():
                 raise _FastPathError("fewer lines than parsed records")
-        cols = [np.concatenate([p[j] for p in self._parts]) for j in range(3)]
-        self._parts = [(cols[0][n:], cols[1][n:], cols[2][n:])]
+        cols = [np.concatenate([p[j] for p in self._parts]) for j in range(4)]
+        self._parts = [(cols[0][n:], cols[1][n:], cols[2][n:], cols[3][n:])]
         self._available -= n
+        self._taken = (cols[0][:n], cols[1][:n], cols[3][:n])
+        if len(cols[3]):  # keep the blocks of these rows and later ones (ids only grow)
+            first = int(cols[3][0])
+            self._blocks = {k: v for k, v in self._blocks.items() if k >= first}
         consumed, self._consumed = self._consumed, 0
         return cols[0][:n], cols[1][:n], cols[2][:n], consumed
+
+    def texts_are_strings(self, rows: np.ndarray, text_field: str) -> bool:
+        """Whether the text field of each of ``rows`` (indices into the rows last taken) is a
+        JSON string on its line; False also for a line orjson cannot read."""
+        assert self._taken is not None
+        starts, lengths, ids = self._taken
+        for row in rows.tolist():
+            first, data = self._blocks[int(ids[row])]
+            at = int(starts[row]) - first
+            try:
+                record = orjson.loads(data[at : at + int(lengths[row])])
+            except orjson.JSONDecodeError:
+                return False
+            if not isinstance(record, dict) or not isinstance(dig(record, text_field), str):
+                return False
+        return True
 
     def exhausted(self) -> bool:
         while self._available == 0 and self._next():
@@ -363,36 +432,43 @@ class _Spans:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
+        self._blocks.clear()
+        self._taken = None
 
 
-def _line_blocks(path: Path) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
-    """(absolute start, length, 1-based line number, raw bytes consumed) of non-blank lines.
+def _line_blocks(
+    path: Path,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int, int, tuple[int, bytes | mmap.mmap]]]:
+    """(absolute start, length, 1-based line number, raw bytes consumed, block id, (first
+    byte, data)) of the non-blank lines of each block; ``data[start - first:]`` is a line.
 
-    Plain files are memory-mapped and scanned in place (no copy); compressed ones are streamed.
+    Plain files are memory-mapped and scanned in place (no copy; one id for the whole map);
+    compressed ones are streamed.
     """
     lines_before = 0
     if compression_of(path) is None:
         size = path.stat().st_size
         if size == 0:
             return
-        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            data = np.frombuffer(mm, np.uint8)
-            pos = 0
-            while pos < size:
-                stop = min(pos + BLOCK_BYTES, size)
-                if stop < size:
-                    cut = mm.rfind(b"\n", pos, stop)
-                    stop = cut + 1 if cut >= 0 else (mm.find(b"\n", stop) + 1 or size)
-                starts, lengths, numbers, lines = _spans(data[pos:stop], lines_before)
-                lines_before += lines
-                yield starts + pos, lengths, numbers, stop - pos
-                pos = stop
-            del data
+        with path.open("rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        data = np.frombuffer(mm, np.uint8)
+        pos = 0
+        while pos < size:
+            stop = min(pos + BLOCK_BYTES, size)
+            if stop < size:
+                cut = mm.rfind(b"\n", pos, stop)
+                stop = cut + 1 if cut >= 0 else (mm.find(b"\n", stop) + 1 or size)
+            starts, lengths, numbers, lines = _spans(data[pos:stop], lines_before)
+            lines_before += lines
+            yield starts + pos, lengths, numbers, stop - pos, 0, (0, mm)
+            pos = stop
+        del data  # the map closes when the consumer drops it
         return
-    for start, block, consumed in _blocks(path):
+    for block_id, (start, block, consumed) in enumerate(_blocks(path)):
         starts, lengths, numbers, lines = _spans(np.frombuffer(block, np.uint8), lines_before)
         lines_before += lines
-        yield starts + start, lengths, numbers, consumed
+        yield starts + start, lengths, numbers, consumed, block_id, (start, block)
 
 
 def _spans(arr: np.ndarray, lines_before: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
@@ -441,7 +517,7 @@ def _explicit_schema(batch: ScanBatch, request: ScanRequest) -> pa.Schema:
     tree: dict[str, Any] = {}
     for dotted, values in [*batch.fields.items(), (request.text_field, pa.array([], pa.string()))]:
         node = tree
-        *parents, leaf = dotted.split(".")
+        *parents, leaf = field_keys(dotted)
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = values.type
@@ -537,8 +613,11 @@ def _slow(
         try:
             record = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            request.reject(where, location, f"invalid JSON ({exc}); is the line truncated?")
-            continue
+            try:  # what the reader also accepts (parse_line): NaN, Infinity, ...
+                record = json.loads(text)
+            except (ValueError, RecursionError):
+                request.reject(where, location, f"invalid JSON ({exc}); is the line truncated?")
+                continue
         if not isinstance(record, dict):
             request.reject(where, location, f"expected a JSON object, got {type(record).__name__}")
             continue
@@ -639,4 +718,29 @@ def read(path: Path | RemotePath, pointers: pa.Table, text_field: str) -> pa.Tab
                 lines[i] = stream.read(int(lengths[i]))
                 pos = int(offsets[i]) + int(lengths[i])
     data = b"\n".join(lines) + b"\n"
-    return pj.read_json(io.BytesIO(data))
+    try:
+        return pj.read_json(io.BytesIO(data))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. a field of mixed types
+        pass
+    records = [parse_line(line, str(path), int(o)) for line, o in zip(lines, offsets, strict=True)]
+    return records_table(records, str(path))
+
+
+def parse_line(line: bytes, where: str, offset: int) -> Any:
+    """A registered line, decoded: orjson, or Python's json for what orjson refuses and the
+    registration's parsers accept (NaN, Infinity, a byte-order mark, a lone surrogate escape).
+    The rare syntax only DuckDB accepts (a trailing comma) and nesting deeper than ~1000
+    levels register but cannot be read: an error naming the file and byte."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        problem = " ".join(str(exc).split())[:200]
+        msg = (
+            f"the registered line cannot be read back as JSON ({problem}); rewrite the line "
+            "as standard JSON (no trailing commas, nesting under 1000 levels) and register again"
+        )
+        raise MalformedRecordError(msg, path=where, location=f"byte {offset}") from None

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mixplane.catalog.fields import root
 from mixplane.catalog.formats import (
     ScanBatch,
     ScanRequest,
@@ -39,29 +40,43 @@ def open_file(path: Path | RemotePath) -> pq.ParquetFile:
     except (pa.ArrowInvalid, OSError) as exc:
         if isinstance(exc, (FileNotFoundError, ObjectStoreError)):
             raise
-        msg = f"not a readable Parquet file ({exc}); is it truncated? replace or remove it"
+        problem = " ".join(str(exc).split())[:300]
+        msg = f"not a readable Parquet file ({problem}); is it truncated? replace or remove it"
         raise MalformedRecordError(msg, path=str(path)) from exc
+
+
+def read_row_group(
+    pf: pq.ParquetFile, group: int, path: Path | RemotePath, columns: list[str] | None = None
+) -> pa.Table:
+    """One row group (``columns`` only); a corrupt one is an error naming the file and group."""
+    try:
+        return pf.read_row_group(group, columns=columns)
+    except (pa.ArrowException, OSError, EOFError) as exc:
+        if isinstance(exc, ObjectStoreError):
+            raise
+        problem = " ".join(str(exc).split())[:300]
+        msg = (
+            f"cannot read row group {group} ({problem}); the file is corrupt: replace or remove it"
+        )
+        raise MalformedRecordError(msg, path=str(path)) from None
 
 
 def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
     path = location(path)
     pf = open_file(path)
+    if request.tokens is not None:  # a column of token ids (formats.token_columns)
+        from mixplane.catalog.formats.token_columns import scan_parquet
+
+        yield from scan_parquet(pf, path, request)
+        return
     estimate = request.text_lengths == "metadata" and not request.want_table
-    top = {f.split(".")[0] for f in [*request.fields, *([] if estimate else [request.text_field])]}
+    top = {root(f) for f in [*request.fields, *([] if estimate else [request.text_field])]}
     available = set(pf.schema_arrow.names)
     columns = None if request.want_table else sorted(top & available)
     meta = pf.metadata
     first_row = 0
     for group in range(meta.num_row_groups):
-        try:
-            table = pf.read_row_group(group, columns=columns)
-        except (pa.ArrowInvalid, OSError) as exc:
-            if isinstance(exc, ObjectStoreError):
-                raise
-            msg = (
-                f"cannot read row group {group} ({exc}); the file is corrupt, replace or remove it"
-            )
-            raise MalformedRecordError(msg, path=str(path)) from exc
+        table = read_row_group(pf, group, path, columns=columns)
         n = table.num_rows
         rows = np.arange(n, dtype=np.int32)
         fields = {
@@ -129,7 +144,7 @@ def read(path: Path | RemotePath, pointers: pa.Table, text_field: str) -> pa.Tab
     positions: list[np.ndarray] = []
     for group in np.unique(groups).tolist():
         where = np.flatnonzero(groups == group)
-        parts.append(pf.read_row_group(group).take(pa.array(rows[where])))
+        parts.append(read_row_group(pf, group, path).take(pa.array(rows[where])))
         positions.append(where)
     table = pa.concat_tables(parts)
     order = np.argsort(np.concatenate(positions), kind="stable")

@@ -1,9 +1,13 @@
 // The mixplane dashboard: polls the server's JSON endpoints and draws SVG charts by hand.
 //
 // GET /v1/dashboard/jobs (every job in a line) and GET /v1/jobs/ID/dashboard (the selected
-// job's panels) every POLL_MS, with the protocol header and, when the page was opened as
-// /?token=TOKEN, "Authorization: Bearer TOKEN". No libraries, no network access beyond the
-// server. Every text from the server goes in through textContent (never innerHTML).
+// job's panels) every POLL_MS, with the protocol header. On a server with tokens the requests
+// carry a session cookie (HttpOnly, SameSite=Strict, viewer role): when they are refused (401)
+// the page asks for a token once and trades it (POST /v1/session, "Authorization: Bearer
+// TOKEN") for the cookie; the token is then forgotten, never kept in the page or its address.
+// An old link /?token=TOKEN is traded the same way and the token removed from the address.
+// No libraries, no network access beyond the server. Every text from the server goes in
+// through textContent (never innerHTML).
 // Each chart's container carries data-points="N" (the data points drawn), and <body> carries
 // data-updates="N" (refreshes so far), for tests and for anyone watching.
 "use strict";
@@ -16,9 +20,7 @@
     "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#7f7f7f",
   ];
 
-  const token = new URLSearchParams(window.location.search).get("token");
   const headers = { "X-Mixplane-Protocol": "1", Accept: "application/json" };
-  if (token) headers.Authorization = "Bearer " + token;
 
   const state = {
     selected: null, // job id shown
@@ -239,7 +241,11 @@
 
   // -- fetching -------------------------------------------------------------------------------
   async function get(path) {
-    const answer = await fetch(path, { headers, cache: "no-store" });
+    const answer = await fetch(path, { headers, cache: "no-store", credentials: "same-origin" });
+    if (answer.status === 401) {
+      showLogin(true);
+      throw new Error("401 the dashboard needs a token");
+    }
     if (!answer.ok) {
       let message = answer.statusText;
       try {
@@ -283,9 +289,41 @@
       document.body.dataset.updates = String(state.updates);
       setStatus(`live · updated ${new Date().toLocaleTimeString()}`, false);
     } catch (err) {
-      const hint = String(err.message).startsWith("401") ? " (open the page as /?token=TOKEN)" : "";
-      setStatus(`cannot refresh: ${err.message}${hint}`, true);
+      setStatus(`cannot refresh: ${err.message}`, true);
     }
+  }
+
+  // -- session --------------------------------------------------------------------------------
+  function showLogin(shown) {
+    const appearing = shown && $("login").hidden;
+    $("login").hidden = !shown;
+    $("logout").hidden = shown;
+    if (appearing) $("login-token").focus();
+  }
+
+  // Trade a token for the session cookie; true when the server accepted it.
+  async function openSession(token) {
+    const answer = await fetch("/v1/session", {
+      method: "POST",
+      headers: { ...headers, Authorization: "Bearer " + token },
+      cache: "no-store",
+      credentials: "same-origin",
+    });
+    if (!answer.ok) {
+      let message = answer.statusText;
+      try {
+        message = (await answer.json()).error || message;
+      } catch (_) {
+        // not JSON: keep the status text
+      }
+      $("login-note").textContent = `refused: ${answer.status} ${message}`;
+      return false;
+    }
+    const session = await answer.json();
+    $("login-note").textContent = "";
+    $("who").textContent = `${session.name} (viewer)`;
+    showLogin(false);
+    return true;
   }
 
   async function loop() {
@@ -525,6 +563,18 @@
   }
 
   // -- wiring ---------------------------------------------------------------------------------
+  $("login").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const field = $("login-token");
+    const token = field.value.trim();
+    field.value = "";
+    if (token && (await openSession(token))) refresh();
+  });
+  $("logout").addEventListener("click", async () => {
+    await fetch("/v1/session", { method: "DELETE", headers, credentials: "same-origin" });
+    $("who").textContent = "";
+    showLogin(true);
+  });
   $("weights-x").addEventListener("change", (e) => {
     state.weightsX = e.target.value;
     renderJob(state.last);
@@ -552,5 +602,17 @@
     window.clearTimeout(resizeTimer);
     resizeTimer = window.setTimeout(() => renderJob(state.last), 150);
   });
-  loop();
+  async function start() {
+    const query = new URLSearchParams(window.location.search);
+    const legacy = query.get("token"); // an old /?token= link: trade it, drop it from the address
+    if (legacy !== null) {
+      query.delete("token");
+      const rest = query.toString();
+      window.history.replaceState(null, "", window.location.pathname + (rest ? "?" + rest : "") + window.location.hash);
+      await openSession(legacy);
+    }
+    loop();
+  }
+
+  start();
 })();

@@ -1,0 +1,551 @@
+"""Jobs: a filter, a mixture, a seed, a topology and a budget, planned into chunks and streamed.
+
+``Job`` is the facade users, streams and the server see. Its parts, one room each: the
+components (``components.py``: the query result, seeded orders, token sizes), the plan
+(``plan.py``: planner, chunks kept, milestones, replay, the mixture log), the consumers
+(``consumers.py``: assignment, positions, release) and the adaptation (``adaptation.py``:
+algorithm, feedback, retries). Its state is O(components + consumers) (``state.py``).
+
+Locks: the job's lock (re-entrant) guards the plan and the consumers; the algorithm's lock is
+held while the algorithm updates and is always taken first (``state_dict``, ``snapshot``,
+``load_state_dict`` and feedback take both in that order), so an update in progress finishes
+before a state is read and the algorithm's state and the mixture log agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar
+
+import numpy as np
+
+from mixplane.adapt.base import MixingAlgorithm
+from mixplane.catalog.catalog import Catalog
+from mixplane.chunking.assign import Assignment, Topology
+from mixplane.chunking.order import ComponentOrder
+from mixplane.chunking.spec import ChunkSpec
+from mixplane.client.reader import Reader
+from mixplane.client.snapshot import JobSnapshot
+from mixplane.client.stream import ConsumerState, Stream
+from mixplane.errors import MALFORMED, PlanError, StateError, shown
+from mixplane.job.adaptation import Adaptation, FeedbackResult, Replay
+from mixplane.job.components import Components
+from mixplane.job.consumers import Consumers
+from mixplane.job.explain import explain
+from mixplane.job.plan import Plan
+from mixplane.job.spec import JobSpec
+from mixplane.job.state import JOB_STATE_VERSION, ComponentSizing, JobState
+from mixplane.job.warn import warn_once
+from mixplane.mixture.mixture import Mixture
+from mixplane.query.result import QueryResult
+from mixplane.tokens.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _locked(method: Callable[Concatenate[Job, _P], _R]) -> Callable[Concatenate[Job, _P], _R]:
+    """Run a Job method under the job's lock (prefetch threads plan while training threads
+    send feedback or take the state)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Job, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Progress(NamedTuple):
+    """A consistent read of where a job stands (``Job.progress``), for dashboards."""
+
+    weights: np.ndarray  # the current mixture
+    mixture_log: list[dict[str, Any]]
+    next_chunk: int  # chunks planned so far
+    ended: bool
+    positions: dict[int, ConsumerState]  # each served consumer's position
+    live_ranks: int  # ranks that opened a stream or reported a position
+    assignment: Assignment
+
+
+class Job:
+    """A job over an open catalog, or over a ``JobSnapshot`` (no catalog: another process).
+
+    ``local`` limits the consumers (dp_group, worker) this process serves; chunks are then
+    kept only for them, and the state holds only their positions (a part of the job, see
+    ``merge_states``). The default serves every consumer of the topology. ``sizing`` sizes the
+    components as a saved run did (or ``"fixed"``: all at the spec's ratio)."""
+
+    def __init__(
+        self,
+        catalog: Catalog | None,
+        spec: JobSpec,
+        topology: Topology,
+        tokenizer: Tokenizer | None = None,
+        *,
+        snapshot: JobSnapshot | None = None,
+        local: Collection[tuple[int, int]] | None = None,
+        sizing: Mapping[str, ComponentSizing] | Literal["fixed"] | None = None,
+    ) -> None:
+        if tokenizer is not None and tokenizer.fingerprint != spec.tokenizer:
+            msg = "the job's tokenizer does not match spec.tokenizer (its fingerprint)"
+            raise PlanError(msg)
+        self._lock = threading.RLock()
+        self.spec = spec
+        self.topology = topology
+        self.catalog = catalog
+        self._snapshot = snapshot
+        self._consumers = Consumers(topology, local)
+        self._components = Components(
+            spec, catalog=catalog, snapshot=snapshot, tokenizer=tokenizer, sizing=sizing
+        )
+        self._components.build()
+        self._plan = Plan(spec, self._components)
+        self._adaptation = Adaptation(
+            spec.algorithm, dict(spec.algorithm_options), self._plan.latest_weights()
+        )
+        self._reader: Reader | None = None
+
+    # -- what the job is ---------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        return self._components.tokenizer
+
+    @property
+    def result(self) -> QueryResult:
+        return self._components.result
+
+    @property
+    def orders(self) -> list[ComponentOrder]:
+        return self._components.orders
+
+    @property
+    def sizing(self) -> dict[str, ComponentSizing]:
+        """How each component's token sizes were made, by component key (token jobs)."""
+        return self._components.sizing
+
+    @property
+    def token_source(self) -> dict[str, str]:
+        return self._components.token_source
+
+    @property
+    def sizing_note(self) -> str | None:
+        return self._components.sizing_note
+
+    @property
+    def extensions(self) -> list[dict[str, Any]]:
+        return self._components.extensions
+
+    @property
+    def num_components(self) -> int:
+        return len(self._components.orders)
+
+    @property
+    def selectors(self) -> list[str]:
+        """Each component's selector, by component id."""
+        return [c.selector for c in self._components.result.components]
+
+    @property
+    def algorithm(self) -> MixingAlgorithm | None:
+        return self._adaptation.algorithm
+
+    @property
+    def mixture_log(self) -> list[dict[str, Any]]:
+        return self._plan.mixture_log
+
+    @property
+    def weights(self) -> np.ndarray:
+        """The job's current mixture: the newest weights of the mixture log (in force from the
+        chunk that entry names; chunks planned before it keep the weights they had)."""
+        with self._lock:
+            return self._plan.latest_weights()
+
+    @property
+    def read_group(self) -> int:
+        """How many of its chunks a stream reads together (``spec.read_ahead``): groups start
+        at fixed positions of the consumer's sequence (multiples of this), so how far planning
+        has run ahead at any point is a function of what was consumed, live or after a
+        restore."""
+        return self.spec.read_ahead
+
+    @property
+    def assignment(self) -> Assignment:
+        return self._consumers.assignment
+
+    @property
+    def local(self) -> frozenset[int] | None:
+        return self._consumers.local
+
+    @property
+    def feedback_log(self) -> Sequence[tuple[int, np.ndarray, np.ndarray]]:
+        return self._adaptation.log
+
+    @property
+    def feedback_received(self) -> int:
+        return self._adaptation.received
+
+    @_locked
+    def use_tokenizer(self, tokenizer: Tokenizer) -> bool:
+        """The job is about to be streamed as tokens with ``tokenizer``: size it with that
+        tokenizer if it is a token budget made without one (fixed ratio) and nothing has been
+        planned, consumed or changed yet. Returns whether the job is sized with
+        ``tokenizer`` now; otherwise a ``SizingWarning`` says why and what to do."""
+        untouched = (
+            self._plan.next_chunk == 0
+            and not self._consumers.ranks
+            and not self._consumers.restored
+            and len(self.mixture_log) == 1
+        )
+        if not self._components.use_tokenizer(tokenizer, untouched=untouched):
+            return self.spec.tokenizer == tokenizer.fingerprint and self.spec.unit == "tokens"
+        self.spec = self._plan.spec = self._components.spec
+        weights = self._plan.reset()
+        self.mixture_log[0]["weights"] = weights.tolist()
+        self._adaptation.reset(weights)
+        return True
+
+    # -- mixture changes ---------------------------------------------------------------------
+    def consumed_frontier(self) -> int:
+        """For an adaptive job, the first chunk a mixture change made now can apply to, from
+        what was consumed: past the read group after the one each served consumer is in (a
+        consumer that has not started is in its first group). A stream may read one group
+        ahead of its consumer and no further (``WindowStream`` waits for its consumer), so
+        every chunk below this may be planned already, and none at or past it is: where a
+        change lands depends on the consumers' positions only, never on how far a prefetch
+        thread happened to get."""
+        with self._lock:
+            return self._consumers.frontier(self.read_group)
+
+    def _change_at(self) -> int:
+        """Where a change made now applies: the first chunk not planned yet; for an adaptive
+        job, the consumed frontier if that is later."""
+        at = self._plan.frontier
+        if self.algorithm is not None:
+            at = max(at, self._consumers.frontier(self.read_group))
+        return at
+
+    @_locked
+    def set_weights(self, weights: np.ndarray | Mapping[str, float]) -> int:
+        """New weights in force from the next planned chunk; returns that chunk index."""
+        if isinstance(weights, Mapping):
+            weights = Mixture.static(weights).resolve(self.result, self._components.natural())
+        return self._plan.change(
+            np.asarray(weights, dtype=np.float64), cause="update", at=self._change_at()
+        )
+
+    @_locked
+    def extend(self) -> int:
+        """Add components for samples registered since the job started (new files matching the
+        filters); existing cursors are untouched. Returns the chunk from which they are mixed in."""
+        components = self._components
+        components.catalog()
+        result = components.query(exclude_files=components.files())
+        at = self._change_at()
+        if not result.components:
+            return at
+        files = sorted({int(f) for f in result.runs.column("file_id").to_pylist()})
+        self._plan.add_components(components.add(result))
+        components.extensions.append({"chunk": at, "files": files})
+        phase = max(i for i, start in enumerate(self._plan.phase_starts) if start <= at)
+        return self._plan.change(components.weights(phase), cause="extend", at=at)
+
+    def feedback(self, step: int, loss_sum: Any, token_count: Any) -> int | None:
+        """Per-component loss sums and token counts of a training step. With an adaptive
+        mixture the algorithm may answer new weights; they apply from the chunk returned
+        (``consumed_frontier()``; None when the weights did not change). A message equal to
+        the one just applied (same step, same numbers) is a retry whose answer was lost: it
+        gets the same answer and is not applied again."""
+        return self.apply_feedback(step, loss_sum, token_count).applies_from
+
+    def apply_feedback(
+        self, step: int, loss_sum: Any, token_count: Any, *, replay: Replay | None = None
+    ) -> FeedbackResult:
+        """``feedback`` with what happened: whether the message was applied (not a retry),
+        the mixture version in force when it arrived, the new weights and where they apply.
+        ``replay``: the message is one the job answered before (a server's feedback log after
+        a restart): the algorithm sees it again, and a change applies from the chunk it did
+        then (it must change the weights exactly when it did)."""
+
+        def change(weights: np.ndarray, at_step: int, at: int | None) -> int:
+            chunk = self._plan.change(
+                weights, cause="adapt", at=self._change_at() if at is None else at
+            )
+            self.mixture_log[-1]["step"] = at_step
+            return chunk
+
+        return self._adaptation.apply(
+            self.num_components,
+            step,
+            loss_sum,
+            token_count,
+            job_lock=self._lock,
+            version=lambda: len(self.mixture_log) - 1,
+            change=change,
+            replay=replay,
+        )
+
+    def trace(self) -> list[dict[str, Any]]:
+        """The feedback this job received (since it was made or restored; the last
+        ``FEEDBACK_LOG_MAX`` messages), in the long format replay reads: one row per (step,
+        component) with ``step``, ``domain`` (the selector), ``loss_sum`` and ``tokens``."""
+        return self._adaptation.trace(self.selectors)
+
+    @contextlib.contextmanager
+    def algorithm_view(self, timeout: float) -> Iterator[MixingAlgorithm | None]:
+        """The algorithm, held still (its lock taken) when that is free within ``timeout``
+        seconds, else as it is (a refit in progress): for a read of its state."""
+        lock = self._adaptation.lock
+        locked = lock.acquire(timeout=timeout)
+        try:
+            yield self.algorithm
+        finally:
+            if locked:
+                lock.release()
+
+    # -- chunks ------------------------------------------------------------------------------
+    @_locked
+    def chunk(self, index: int) -> ChunkSpec | None:
+        """Chunk ``index`` (planning up to it), or None past the end of the stream. The first
+        time it plans, a job sized at a fixed ratio says so (``SizingWarning``)."""
+        if self._plan.next_chunk == 0 and self._snapshot is None:
+            note = self.sizing_note
+            if note is not None:
+                warn_once(note)
+        return self._plan.chunk(index)
+
+    @_locked
+    def plan_next(self, below: int) -> bool:
+        """Plan the next chunk if its index is below ``below`` and the stream goes on; whether
+        one was planned (a server planning ahead, one chunk per hold of the lock)."""
+        k = self._plan.next_chunk
+        if k >= below or self._plan.planner.ended:
+            return False
+        self.chunk(k)
+        return True
+
+    @_locked
+    def serve(
+        self, positions: Iterable[tuple[int, int, int]], indices: Sequence[int]
+    ) -> list[ChunkSpec | None]:
+        """Record ranks' positions (``set_positions``), then the chunks of ``indices`` (each
+        planned if need be), under one hold of the lock: a server's answer to a request."""
+        self._consumers.set_positions(positions)
+        return [self.chunk(index) for index in indices]
+
+    @property
+    def next_chunk(self) -> int:
+        """How many chunks have been planned."""
+        return self._plan.next_chunk
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream has ended (``on_exhausted='stop'`` or all redistributed)."""
+        return bool(self._plan.planner.ended)
+
+    def planned_chunk(self, index: int) -> ChunkSpec | None:
+        """Chunk ``index`` if it is planned and kept, without planning anything."""
+        return self._plan.chunks.get(index)
+
+    def consumer_chunk(self, consumer: int, j: int) -> tuple[ChunkSpec | None, int]:
+        """The consumer's j-th chunk (None past the end) and the sample offset it starts at."""
+        index, start = self.assignment.chunk(consumer, j)
+        return self.chunk(index), start
+
+    def fetch(self, pairs: Sequence[tuple[int, int]]) -> list[tuple[ChunkSpec | None, int]]:
+        """(chunk, start) of each (consumer, j): ``consumer_chunk`` of each (as a remote job's
+        ``fetch`` answers in one request)."""
+        return [self.consumer_chunk(consumer, j) for consumer, j in pairs]
+
+    def plan(self, count: int) -> Iterator[ChunkSpec]:
+        """The first ``count`` chunks in global order (for inspection and the CLI)."""
+        for k in range(count):
+            spec = self.chunk(k)
+            if spec is None:
+                return
+            yield spec
+
+    def end_of_stream(self) -> int | None:
+        return self._plan.last
+
+    @_locked
+    def explain(self, *, chunks: int | None = None) -> dict[str, Any]:
+        """Per component: samples, bytes, tokens and how they were sized, weight; with
+        ``chunks``, what the job draws in that many chunks (``explain.py``)."""
+        return explain(self, chunks=chunks)
+
+    # -- consumers ---------------------------------------------------------------------------
+    @_locked
+    def set_positions(self, positions: Iterable[tuple[int, int, int]]) -> None:
+        """Each (consumer, rank, j): that rank of the consumer is at the start of its j-th
+        chunk (what remote ranks report; coordinates must be checked by the caller)."""
+        self._consumers.set_positions(positions)
+
+    @_locked
+    def stream(self, dp_group: int = 0, rank: int = 0, worker: int = 0) -> Stream:
+        """The samples of one consumer for one rank; ranks of a group get identical streams,
+        each rank keeping its own position (they are separate processes in training)."""
+        consumer, state = self._consumers.open(dp_group, rank, worker)
+        return Stream(self, consumer, state)
+
+    def limit_consumers(self, local: Collection[tuple[int, int]]) -> None:
+        """Serve only these consumers (dp_group, worker) in this process (see the class)."""
+        self._consumers.limit(local)
+
+    @_locked
+    def progress(self) -> Progress:
+        """Where the job stands, read consistently (one hold of the lock)."""
+        return Progress(
+            weights=self._plan.latest_weights(),
+            mixture_log=list(self.mixture_log),
+            next_chunk=self._plan.next_chunk,
+            ended=bool(self._plan.planner.ended),
+            positions=self._consumers.positions(),
+            live_ranks=len(self._consumers.ranks),
+            assignment=self.assignment,
+        )
+
+    @_locked
+    def release(self) -> None:
+        """Drop cached chunks and planner states that no consumer can still need."""
+        self._plan.release(self._consumers.lowest_unfinished())
+
+    def close(self) -> None:
+        """Close the files this job's reader holds open."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def reader(self) -> Reader:
+        with self._lock:
+            if self._reader is None:
+                self._reader = Reader(self._snapshot or self._components.catalog())
+            return self._reader
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> JobState:
+        """Consistent state of the job and all its consumers (O(components + consumers)).
+        Locks in the order feedback takes them (algorithm, then job): an update in progress
+        finishes first, so the algorithm's state and the mixture log agree."""
+        with self._adaptation.lock, self._lock:
+            return self._state_dict()
+
+    def _state_dict(self) -> JobState:
+        plan = self._plan
+        low = min(self._consumers.lowest_unfinished(), plan.next_chunk)
+        consumers = self._consumers.state()
+        return JobState(
+            version=JOB_STATE_VERSION,
+            spec=self.spec.fingerprint(),
+            query=self.result.fingerprint,
+            planner=plan.state_at(low),
+            planned=plan.frontier,
+            algorithm=self._adaptation.state_dict(),
+            extensions=list(self.extensions),
+            mixture_log=list(self.mixture_log),
+            topology=consumers["topology"],
+            frontier=consumers["frontier"],
+            carried=consumers["carried"],
+            consumers=consumers["consumers"],
+            scope=consumers["scope"],
+            sizing=dict(self.sizing),
+        )
+
+    def load_state_dict(self, state: JobState) -> None:
+        """Continue from a saved state; the topology may differ (elastic restore). A state
+        that does not fit or is corrupt raises ``StateError`` and leaves the job as it was."""
+        with self._adaptation.lock, self._lock:
+            before = self._state_dict()
+            try:
+                if not isinstance(state, Mapping):
+                    msg = f"a job state is a JSON object (Job.state_dict()), not {type(state).__name__}"
+                    raise StateError(msg)
+                self._load_state_dict(state)
+            except StateError:
+                self._load_state_dict(before)
+                raise
+            except (*MALFORMED, PlanError) as exc:
+                self._load_state_dict(before)
+                msg = (
+                    f"the job state is corrupt ({type(exc).__name__}: {shown(str(exc))}); pass a "
+                    "state saved by Job.state_dict() for this job"
+                )
+                raise StateError(msg) from None
+
+    def _load_state_dict(self, state: JobState) -> None:
+        if state.get("version") != JOB_STATE_VERSION:
+            msg = f"job state version {state.get('version')!r}, expected {JOB_STATE_VERSION}"
+            raise StateError(msg)
+        if state["spec"] != self.spec.fingerprint():
+            msg = (
+                "job state was saved for a different job definition (filter, mixture, seed, "
+                "budget or policy differ); submit the same job to restore it"
+            )
+            raise StateError(msg)
+        added = self._components.restore(state, resize=self._snapshot is None)
+        if added is not None:  # rebuilt: a fresh planner with the extensions' components
+            self._plan.reset(added)
+        if state["query"] != self.result.fingerprint:
+            msg = (
+                "the query result changed since the state was saved (catalog files or "
+                "registrations differ); restore against the same catalog"
+            )
+            raise StateError(msg)
+        self._plan.load(state["planner"], state["mixture_log"], state["planned"])
+        self._adaptation.load_state_dict(state["algorithm"])
+        self._consumers.load(state)
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def snapshot(self) -> JobSnapshot:
+        """The job's definition, state and catalog data, to run it in another process
+        (``Job.from_snapshot``): DataLoader workers, ranks, tools without the catalog."""
+        with self._adaptation.lock, self._lock:  # the order state_dict and feedback take
+            return self._snapshot_now()
+
+    def _snapshot_now(self) -> JobSnapshot:
+        results, sizes, rows, pointers = self._components.snapshot_data()
+        return JobSnapshot(
+            spec=self.spec.to_json(),
+            topology=self.topology.to_json(),
+            state=dict(self._state_dict()),
+            results=results,
+            sizes=sizes,
+            token_source=dict(self.token_source),
+            file_rows=rows,
+            file_pointers=pointers,
+        )
+
+    @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: JobSnapshot,
+        tokenizer: Tokenizer | None = None,
+        *,
+        topology: Topology | None = None,
+        local: Collection[tuple[int, int]] | None = None,
+    ) -> Job:
+        """The job of a snapshot, at the snapshot's state, without a catalog. ``topology``
+        other than the snapshot's restores elastically; ``local`` limits the consumers served."""
+        spec = JobSpec.from_json(snapshot.spec)
+        try:  # the snapshot's query results are a document too (JobSnapshot.load checks shapes)
+            job = cls(
+                None,
+                spec,
+                topology or Topology(**snapshot.topology),
+                tokenizer,
+                snapshot=snapshot,
+                local=local,
+            )
+        except MALFORMED as exc:
+            msg = (
+                f"the job snapshot is corrupt ({type(exc).__name__}: {shown(str(exc))}); take "
+                "the snapshot again"
+            )
+            raise StateError(msg) from None
+        job.load_state_dict(snapshot.state)  # type: ignore[arg-type]
+        return job
