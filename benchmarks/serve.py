@@ -500,9 +500,10 @@ def profile(home: Path, ranks: int, per_group: int, batch: int, rounds: int) -> 
     from mixplane.catalog.catalog import Catalog
     from mixplane.chunking.assign import Topology
     from mixplane.job import make_spec
-    from mixplane.server.app import chunk_items, unpack
+    from mixplane.server.http import unpack
     from mixplane.server.jobs import JobStore
     from mixplane.server.metrics import Metrics
+    from mixplane.server.routes.chunks import chunk_items
 
     catalog = Catalog.open(home)
     store = JobStore(catalog, home / "profile-jobs", Metrics())

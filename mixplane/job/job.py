@@ -4,7 +4,8 @@
 components (``components.py``: the query result, seeded orders, token sizes), the plan
 (``plan.py``: planner, chunks kept, milestones, replay, the mixture log), the consumers
 (``consumers.py``: assignment, positions, release) and the adaptation (``adaptation.py``:
-algorithm, feedback, retries). Its state is O(components + consumers) (``state.py``).
+algorithm, feedback, retries). Its state is O(components + consumers) (``state.py``: its
+shape; ``resume.py``: made from the parts and loaded back).
 
 Locks: the job's lock (re-entrant) guards the plan and the consumers; the algorithm's lock is
 held while the algorithm updates and is always taken first (``state_dict``, ``snapshot``,
@@ -19,7 +20,17 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Concatenate, Literal, NamedTuple, ParamSpec, TypeVar
+from typing import (
+    Any,
+    Concatenate,
+    Generic,
+    Literal,
+    NamedTuple,
+    ParamSpec,
+    TypeVar,
+    cast,
+    overload,
+)
 
 import numpy as np
 
@@ -37,8 +48,9 @@ from mixplane.job.components import Components
 from mixplane.job.consumers import Consumers
 from mixplane.job.explain import explain
 from mixplane.job.plan import Plan
+from mixplane.job.resume import load_state, snapshot_of, state_of
 from mixplane.job.spec import JobSpec
-from mixplane.job.state import JOB_STATE_VERSION, ComponentSizing, JobState
+from mixplane.job.state import ComponentSizing, JobState
 from mixplane.job.warn import warn_once
 from mixplane.mixture.mixture import Mixture
 from mixplane.query.result import QueryResult
@@ -48,6 +60,7 @@ log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+_T = TypeVar("_T")
 
 
 def _locked(method: Callable[Concatenate[Job, _P], _R]) -> Callable[Concatenate[Job, _P], _R]:
@@ -60,6 +73,33 @@ def _locked(method: Callable[Concatenate[Job, _P], _R]) -> Callable[Concatenate[
             return method(self, *args, **kwargs)
 
     return wrapper
+
+
+class Part(Generic[_T]):
+    """A read-only attribute of one of the job's parts: ``result: Part[QueryResult] =
+    Part("_components")`` makes ``job.result`` read ``job._components.result``."""
+
+    def __init__(self, part: str, name: str | None = None) -> None:
+        self.part = part
+        self.name = name
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if self.name is None:
+            self.name = name
+
+    @overload
+    def __get__(self, job: None, owner: type) -> Part[_T]: ...
+    @overload
+    def __get__(self, job: object, owner: type) -> _T: ...
+    def __get__(self, job: object | None, owner: type) -> Part[_T] | _T:
+        if job is None:
+            return self
+        assert self.name is not None
+        return cast(_T, getattr(getattr(job, self.part), self.name))
+
+    def __set__(self, job: object, value: object) -> None:
+        msg = f"Job.{self.name} is read-only (it belongs to the job's {self.part[1:]})"
+        raise AttributeError(msg)
 
 
 class Progress(NamedTuple):
@@ -113,34 +153,22 @@ class Job:
         self._reader: Reader | None = None
 
     # -- what the job is ---------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Tokenizer | None:
-        return self._components.tokenizer
-
-    @property
-    def result(self) -> QueryResult:
-        return self._components.result
-
-    @property
-    def orders(self) -> list[ComponentOrder]:
-        return self._components.orders
+    tokenizer: Part[Tokenizer | None] = Part("_components")
+    result: Part[QueryResult] = Part("_components")
+    orders: Part[list[ComponentOrder]] = Part("_components")
+    token_source: Part[dict[str, str]] = Part("_components")
+    sizing_note: Part[str | None] = Part("_components")
+    extensions: Part[list[dict[str, Any]]] = Part("_components")
+    algorithm: Part[MixingAlgorithm | None] = Part("_adaptation")
+    mixture_log: Part[list[dict[str, Any]]] = Part("_plan")
+    assignment: Part[Assignment] = Part("_consumers")
+    local: Part[frozenset[int] | None] = Part("_consumers")
+    feedback_log: Part[Sequence[tuple[int, np.ndarray, np.ndarray]]] = Part("_adaptation", "log")
 
     @property
     def sizing(self) -> dict[str, ComponentSizing]:
         """How each component's token sizes were made, by component key (token jobs)."""
         return self._components.sizing
-
-    @property
-    def token_source(self) -> dict[str, str]:
-        return self._components.token_source
-
-    @property
-    def sizing_note(self) -> str | None:
-        return self._components.sizing_note
-
-    @property
-    def extensions(self) -> list[dict[str, Any]]:
-        return self._components.extensions
 
     @property
     def num_components(self) -> int:
@@ -150,14 +178,6 @@ class Job:
     def selectors(self) -> list[str]:
         """Each component's selector, by component id."""
         return [c.selector for c in self._components.result.components]
-
-    @property
-    def algorithm(self) -> MixingAlgorithm | None:
-        return self._adaptation.algorithm
-
-    @property
-    def mixture_log(self) -> list[dict[str, Any]]:
-        return self._plan.mixture_log
 
     @property
     def weights(self) -> np.ndarray:
@@ -173,18 +193,6 @@ class Job:
         has run ahead at any point is a function of what was consumed, live or after a
         restore."""
         return self.spec.read_ahead
-
-    @property
-    def assignment(self) -> Assignment:
-        return self._consumers.assignment
-
-    @property
-    def local(self) -> frozenset[int] | None:
-        return self._consumers.local
-
-    @property
-    def feedback_log(self) -> Sequence[tuple[int, np.ndarray, np.ndarray]]:
-        return self._adaptation.log
 
     @property
     def feedback_received(self) -> int:
@@ -436,25 +444,7 @@ class Job:
             return self._state_dict()
 
     def _state_dict(self) -> JobState:
-        plan = self._plan
-        low = min(self._consumers.lowest_unfinished(), plan.next_chunk)
-        consumers = self._consumers.state()
-        return JobState(
-            version=JOB_STATE_VERSION,
-            spec=self.spec.fingerprint(),
-            query=self.result.fingerprint,
-            planner=plan.state_at(low),
-            planned=plan.frontier,
-            algorithm=self._adaptation.state_dict(),
-            extensions=list(self.extensions),
-            mixture_log=list(self.mixture_log),
-            topology=consumers["topology"],
-            frontier=consumers["frontier"],
-            carried=consumers["carried"],
-            consumers=consumers["consumers"],
-            scope=consumers["scope"],
-            sizing=dict(self.sizing),
-        )
+        return state_of(self.spec, self._components, self._plan, self._adaptation, self._consumers)
 
     def load_state_dict(self, state: JobState) -> None:
         """Continue from a saved state; the topology may differ (elastic restore). A state
@@ -478,47 +468,22 @@ class Job:
                 raise StateError(msg) from None
 
     def _load_state_dict(self, state: JobState) -> None:
-        if state.get("version") != JOB_STATE_VERSION:
-            msg = f"job state version {state.get('version')!r}, expected {JOB_STATE_VERSION}"
-            raise StateError(msg)
-        if state["spec"] != self.spec.fingerprint():
-            msg = (
-                "job state was saved for a different job definition (filter, mixture, seed, "
-                "budget or policy differ); submit the same job to restore it"
-            )
-            raise StateError(msg)
-        added = self._components.restore(state, resize=self._snapshot is None)
-        if added is not None:  # rebuilt: a fresh planner with the extensions' components
-            self._plan.reset(added)
-        if state["query"] != self.result.fingerprint:
-            msg = (
-                "the query result changed since the state was saved (catalog files or "
-                "registrations differ); restore against the same catalog"
-            )
-            raise StateError(msg)
-        self._plan.load(state["planner"], state["mixture_log"], state["planned"])
-        self._adaptation.load_state_dict(state["algorithm"])
-        self._consumers.load(state)
+        load_state(
+            state,
+            self.spec,
+            self._components,
+            self._plan,
+            self._adaptation,
+            self._consumers,
+            resize=self._snapshot is None,
+        )
 
     # -- snapshots ---------------------------------------------------------------------------
     def snapshot(self) -> JobSnapshot:
         """The job's definition, state and catalog data, to run it in another process
         (``Job.from_snapshot``): DataLoader workers, ranks, tools without the catalog."""
         with self._adaptation.lock, self._lock:  # the order state_dict and feedback take
-            return self._snapshot_now()
-
-    def _snapshot_now(self) -> JobSnapshot:
-        results, sizes, rows, pointers = self._components.snapshot_data()
-        return JobSnapshot(
-            spec=self.spec.to_json(),
-            topology=self.topology.to_json(),
-            state=dict(self._state_dict()),
-            results=results,
-            sizes=sizes,
-            token_source=dict(self.token_source),
-            file_rows=rows,
-            file_pointers=pointers,
-        )
+            return snapshot_of(self.spec, self.topology, self._components, self._state_dict())
 
     @classmethod
     def from_snapshot(

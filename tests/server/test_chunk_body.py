@@ -16,7 +16,13 @@ from starlette.exceptions import HTTPException
 
 from mixplane.chunking.assign import Assignment, Topology
 from mixplane.chunking.spec import ChunkSpec
-from mixplane.server.app import CONSUMER_MAX, J_MAX, ChunksBody, _chunk_items, chunk_items
+from mixplane.server.routes.chunks import (
+    CONSUMER_MAX,
+    J_MAX,
+    ChunksBody,
+    _chunk_items,
+    chunk_items,
+)
 from mixplane.server.serving import ServerJob
 
 numbers = st.one_of(
