@@ -332,3 +332,26 @@ def test_plan_errors_are_one_line(tmp_path: Path) -> None:
     assert bad.returncode == 1
     assert bad.stderr.startswith("error: selector 'language=xx' matches 0 samples")
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_help_loads_no_heavy_package() -> None:
+    """``mixplane --help`` and each command's help stay instant: the commands import what they
+    run (torch, the server, Ray, transformers) only when they run."""
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from mixplane.cli import main\n"
+        "for args in (['--help'], ['stream', '--help'], ['demo', '--help'], ['serve', '--help'],"
+        " ['job', 'show', '--help'], ['tokenizer', 'train', '--help']):\n"
+        "    result = CliRunner().invoke(main, args)\n"
+        "    assert result.exit_code == 0, (args, result.output)\n"
+        "heavy = ('torch', 'transformers', 'fastapi', 'uvicorn', 'ray', 'tokenizers')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
