@@ -132,9 +132,7 @@ def check_job(
             raise PlanError(msg)
 
 
-def read_records(
-    row: Mapping[str, Any], pointers: pa.Table, *, text: bool = False
-) -> pa.Table:
+def read_records(row: Mapping[str, Any], pointers: pa.Table, *, text: bool = False) -> pa.Table:
     """Records of a token file (a row of ``Catalog.files()``) at ``pointers``, in pointer
     order: the ids as a list column (the dataset's token field), the metadata's fields where
     the format has them, and ``text`` decoded with the dataset's tokenizer when asked."""

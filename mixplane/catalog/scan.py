@@ -94,7 +94,8 @@ def scan_file(
         # records are checked against the types this dataset has shown so far; a clash with
         # another dataset's type is a PropertyError naming the property and file (accept)
         fields={f.path: seen[f.name] for f in job.fields},
-        text_field=job.text_field or (
+        text_field=job.text_field
+        or (
             (job.tokens.field if job.tokens else "input_ids")
             if fmt in TOKEN_FORMATS
             else ("txt" if fmt == "webdataset" else "text")

@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from mixplane.catalog.fields import keys as field_keys
-from mixplane.catalog.formats import (
+from mixplane.catalog.formats.base import (
     RESTART,
     ScanBatch,
     ScanRequest,
@@ -238,7 +238,6 @@ def _slow(
         length=lengths[index],
         table=table,
     )
-
 
 
 def read(path: Path | RemotePath, pointers: pa.Table, text_field: str) -> pa.Table:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mixplane.catalog.fields import keys as field_keys
-from mixplane.catalog.formats import (
+from mixplane.catalog.formats.base import (
     ScanBatch,
     ScanRequest,
     compatible,

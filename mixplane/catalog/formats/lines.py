@@ -26,7 +26,7 @@ from typing import IO
 import numpy as np
 import zstandard
 
-from mixplane.catalog.formats import compression_of
+from mixplane.catalog.formats.base import compression_of
 from mixplane.catalog.remote_fs import ObjectStoreError, RemotePath, location
 from mixplane.errors import MalformedRecordError
 
@@ -45,7 +45,6 @@ def open_stream(path: Path | RemotePath) -> tuple[IO[bytes], IO[bytes]]:
         else path.open("rb")
     )
     return raw, uncompressed(raw, path)
-
 
 
 def uncompressed(raw: IO[bytes], path: Path | RemotePath) -> IO[bytes]:
@@ -163,7 +162,9 @@ def line_blocks(
         yield starts + start, lengths, numbers, consumed, block_id, (start, block)
 
 
-def line_spans(arr: np.ndarray, lines_before: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def line_spans(
+    arr: np.ndarray, lines_before: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Start, length (without \\r\\n) and line number of each non-blank line of a block, and
     the block's number of lines."""
     ends = np.flatnonzero(arr == 10)

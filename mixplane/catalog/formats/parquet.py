@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixplane.catalog.fields import root
-from mixplane.catalog.formats import (
+from mixplane.catalog.formats.base import (
     ScanBatch,
     ScanRequest,
     filter_fields,
