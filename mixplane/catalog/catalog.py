@@ -68,7 +68,7 @@ class Catalog(Registration, Computed, Queries):
         return cls(con, root)
 
     def close(self) -> None:
-        self._con.close()
+        self.connection.close()
 
     def __enter__(self) -> Self:
         return self
@@ -112,7 +112,7 @@ class Catalog(Registration, Computed, Queries):
                 if f["token_dtype"] is None  # token ids: counted exactly at registration
             ]
         return token_counts.count_tokens(
-            self._con,
+            self.connection,
             tokenizer,
             files,
             source=token_counts.tokenizer_source(tokenizer),

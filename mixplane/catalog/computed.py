@@ -58,7 +58,7 @@ class Computed(Reads):
         known = self.properties().get(name)
         if known is not None and not replace:
             ids = [f["file_id"] for f in files]
-            taken = self._con.execute(
+            taken = self.connection.execute(
                 f"SELECT count({identifier(name)}) FROM samples WHERE list_contains(?, file_id)",
                 [ids],
             ).fetchall()
@@ -127,7 +127,7 @@ class Computed(Reads):
                 files,
                 batch_size=batch_size,
                 read=(lambda f, o: self.read(f, o, text=True)) if text else self.read,
-                pointers=self._pointer_table,
+                pointers=self.pointer_table,
             )
             with closing(batches):
                 for f, ordinals, values in batches:
@@ -149,7 +149,7 @@ class Computed(Reads):
     ) -> None:
         """Store a property's values (one transaction): its column added or widened, then
         filled, and its type recorded."""
-        con = self._con
+        con = self.connection
         con.execute("BEGIN TRANSACTION")
         try:
             if known is None:

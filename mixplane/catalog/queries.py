@@ -78,15 +78,17 @@ class Queries(Tables):
         table = None
         own = " ".join([chosen.condition, *chosen.keys])
         if not sort_by and "d." not in own and "f." not in own:
-            table = scan_runs(self._con, chosen.keys, chosen.names, chosen.condition, chosen.params)
+            table = scan_runs(
+                self.connection, chosen.keys, chosen.names, chosen.condition, chosen.params
+            )
         if table is None:  # the window-function form (sorted components, dataset columns)
-            table = self._con.sql(sql, params=chosen.params).to_arrow_table()
+            table = self.connection.sql(sql, params=chosen.params).to_arrow_table()
         key_values, member_values = group_values(table, len(by), len(members))
         runs = table.select(["component", "file_id", "start", "count", "bytes"])
         file_ids = np.unique(runs.column("file_id").to_numpy()).tolist()
         fingerprints = (
             dict(
-                self._con.execute(
+                self.connection.execute(
                     "SELECT file_id, fingerprint FROM files WHERE list_contains(?, file_id)",
                     [file_ids],
                 ).fetchall()

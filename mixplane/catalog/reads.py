@@ -36,7 +36,7 @@ class Reads(Tables):
         """The records of one file at the given ordinals, read by pointer (never a rescan).
         Records of token ids hold them as a list column; ``text=True`` adds their text,
         decoded with the dataset's tokenizer."""
-        rows = self._con.execute(
+        rows = self.connection.execute(
             "SELECT f.path, f.format, f.size, f.mtime_ns, f.fingerprint, d.name, d.text_field, "
             "t.dtype FROM files f JOIN datasets d USING (dataset_id) "
             "LEFT JOIN token_files t USING (file_id) WHERE f.file_id = ?",
@@ -56,18 +56,18 @@ class Reads(Tables):
                 "position": pa.array(np.arange(len(wanted_ordinals))),
             }
         )
-        self._con.register("_mixplane_wanted", wanted)
-        pointers = self._con.sql(
+        self.connection.register("_mixplane_wanted", wanted)
+        pointers = self.connection.sql(
             'SELECT w.ordinal, s."offset", s.length, s.row_group, s."row" FROM _mixplane_wanted w '
             "LEFT JOIN samples s ON s.file_id = ? AND s.ordinal = w.ordinal ORDER BY w.position",
             params=[file_id],
         ).to_arrow_table()
-        self._con.unregister("_mixplane_wanted")
+        self.connection.unregister("_mixplane_wanted")
         missing = pointers.column("ordinal").filter(
             pc.and_(pointers.column("offset").is_null(), pointers.column("row_group").is_null())
         )
         if len(missing):
-            samples = self._con.execute(
+            samples = self.connection.execute(
                 "SELECT samples FROM files WHERE file_id = ?", [file_id]
             ).fetchall()[0][0]
             msg = (
@@ -79,9 +79,9 @@ class Reads(Tables):
             return pretokenized.read_records(row, pointers, text=text)
         return get_format(fmt).read(Path(path), pointers, text_field or "text")
 
-    def _pointer_table(self, file_id: int) -> pa.Table:
+    def pointer_table(self, file_id: int) -> pa.Table:
         """One file's pointers in ordinal order, as ``read`` hands them to the format."""
-        return self._con.sql(
+        return self.connection.sql(
             'SELECT ordinal, "offset", length, row_group, "row" FROM samples WHERE file_id = ? '
             "ORDER BY ordinal",
             params=[file_id],
@@ -89,7 +89,7 @@ class Reads(Tables):
 
     def pointers(self, file_id: int) -> dict[str, np.ndarray]:
         """Pointer columns of one file's samples, indexed by ordinal (for readers)."""
-        table = self._con.sql(
+        table = self.connection.sql(
             'SELECT "offset", length, row_group, "row" FROM samples WHERE file_id = ? ORDER BY ordinal',
             params=[file_id],
         ).to_arrow_table()
@@ -102,16 +102,16 @@ class Reads(Tables):
         ordered = runs.select(["file_id", "start", "count"]).append_column(
             "run", pa.array(np.arange(runs.num_rows, dtype=np.int64))
         )
-        self._con.register("_mixplane_runs", ordered)
+        self.connection.register("_mixplane_runs", ordered)
         try:
-            values = self._con.sql(
+            values = self.connection.sql(
                 f"SELECT t.{column} FROM _mixplane_runs r JOIN {table} t ON t.file_id = r.file_id "
                 f"AND t.ordinal >= r.start AND t.ordinal < r.start + r.count {extra} "
                 "ORDER BY r.run, t.ordinal",
                 params=list(params),
             ).to_arrow_table()
         finally:
-            self._con.unregister("_mixplane_runs")
+            self.connection.unregister("_mixplane_runs")
         return values.column(column).to_numpy().astype(np.int64)
 
     def sample_bytes(self, runs: pa.Table) -> np.ndarray:
@@ -122,7 +122,7 @@ class Reads(Tables):
         """Exact token counts for the samples of ``runs`` in run order, or None when some file
         has not been counted with this tokenizer fingerprint."""
         files = np.unique(runs.column("file_id").to_numpy()).tolist()
-        if not set(files) <= token_counts.counted_files(self._con, tokenizer):
+        if not set(files) <= token_counts.counted_files(self.connection, tokenizer):
             return None
         return self._per_sample(runs, "token_counts", "tokens", "AND t.tokenizer = ?", [tokenizer])
 

@@ -108,7 +108,7 @@ class Registration(Tables):
         if tokens is not None:
             text_field = tokens.field
         total = sum(p.stat().st_size for p, _ in files)
-        con = self._con
+        con = self.connection
         with tqdm(
             total=total,
             unit="B",
@@ -158,35 +158,35 @@ class Registration(Tables):
         return dataclasses.replace(info, file_reports=tuple(reports))
 
     def _delete(self, dataset_id: int) -> None:
-        self._con.execute(
+        self.connection.execute(
             "DELETE FROM token_files WHERE file_id IN (SELECT file_id FROM files WHERE dataset_id = ?)",
             [dataset_id],
         )
-        self._con.execute(
+        self.connection.execute(
             "DELETE FROM token_counts WHERE file_id IN (SELECT file_id FROM files WHERE dataset_id = ?)",
             [dataset_id],
         )
-        self._con.execute(
+        self.connection.execute(
             "DELETE FROM token_count_files WHERE file_id IN "
             "(SELECT file_id FROM files WHERE dataset_id = ?)",
             [dataset_id],
         )
-        self._con.execute(
+        self.connection.execute(
             "DELETE FROM samples WHERE file_id IN (SELECT file_id FROM files WHERE dataset_id = ?)",
             [dataset_id],
         )
-        self._con.execute("DELETE FROM files WHERE dataset_id = ?", [dataset_id])
-        self._con.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
+        self.connection.execute("DELETE FROM files WHERE dataset_id = ?", [dataset_id])
+        self.connection.execute("DELETE FROM datasets WHERE dataset_id = ?", [dataset_id])
 
     def unregister(self, name: str) -> None:
         """Remove a dataset and its samples from the catalog (files are not touched)."""
-        dataset_id = self._dataset_id(name)
-        self._con.execute("BEGIN TRANSACTION")
+        dataset_id = self.dataset_id(name)
+        self.connection.execute("BEGIN TRANSACTION")
         try:
             self._delete(dataset_id)
-            self._con.execute("COMMIT")
+            self.connection.execute("COMMIT")
         except BaseException:
-            self._con.execute("ROLLBACK")
+            self.connection.execute("ROLLBACK")
             raise
 
 

@@ -31,6 +31,12 @@ class Tables:
         self._con = con
         self.home = home
 
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The catalog's DuckDB connection, which the parts of ``Catalog`` share (only the
+        process that opened the catalog holds it)."""
+        return self._con
+
     def datasets(self) -> list[DatasetInfo]:
         rows = self._con.execute(
             """SELECT d.name, d.format, count(f.file_id), d.samples, d.skipped,
@@ -61,7 +67,8 @@ class Tables:
         msg = f"unknown dataset {name!r}; registered datasets: {known}"
         raise DatasetNotFoundError(msg)
 
-    def _dataset_id(self, name: str) -> int:
+    def dataset_id(self, name: str) -> int:
+        """The id of dataset ``name`` (DatasetNotFoundError naming the known ones)."""
         rows = self._con.execute(
             "SELECT dataset_id FROM datasets WHERE name = ?", [name]
         ).fetchall()
@@ -102,7 +109,7 @@ class Tables:
         )
         params: list[Any] = []
         if dataset is not None:
-            self._dataset_id(dataset)
+            self.dataset_id(dataset)
             sql += " WHERE d.name = ?"
             params.append(dataset)
         return self._con.sql(sql + " ORDER BY f.file_id", params=params).to_arrow_table()
