@@ -5,9 +5,10 @@ catalog's columns, groups the selected samples by the ``by`` properties (and by 
 filters hold, for a job with phases) and finds each component's runs: maximal ranges of
 consecutive ordinals of one file (gaps and islands). Unsorted components over properties of
 ``samples`` take the streaming pass of ``runs.py`` (one scan in storage order, memory
-O(batch + runs)); sorted components (curricula) and filters on the dataset's name take the
-window-function SQL form built here (``runs_sql``), which sorts the selected samples. The
-result (``query/result.py``) carries the SQL, its parameters and the files' fingerprints.
+O(batch + runs)); sorted components (curricula), filters on the dataset's name and samples not
+in storage order take the window-function SQL form built here (``runs_sql``), which sorts the
+selected samples. The result (``query/result.py``) carries the SQL, its parameters and the
+files' fingerprints.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ anything: it checks the file against its registered identity, looks up the sampl
 texts at positions of a query's runs (one read per file touched); ``sample_bytes`` and
 ``sample_tokens`` give one stored value per sample of runs, in run order (one range join
 against ``samples`` or ``token_counts``). Cost: a read is the format's random access (JSONL:
-one seek and parse per sample, Parquet: the row groups touched) plus one catalog lookup.
+one read per window of nearby lines, Parquet: the row groups touched) plus one catalog lookup.
 """
 
 from __future__ import annotations
