@@ -2,7 +2,7 @@
 
 ``local`` (the default) works in this process, streaming each file's batches into the catalog.
 ``ray`` runs one task per file on a Ray cluster. A registration task scans its file
-(``ingest.scan_file``: the format's scan and the property function) and returns the batches as
+(``scan.scan_file``: the format's scan and the property function) and returns the batches as
 Arrow tables; an ``add_property`` task reads its file's records by the pointers the owner sends
 and returns the function's values. The catalog's owner stores everything in file order in its
 one transaction: workers never open the catalog, and task arguments are plain values (paths,
@@ -56,9 +56,9 @@ import pyarrow as pa
 from mixplane.catalog.files import FileIdentity, Location, check_unchanged
 from mixplane.catalog.formats import RESTART, FormatName, ScanBatch, get_format
 from mixplane.catalog.formats.tokenized import TokenSpec, asks_for_text
-from mixplane.catalog.ingest import FileEnd, ScanJob, Scanned, scan_file
 from mixplane.catalog.pretokenized import read_records
 from mixplane.catalog.properties import ConstantSource, FieldSource, PropertyType, as_column
+from mixplane.catalog.scan import FileEnd, ScanJob, Scanned, scan_file
 from mixplane.catalog.token_counts import (
     SPAWN_MIN_BYTES,
     TokenizerWire,

@@ -24,13 +24,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from mixplane.catalog.formats.tokenized import DEFAULT_FIELD, TokenSpec
+from mixplane.catalog.formats import get_format
+from mixplane.catalog.formats.tokenized import DECLARED, DEFAULT_FIELD, DTYPES, TokenSpec, decoder
 from mixplane.errors import PlanError, RegistrationError
 from mixplane.tokens.tokenizer import NAMED, Tokenizer, load_tokenizer
-
-#: Tokenizers declared in this process, by fingerprint: decoding for a property function finds
-#: a tokenizer given as an object (a trained one has no path to load it from).
-DECLARED: dict[str, Tokenizer] = {}
 
 
 def declare(
@@ -58,12 +55,9 @@ def declare(
     if vocab is None:
         msg = f"tokenizer {source!r} does not tell its vocabulary size; load it with load_tokenizer"
         raise RegistrationError(msg)
-    if dtype is not None:
-        from mixplane.catalog.formats.tokenized import DTYPES
-
-        if dtype not in DTYPES:
-            msg = f"unknown token dtype {dtype!r}; use one of {list(DTYPES)}"
-            raise RegistrationError(msg)
+    if dtype is not None and dtype not in DTYPES:
+        msg = f"unknown token dtype {dtype!r}; use one of {list(DTYPES)}"
+        raise RegistrationError(msg)
     DECLARED[loaded.fingerprint] = loaded
     return TokenSpec(
         tokenizer=loaded.fingerprint,
@@ -138,15 +132,10 @@ def check_job(
             raise PlanError(msg)
 
 
-def read_records(
-    row: Mapping[str, Any], pointers: pa.Table, *, text: bool = False
-) -> pa.Table:
+def read_records(row: Mapping[str, Any], pointers: pa.Table, *, text: bool = False) -> pa.Table:
     """Records of a token file (a row of ``Catalog.files()``) at ``pointers``, in pointer
     order: the ids as a list column (the dataset's token field), the metadata's fields where
     the format has them, and ``text`` decoded with the dataset's tokenizer when asked."""
-    from mixplane.catalog.formats import get_format
-    from mixplane.catalog.formats.tokenized import decoder
-
     field = row.get("text_field") or DEFAULT_FIELD
     fmt = row["format"]
     path = Path(row["path"])

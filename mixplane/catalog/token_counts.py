@@ -44,7 +44,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -55,12 +55,13 @@ from tqdm import tqdm
 
 from mixplane.catalog.files import FileIdentity, check_unchanged
 from mixplane.catalog.remote_fs import location
+from mixplane.client.reader import Reader
 from mixplane.errors import FileChangedError, MixplaneError
 from mixplane.tokens.tokenizer import Tokenizer, TokenizerError
 from mixplane.tokens.wire import tokenizer_from_wire, tokenizer_to_wire
 
 if TYPE_CHECKING:
-    from mixplane.catalog.engines import Engine
+    from mixplane.catalog.engines import Counts, Engine
 
 OnChanged = Literal["error", "skip"]
 
@@ -127,8 +128,6 @@ class _OneFile:
 def count_task(task: Mapping[str, Any], tokenizer: Tokenizer) -> pa.Table:
     """Counts of one task: ``file`` (a ``Catalog.files()`` row), ``ordinals`` and
     ``pointers`` (their pointer arrays). The file is checked against its registration first."""
-    from mixplane.client.reader import Reader
-
     file = task["file"]
     ordinals = np.asarray(task["ordinals"], dtype=np.int64)
     reader = Reader(_OneFile(file, task["pointers"]))
@@ -277,6 +276,55 @@ def count_tokens(
 ) -> TokenCountReport:
     """Count and store the tokens of ``files`` (rows of ``Catalog.files()``) not counted
     before for ``tokenizer`` (see the module); ``engine`` an ``engines.Engine``."""
+    _check_options(on_changed, workers, batch_size)
+    started = time.perf_counter()
+    held = lock if lock is not None else contextlib.nullcontext()
+    fp = tokenizer.fingerprint
+    with held:
+        done = counted_files(con, fp)
+    todo = [f for f in files if int(f["file_id"]) not in done]
+    cached = [f for f in files if int(f["file_id"]) in done]
+    todo, changed = _unchanged(todo, on_changed)
+    with held:
+        sizes = _sizes(con, [int(f["file_id"]) for f in todo])
+    total_bytes = sum(b for _, b in sizes.values())
+    estimate = sum(
+        _estimate(f, *sizes.get(int(f["file_id"]), (0, 0)), batch_size=batch_size) for f in todo
+    )
+    processes = engine.count_workers(workers, estimate, total_bytes)
+    if source is None and engine.name == "local":  # it cannot be rebuilt in another process
+        processes = 0
+    run = _Collector(con=con, fp=fp, held=held, on_changed=on_changed, changed=changed)
+    with tqdm(
+        total=total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc="count-tokens",
+        disable=not progress if progress is not None else None,
+        leave=False,
+    ) as bar:
+        results = engine.counts(run.tasks(todo, batch_size), tokenizer, source, workers=processes)
+        run.collect(results, bar.update)
+    names = list(dict.fromkeys(f["dataset"] for f in files))
+    with held:
+        totals = _totals(con, fp, [int(f["file_id"]) for f in files], names)
+    return TokenCountReport(
+        tokenizer=fp,
+        counted=run.written,
+        cached=sum(int(f["samples"]) for f in cached),
+        files_counted=len(run.written_files),
+        files_cached=len(cached),
+        tokens=sum(d.tokens for d in totals),
+        datasets=tuple(totals),
+        changed=tuple(run.changed),
+        engine=engine.name,
+        workers=processes,
+        seconds=time.perf_counter() - started,
+        counted_bytes=run.counted_bytes,
+    )
+
+
+def _check_options(on_changed: OnChanged, workers: int | None, batch_size: int) -> None:
     if on_changed not in ("error", "skip"):
         msg = f"on_changed must be 'error' or 'skip', got {on_changed!r}"
         raise MixplaneError(msg)
@@ -286,13 +334,13 @@ def count_tokens(
     if batch_size < 1:
         msg = f"batch_size must be at least 1, got {batch_size}"
         raise MixplaneError(msg)
-    started = time.perf_counter()
-    held = lock if lock is not None else contextlib.nullcontext()
-    fp = tokenizer.fingerprint
-    with held:
-        done = counted_files(con, fp)
-    todo = [f for f in files if int(f["file_id"]) not in done]
-    cached = [f for f in files if int(f["file_id"]) in done]
+
+
+def _unchanged(
+    todo: Sequence[Mapping[str, Any]], on_changed: OnChanged
+) -> tuple[list[Mapping[str, Any]], list[str]]:
+    """The files of ``todo`` unchanged since registration, and the problems of the others
+    (``on_changed="error"``: the first of them raised, naming how many more)."""
     problems: list[FileChangedError] = []
     unchanged = []
     for f in todo:
@@ -308,100 +356,87 @@ def count_tokens(
             "--on-changed skip, to count the other files)"
         )
         raise FileChangedError(msg)
-    changed = [str(p) for p in problems]
-    todo = unchanged
-    with held:
-        sizes = _sizes(con, [int(f["file_id"]) for f in todo])
-    total_bytes = sum(b for _, b in sizes.values())
-    estimate = sum(
-        _estimate(f, *sizes.get(int(f["file_id"]), (0, 0)), batch_size=batch_size) for f in todo
-    )
-    processes = engine.count_workers(workers, estimate, total_bytes)
-    if source is None and engine.name == "local":  # it cannot be rebuilt in another process
-        processes = 0
-    pending: dict[int, _Pending] = {}
-    complete: list[_Pending] = []
-    written_files: list[int] = []
-    written = 0
-    counted_bytes = 0
+    return unchanged, [str(p) for p in problems]
 
-    def flush() -> None:
-        nonlocal written
-        if not complete:
-            return
-        with held:
-            ids = set(_write(con, fp, complete))
-        written_files.extend(sorted(ids))
-        written += sum(
-            t.num_rows for p in complete if int(p.file["file_id"]) in ids for t in p.tables
-        )
-        complete.clear()
 
-    def tasks() -> Iterator[dict[str, Any]]:
+@dataclass(slots=True, kw_only=True)
+class _Collector:
+    """The owner's side of a count: hands out each file's tasks, collects their tables as
+    they complete, and writes complete files (``FLUSH_ROWS`` counts a transaction)."""
+
+    con: duckdb.DuckDBPyConnection
+    fp: str
+    held: contextlib.AbstractContextManager[Any]
+    on_changed: OnChanged
+    changed: list[str]
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    complete: list[_Pending] = field(default_factory=list)
+    written_files: list[int] = field(default_factory=list)
+    written: int = 0
+    counted_bytes: int = 0
+
+    def tasks(self, todo: Sequence[Mapping[str, Any]], batch_size: int) -> Iterator[dict[str, Any]]:
         """Each file's tasks, its pointers read when the engine reaches it."""
         for f in todo:
-            with held:
-                ones = _file_tasks(con, f, batch_size)
+            with self.held:
+                ones = _file_tasks(self.con, f, batch_size)
             state = _Pending(file=f, tasks=len(ones))
             if ones:
-                pending[int(f["file_id"])] = state
+                self.pending[int(f["file_id"])] = state
             else:  # no samples: counted as it is
-                complete.append(state)
+                self.complete.append(state)
             yield from ones
 
-    with tqdm(
-        total=total_bytes,
-        unit="B",
-        unit_scale=True,
-        desc="count-tokens",
-        disable=not progress if progress is not None else None,
-        leave=False,
-    ) as bar:
-        results = engine.counts(tasks(), tokenizer, source, workers=processes)
+    def collect(self, results: Counts, advance: Callable[[int], object]) -> None:
+        """Take every task's result; on an error, keep the whole files counted so far."""
         try:
             with contextlib.closing(results):
                 for task, table, error in results:
-                    file_id = int(task["file"]["file_id"])
-                    if error is not None:
-                        if isinstance(error, FileChangedError) and on_changed == "skip":
-                            if pending.pop(file_id, None) is not None:
-                                changed.append(str(error))
-                            continue
-                        raise error
-                    bar.update(task["bytes"])
-                    state = pending.get(file_id)
-                    if state is None:  # left out: another of its tasks found it changed
-                        continue
-                    assert table is not None
-                    counted_bytes += task["bytes"]
-                    state.tables.append(table)
-                    state.tasks -= 1
-                    if state.tasks == 0:
-                        complete.append(pending.pop(file_id))
-                        if sum(t.num_rows for p in complete for t in p.tables) >= FLUSH_ROWS:
-                            flush()
+                    self._take(task, table, error, advance)
         except BaseException:
             with contextlib.suppress(Exception):  # keep the whole files counted so far
-                flush()
+                self.flush()
             raise
-        flush()
-    names = list(dict.fromkeys(f["dataset"] for f in files))
-    with held:
-        totals = _totals(con, fp, [int(f["file_id"]) for f in files], names)
-    return TokenCountReport(
-        tokenizer=fp,
-        counted=written,
-        cached=sum(int(f["samples"]) for f in cached),
-        files_counted=len(written_files),
-        files_cached=len(cached),
-        tokens=sum(d.tokens for d in totals),
-        datasets=tuple(totals),
-        changed=tuple(changed),
-        engine=engine.name,
-        workers=processes,
-        seconds=time.perf_counter() - started,
-        counted_bytes=counted_bytes,
-    )
+        self.flush()
+
+    def _take(
+        self,
+        task: Mapping[str, Any],
+        table: pa.Table | None,
+        error: MixplaneError | None,
+        advance: Callable[[int], object],
+    ) -> None:
+        file_id = int(task["file"]["file_id"])
+        if error is not None:
+            if isinstance(error, FileChangedError) and self.on_changed == "skip":
+                if self.pending.pop(file_id, None) is not None:
+                    self.changed.append(str(error))
+                return
+            raise error
+        advance(task["bytes"])
+        state = self.pending.get(file_id)
+        if state is None:  # left out: another of its tasks found it changed
+            return
+        assert table is not None
+        self.counted_bytes += task["bytes"]
+        state.tables.append(table)
+        state.tasks -= 1
+        if state.tasks == 0:
+            self.complete.append(self.pending.pop(file_id))
+            if sum(t.num_rows for p in self.complete for t in p.tables) >= FLUSH_ROWS:
+                self.flush()
+
+    def flush(self) -> None:
+        """Write the complete files (one transaction)."""
+        if not self.complete:
+            return
+        with self.held:
+            ids = set(_write(self.con, self.fp, self.complete))
+        self.written_files.extend(sorted(ids))
+        self.written += sum(
+            t.num_rows for p in self.complete if int(p.file["file_id"]) in ids for t in p.tables
+        )
+        self.complete.clear()
 
 
 def _identity(f: Mapping[str, Any]) -> FileIdentity:

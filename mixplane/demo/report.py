@@ -360,14 +360,20 @@ def _column(rows: Sequence[Sequence[float | None]], i: int) -> list[float]:
 def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
     """The report's figures, drawn only from ``manifest`` (one Line2D or bar per series)."""
     figure = _matplotlib()
+    colors = _colors(len(manifest["domains"]))
+    return {
+        "weights": _weights_figure(figure, manifest, colors),
+        "tokens": _tokens_figure(figure, manifest),
+        "validation_loss": _validation_loss_figure(figure, manifest, colors),
+        "train_loss": _train_loss_figure(figure, manifest, colors),
+        "scaling_laws": _scaling_laws_figure(figure, manifest, colors),
+    }
+
+
+def _weights_figure(figure: type[Figure], manifest: Mapping[str, Any], colors: list[Any]) -> Figure:
+    """The mixture over steps (ADO), the natural weights dashed."""
     domains = manifest["domains"]
-    colors = _colors(len(domains))
     runs = manifest["runs"]
-    from matplotlib.ticker import NullFormatter
-
-    out: dict[str, Figure] = {}
-
-    # the mixture over steps (ADO), the natural weights dashed
     fig = figure(figsize=(10, 4.5), layout="constrained")
     ax = fig.add_subplot()
     for name in RUNS:
@@ -386,9 +392,13 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
         xlabel="training step", ylabel="weight", title="Mixture weights (ADO solid, natural dashed)"
     )
     fig.legend(fontsize=7, loc="outside right upper")
-    out["weights"] = fig
+    return fig
 
-    # requested vs delivered tokens, both runs
+
+def _tokens_figure(figure: type[Figure], manifest: Mapping[str, Any]) -> Figure:
+    """Requested vs delivered tokens, both runs."""
+    domains = manifest["domains"]
+    runs = manifest["runs"]
     fig = figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.add_subplot()
     x = np.arange(len(domains))
@@ -407,9 +417,15 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
     ax.set_xticks(x, domains)
     ax.set(ylabel="tokens", title="Tokens per domain: requested by the mixture vs trained")
     ax.legend(fontsize=8)
-    out["tokens"] = fig
+    return fig
 
-    # validation loss per domain (and their mean) at the same token counts, and ADO - natural
+
+def _validation_loss_figure(
+    figure: type[Figure], manifest: Mapping[str, Any], colors: list[Any]
+) -> Figure:
+    """Validation loss per domain (and their mean) at the same token counts, and ADO - natural."""
+    domains = manifest["domains"]
+    runs = manifest["runs"]
     fig = figure(figsize=(11, 7), layout="constrained")
     axes = _panels(fig, len(domains) + 2)
     for name in RUNS:
@@ -440,9 +456,15 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
         ax.set(title=title, xlabel="training tokens", ylabel="validation loss (nats/token)")
         ax.legend(fontsize=6 if ax is axes[-1] else 7, ncols=2 if ax is axes[-1] else 1)
     fig.suptitle("Validation loss on held-out windows")
-    out["validation_loss"] = fig
+    return fig
 
-    # training loss per domain, per evaluation interval
+
+def _train_loss_figure(
+    figure: type[Figure], manifest: Mapping[str, Any], colors: list[Any]
+) -> Figure:
+    """Training loss per domain, per evaluation interval."""
+    domains = manifest["domains"]
+    runs = manifest["runs"]
     fig = figure(figsize=(11, 6), layout="constrained")
     axes = _panels(fig, len(domains))
     for name in RUNS:
@@ -456,9 +478,17 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
         ax.set(title=title, xlabel="training tokens", ylabel="training loss (nats/token)")
         ax.legend(fontsize=7)
     fig.suptitle("Training loss per domain (mean over each evaluation interval)")
-    out["train_loss"] = fig
+    return fig
 
-    # ADO's scaling laws over the observed losses
+
+def _scaling_laws_figure(
+    figure: type[Figure], manifest: Mapping[str, Any], colors: list[Any]
+) -> Figure:
+    """ADO's scaling laws over the observed losses."""
+    from matplotlib.ticker import NullFormatter
+
+    domains = manifest["domains"]
+    runs = manifest["runs"]
     laws = runs["ado"].get("laws")
     fig = figure(figsize=(11, 6), layout="constrained")
     axes = _panels(fig, len(domains))
@@ -488,8 +518,7 @@ def figures(manifest: Mapping[str, Any]) -> dict[str, Figure]:
                    ylabel="training loss")  # fmt: skip
             ax.legend(fontsize=7)
     fig.suptitle("ADO's fitted scaling laws L(n) = eps + beta n^-alpha (last refit)")
-    out["scaling_laws"] = fig
-    return out
+    return fig
 
 
 # -- files -------------------------------------------------------------------------------------

@@ -153,8 +153,8 @@ def jsonl_batches(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
 
         return wrapped
 
-    monkeypatch.setattr(jsonl, "_scan_duckdb", spy("duckdb", jsonl._scan_duckdb))
-    monkeypatch.setattr(jsonl, "_scan_blocks", spy("blocks", jsonl._scan_blocks))
+    monkeypatch.setattr(jsonl, "scan_duckdb", spy("duckdb", jsonl.scan_duckdb))
+    monkeypatch.setattr(jsonl, "scan_blocks", spy("blocks", jsonl.scan_blocks))
     return seen
 
 

@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from mixplane.catalog import Catalog, DatasetInfo
-from mixplane.catalog.formats import jsonl
+from mixplane.catalog.formats import jsonl_duckdb
 from mixplane.errors import FileChangedError, MalformedRecordError, PropertyError
 
 from .conftest import Corpus, Record, make_records
@@ -303,8 +303,8 @@ def small_batches(
     monkeypatch: pytest.MonkeyPatch, jsonl_batches: dict[str, list[int]]
 ) -> list[int]:
     """DuckDB batches and type probe of 4 lines; the sizes of the batches the fast path yielded."""
-    monkeypatch.setattr(jsonl, "DUCKDB_BATCH", 4)
-    monkeypatch.setattr(jsonl, "PROBE_ROWS", 4)
+    monkeypatch.setattr(jsonl_duckdb, "DUCKDB_BATCH", 4)
+    monkeypatch.setattr(jsonl_duckdb, "PROBE_ROWS", 4)
     return jsonl_batches["duckdb"]
 
 

@@ -13,8 +13,9 @@ import pyarrow.compute as pc
 import pytest
 import zstandard
 
+import mixplane.catalog.formats.lines as lines_module
 from mixplane.catalog import Catalog, PropertyType
-from mixplane.catalog.formats import jsonl
+from mixplane.catalog.formats import jsonl_duckdb
 from mixplane.errors import (
     CatalogError,
     DatasetExistsError,
@@ -533,8 +534,8 @@ def test_jsonl_offsets_across_blocks(
     compression: Any,
     path: str,
 ) -> None:
-    monkeypatch.setattr(jsonl, "BLOCK_BYTES", 4096)
-    monkeypatch.setattr(jsonl, "DUCKDB_BATCH", 16)
+    monkeypatch.setattr(lines_module, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(jsonl_duckdb, "DUCKDB_BATCH", 16)
     records = make_records(300)
     for i, r in enumerate(records):
         r["text"] += " padding" * (i % 17)  # lines of varied length straddle block boundaries

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-import mixplane.catalog.catalog as catalog_module
+import mixplane.catalog.queries as queries_module
 import mixplane.catalog.runs as runs_module
 from mixplane.client import Client
 
@@ -41,7 +41,7 @@ def test_streaming_runs_equal_sql(
     by = [*by, "parity"] if by else by
     monkeypatch.setattr(runs_module, "BATCH_ROWS", batch)
     fast = _result(client, where, by, members)
-    monkeypatch.setattr(catalog_module, "scan_runs", lambda *a, **k: None)
+    monkeypatch.setattr(queries_module, "scan_runs", lambda *a, **k: None)
     slow = _result(client, where, by, members)
     assert fast.runs.equals(slow.runs)
     assert [c.properties for c in fast.components] == [c.properties for c in slow.components]

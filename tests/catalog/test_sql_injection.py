@@ -50,27 +50,32 @@ SQL_WORDS = re.compile(
 
 #: (module, function) -> the test below that drives it with hostile strings.
 SITES = {
-    ("catalog/catalog.py", "_dataset_properties"): "test_register_hostile_names_and_paths",
-    ("catalog/catalog.py", "add_property"): "test_add_property_hostile",
-    ("catalog/catalog.py", "_per_sample"): "test_lookups_with_hostile_names",
-    ("catalog/catalog.py", "components"): "test_queries_with_hostile_strings",
+    ("catalog/tables.py", "_dataset_properties"): "test_register_hostile_names_and_paths",
+    ("catalog/computed.py", "add_property"): "test_add_property_hostile",
+    ("catalog/computed.py", "_store_values"): "test_add_property_hostile",
+    ("catalog/reads.py", "_per_sample"): "test_lookups_with_hostile_names",
+    ("catalog/queries.py", "selection"): "test_queries_with_hostile_strings",
+    ("catalog/queries.py", "runs_sql"): "test_queries_with_hostile_strings",
     ("catalog/ingest.py", "accept"): "test_register_hostile_names_and_paths",
     ("catalog/runs.py", "scan_runs"): "test_queries_with_hostile_strings",
-    ("catalog/formats/jsonl.py", "_scan_duckdb"): "test_register_hostile_names_and_paths",
-    ("catalog/formats/jsonl.py", "_extract"): "test_register_hostile_names_and_paths",
-    ("catalog/formats/jsonl.py", "_maybe_not_string"): "test_register_hostile_names_and_paths",
+    ("catalog/formats/jsonl_duckdb.py", "scan_duckdb"): "test_register_hostile_names_and_paths",
+    ("catalog/formats/jsonl_duckdb.py", "_extract"): "test_register_hostile_names_and_paths",
+    ("catalog/formats/jsonl_duckdb.py", "_maybe_not_string"): "test_register_hostile_names_and_paths",
     ("query/compile.py", "sql"): "test_queries_with_hostile_strings",
 }
 
 #: Interpolated values that are not quoted here, per function, and why they hold no user text.
 INTERNAL: dict[str, dict[str, str]] = {
-    "components": {
+    "selection": {
         "columns[p].sql": "Catalog.columns(): s.<identifier(name)> for names read from the catalog",
         "columns[sort_by].sql": "Catalog.columns(), as above; sort_by is checked against it",
         "i": "an int",
         "condition": "compile_filter's SQL: placeholders for every value",
         "sql_i": "compile_filter's SQL: placeholders for every value",
-        "', '.join(keys) + ', ' if keys else ''": "the key expressions above",
+    },
+    "runs_sql": {
+        "', '.join(keys) + ', ' if keys else ''": "selection's key expressions",
+        "chosen.condition": "selection's condition: compile_filter's SQL with placeholders",
         "group": "g0.., m0.. aliases",
         "selected": "the query built above",
         "partition": "PARTITION BY over the aliases",
@@ -79,7 +84,7 @@ INTERNAL: dict[str, dict[str, str]] = {
         "lead": "the aliases",
     },
     "_dataset_properties": {"counts": "count(identifier(name)) for each property"},
-    "add_property": {"ptype.sql": "a PropertyType's SQL type name (an enum)"},
+    "_store_values": {"ptype.sql": "a PropertyType's SQL type name (an enum)"},
     "accept": {"merged.sql": "a PropertyType's SQL type name (an enum)"},
     "_per_sample": {
         "column": "a constant column name given by the catalog's own callers",
@@ -92,7 +97,7 @@ INTERNAL: dict[str, dict[str, str]] = {
         "condition": "compile_filter's SQL: placeholders for every value",
         "order": "aliases",
     },
-    "_scan_duckdb": {
+    "scan_duckdb": {
         "spec": "literal(key): literal(type) pairs",
         "source": "read_json over literal(path) and spec",
         "probe": "json_type over _locate's identifier and literal",

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 from pyarrow import ipc
 
-from mixplane.catalog.formats import (
+from mixplane.catalog.formats.base import (
     ScanBatch,
     ScanRequest,
     filter_fields,

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mixplane.catalog.formats import ScanBatch, ScanRequest
+from mixplane.catalog.formats.base import ScanBatch, ScanRequest
 from mixplane.catalog.formats.tokenized import (
     DEFAULT_FIELD,
     check_dtype,

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mixplane.catalog.fields import root
-from mixplane.catalog.formats import (
+from mixplane.catalog.formats.base import (
     ScanBatch,
     ScanRequest,
     filter_fields,
@@ -27,6 +27,7 @@ from mixplane.catalog.formats import (
     reject_missing,
     take,
 )
+from mixplane.catalog.formats.token_columns import scan_parquet
 from mixplane.catalog.remote_fs import ObjectStoreError, RemotePath, location
 from mixplane.errors import MalformedRecordError
 
@@ -65,8 +66,6 @@ def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
     path = location(path)
     pf = open_file(path)
     if request.tokens is not None:  # a column of token ids (formats.token_columns)
-        from mixplane.catalog.formats.token_columns import scan_parquet
-
         yield from scan_parquet(pf, path, request)
         return
     estimate = request.text_lengths == "metadata" and not request.want_table

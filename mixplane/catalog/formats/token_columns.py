@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from mixplane.catalog.formats import (
+from mixplane.catalog.formats.base import (
     ScanBatch,
     ScanRequest,
     filter_fields,

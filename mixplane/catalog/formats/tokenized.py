@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from mixplane.errors import MalformedRecordError, MixplaneError, RegistrationError
+from mixplane.tokens.tokenizer import Tokenizer, load_tokenizer
 
 #: Integer dtypes token ids may be stored in (Megatron-Core's, OLMo-core's, Arrow's).
 DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64")
@@ -34,6 +35,11 @@ CHECK_BLOCK = 1 << 24
 DEFAULT_FIELD = "input_ids"
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+
+#: Tokenizers declared in this process, by fingerprint (``pretokenized.declare``): decoding for
+#: a property function finds a tokenizer given as an object (a trained one has no path to load
+#: it from).
+DECLARED: dict[str, Tokenizer] = {}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,9 +165,6 @@ def ids_table(
 
 def decoder(source: str, fingerprint: str) -> Callable[[list[list[int]]], list[str]]:
     """The decoding function of the tokenizer at ``source``, checked against ``fingerprint``."""
-    from mixplane.catalog.pretokenized import DECLARED
-    from mixplane.tokens.tokenizer import load_tokenizer
-
     known = DECLARED.get(fingerprint)
     if known is not None:  # declared in this process (perhaps as an object, with no path)
         return lambda docs: [known.decode(ids) for ids in docs]  # type: ignore[attr-defined]

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from mixplane.catalog.formats import ScanBatch, ScanRequest
+from mixplane.catalog.formats.base import ScanBatch, ScanRequest
 from mixplane.catalog.formats.tokenized import (
     CHECK_BLOCK,
     DEFAULT_FIELD,

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mixplane.catalog.fields import root
-from mixplane.catalog.formats import (
+from mixplane.catalog.formats.base import (
     RESTART,
     ScanBatch,
     ScanRequest,
