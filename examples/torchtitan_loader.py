@@ -111,7 +111,8 @@ def cpu_workarounds() -> None:
 
 
 def cpu_attention() -> None:
-    """Flex attention has no backward on the CPU: the same masks, dense, through SDPA."""
+    """Flex attention has no backward on the CPU: the same masks, dense, through SDPA; and
+    FSDP's gradient reduction as sums (gloo)."""
     import torch.nn.functional as F  # noqa: N812
     from torch.nn.attention.flex_attention import create_mask
     from torchtitan.models.common.attention import FlexAttention
@@ -125,6 +126,21 @@ def cpu_attention() -> None:
         return out, None
 
     FlexAttention._compiled_flex_attn = staticmethod(dense)
+
+    # gloo has no PREMUL_SUM: FSDP reduces gradients with plain sums (torchtitan already sets
+    # the divide factor to 1 and scales by the global token count itself)
+    from torch.distributed.fsdp import FSDPModule
+    from torchtitan.distributed import fsdp
+
+    undivided = fsdp.disable_fsdp_gradient_division
+
+    def summed(model: Any) -> None:
+        undivided(model)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_force_sum_reduction_for_comms(True)
+
+    fsdp.disable_fsdp_gradient_division = summed
 
 
 def mixplane_llama3() -> Any:
@@ -211,6 +227,8 @@ def launch(root: Path, name: str, ranks: int, steps: int, *, forget: bool = Fals
             "--training.steps", str(steps), "--dump_folder", str(root / name),
             "--checkpoint.enable", "--checkpoint.interval", str(steps // 2 if not forget and name.endswith("full") else steps),
             "--metrics.log_freq", "1"]  # fmt: skip
+    if ranks > 1:  # FSDP over plain parameters (the default wants DTensors on the full mesh)
+        args += ["--parallelism.spmd_backend", "partial_dtensor"]
     procs, logs = [], []
     for rank in range(ranks):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(ranks),
