@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,8 @@ def cpu_attention() -> None:
     """Flex attention has no backward on the CPU: the same masks, dense, through SDPA; and
     FSDP's gradient reduction as sums (gloo)."""
     import torch.nn.functional as F  # noqa: N812
-    from torch.nn.attention.flex_attention import create_mask
+    from torch.nn.attention.flex_attention import create_block_mask, create_mask
+    from torchtitan.models.common import attention
     from torchtitan.models.common.attention import FlexAttention
 
     def dense(q: Any, k: Any, v: Any, *, block_mask: Any, scale: Any, enable_gqa: bool,
@@ -126,6 +128,7 @@ def cpu_attention() -> None:
         return out, None
 
     FlexAttention._compiled_flex_attn = staticmethod(dense)
+    attention._compiled_create_block_mask = create_block_mask  # no compile for tiny masks
 
     # gloo has no PREMUL_SUM: FSDP reduces gradients with plain sums (torchtitan already sets
     # the divide factor to 1 and scales by the global token count itself)
@@ -182,7 +185,9 @@ def _recorder() -> Any:
                 inputs = batch[0]["input"]
                 row = {
                     "hash": hashlib.sha256(inputs.numpy().tobytes()).hexdigest()[:16],
-                    "windows": [hashlib.sha256(w.numpy().tobytes()).hexdigest()[:16] for w in inputs],
+                    "windows": [
+                        hashlib.sha256(w.numpy().tobytes()).hexdigest()[:16] for w in inputs
+                    ],
                     "wait": time.perf_counter() - asked,
                     "at": asked,
                 }
@@ -239,10 +244,12 @@ def launch(root: Path, name: str, ranks: int, steps: int, *, forget: bool = Fals
                    MIXPLANE_FORGET="1" if forget else "0")  # fmt: skip
         logs.append(root / f"log-{name}-{time.monotonic_ns()}-rank{rank}.txt")
         procs.append(
-            subprocess.Popen(  # noqa: S603
-                [sys.executable, __file__, "rank", *args], env=env,
-                stdout=logs[-1].open("w"), stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            subprocess.Popen(
+                [sys.executable, __file__, "rank", *args],
+                env=env,
+                stdout=logs[-1].open("w"),
+                stderr=subprocess.STDOUT,
+            )
         )
     for rank, proc in enumerate(procs):
         if proc.wait(timeout=900) != 0:
@@ -274,7 +281,10 @@ def run(root: Path, ranks: int, steps: int, *, control: bool) -> dict[str, Any]:
         shutil.copytree(checkpoint, target)
         logs = launch(root, f"{ranks}-{name}", ranks, steps, forget=name == "forgetful")
         again = rows(root / f"{ranks}-{name}-out", ranks)
-        same = [[r["hash"] for r in a] == [r["hash"] for r in f[half:]] for a, f in zip(again, full, strict=True)]
+        same = [
+            [r["hash"] for r in a] == [r["hash"] for r in f[half:]]
+            for a, f in zip(again, full, strict=True)
+        ]
         report[f"{name}_matched"] = all(same)
         if name == "resumed":
             want = [{s: v for s, v in losses(t).items() if s > half} for t in full_logs]
@@ -282,9 +292,11 @@ def run(root: Path, ranks: int, steps: int, *, control: bool) -> dict[str, Any]:
             report["losses"] = {"full": want, "resumed": got}
             report["losses_matched"] = bool(want[0]) and want == got
     report["control_differs"] = control and not report["forgetful_matched"]
-    steady = [row for rank_rows in full for row in rank_rows[1:]]
-    times = [b["at"] - a["at"] for rank_rows in full for a, b in zip(rank_rows[1:], rank_rows[2:], strict=False)]
-    report["waiting"] = sum(r["wait"] for r in steady[: len(times)]) / sum(times)
+    # step k runs from asking for its batch to asking for the next; the first (start-up) and
+    # the last (no next) are left out
+    waited = sum(rank_rows[k]["wait"] for rank_rows in full for k in range(1, len(rank_rows) - 1))
+    spent = sum(b["at"] - a["at"] for rank_rows in full for a, b in pairwise(rank_rows[1:]))
+    report["waiting"] = waited / spent
     if ranks == 2:
         seen = [{w for row in rank_rows for w in row["windows"]} for rank_rows in full]
         report["dp_disjoint"] = not (seen[0] & seen[1])

@@ -10,7 +10,10 @@ import pytest
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"))
 # examples that are their own integration test (run there, with their figures checked)
-OWN_TEST = {"olmo_core_trainer.py": "tests/integrations/test_olmo_core.py"}
+OWN_TEST = {
+    "olmo_core_trainer.py": "tests/integrations/test_olmo_core.py",
+    "torchtitan_loader.py": "tests/integrations/test_torchtitan.py",  # in its own venv
+}
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
