@@ -297,6 +297,9 @@ def run(root: Path, ranks: int, steps: int, *, control: bool) -> dict[str, Any]:
     waited = sum(rank_rows[k]["wait"] for rank_rows in full for k in range(1, len(rank_rows) - 1))
     spent = sum(b["at"] - a["at"] for rank_rows in full for a, b in pairwise(rank_rows[1:]))
     report["waiting"] = waited / spent
+    steps_counted = sum(max(len(rank_rows) - 2, 0) for rank_rows in full)
+    report["step_ms"] = 1000 * spent / steps_counted
+    report["wait_ms"] = 1000 * waited / steps_counted
     if ranks == 2:
         seen = [{w for row in rank_rows for w in row["windows"]} for rank_rows in full]
         report["dp_disjoint"] = not (seen[0] & seen[1])
