@@ -2,17 +2,26 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
+# torchtitan pins datasets<4.8 (ours takes the newest): it lives in its own venv
+TITAN_VENV := .venv-torchtitan
+TITAN_STAMP := $(TITAN_VENV)/.installed
 DEMO_HOME ?= .mixplane-demo
 
 .PHONY: venv demo test lint bench clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(TITAN_STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev,demo,torch,hf,server,ray,megatron]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,demo,torch,hf,server,ray,megatron,olmo]'
 	@touch $(STAMP)
+
+$(TITAN_STAMP): pyproject.toml
+	@test -x $(TITAN_VENV)/bin/python || $(PYTHON) -m venv $(TITAN_VENV)
+	$(TITAN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(TITAN_VENV)/bin/python -m pip install --quiet -e '.[torchtitan]'
+	@touch $(TITAN_STAMP)
 
 demo: venv
 	$(VENV)/bin/mixplane --home $(DEMO_HOME) demo
@@ -28,4 +37,4 @@ bench: venv
 	$(VENV)/bin/python benchmarks/ingest.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TITAN_VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache
