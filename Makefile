@@ -9,7 +9,7 @@ DEMO_HOME ?= .mixplane-demo
 
 .PHONY: venv demo test lint bench clean
 
-venv: $(STAMP) $(TITAN_STAMP)
+venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ lint: venv
 	$(VENV)/bin/ruff check mixplane tests benchmarks examples
 	$(VENV)/bin/mypy
 
-test: lint
+test: lint $(TITAN_STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/python -m pytest
 
 bench: venv
