@@ -102,7 +102,9 @@ def peak_rss_mb() -> float:
 
 
 def digest(ids: Any) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(ids[:SEQ], dtype=np.int32).tobytes(), digest_size=8).hexdigest()
+    return hashlib.blake2b(
+        np.ascontiguousarray(ids[:SEQ], dtype=np.int32).tobytes(), digest_size=8
+    ).hexdigest()
 
 
 def tokenizer_json() -> str:
@@ -139,7 +141,10 @@ class Packer:
         ids_all, doms_all = np.concatenate(parts), np.concatenate(doms)
         k = max(0, (len(ids_all) - 1) // SEQ)
         out = [
-            (ids_all[i * SEQ : (i + 1) * SEQ + 1], np.bincount(doms_all[i * SEQ : (i + 1) * SEQ], minlength=4))
+            (
+                ids_all[i * SEQ : (i + 1) * SEQ + 1],
+                np.bincount(doms_all[i * SEQ : (i + 1) * SEQ], minlength=4),
+            )
             for i in range(k)
         ]
         self.ids, self.doms = ids_all[k * SEQ :], doms_all[k * SEQ :]
@@ -264,15 +269,19 @@ def child_mixplane(spec: dict[str, Any], began: float) -> dict[str, Any]:
             state = json.loads(state_file.read_text())
             job.load_state_dict(state["job"])
             stream.load_state_dict(state["stream"])
-        change_note = None
-        if spec["mode"] == "change":
-            if not hasattr(job, "set_weights"):
-                return {"change": "no API (the server has no set_weights endpoint)"}
+        change_note: Any = None
+        if spec["mode"] == "change" and not hasattr(job, "set_weights"):
+            return {"change": "no API (the server has no set_weights endpoint)"}
 
         def items() -> Iterator[tuple[Any, np.ndarray]]:
             for n, w in enumerate(stream):
                 if spec["mode"] == "change" and n == spec["stop"]:
-                    job.set_weights({f"domain={d}": x for d, x in zip(names, NEW_WEIGHTS, strict=True)})
+                    nonlocal change_note
+                    change_note = {
+                        "applies_from_chunk": job.set_weights(
+                            {f"domain={d}": x for d, x in zip(names, NEW_WEIGHTS, strict=True)}
+                        )
+                    }
                 counts = np.zeros(4, np.int64)
                 counts[of_component[w.component]] = SEQ
                 yield w.input_ids, counts
@@ -281,10 +290,12 @@ def child_mixplane(spec: dict[str, Any], began: float) -> dict[str, Any]:
         if spec["mode"] == "stop":
             state = {"job": job.state_dict(), "stream": stream.state_dict()}
             state_file.write_text(json.dumps(state, default=_jsonable))
-        return run.result(change=change_note)
+        return run.result(change=change_note, chunk_windows=500_000 / SEQ)
 
 
 def _jsonable(value: Any) -> Any:
+    if type(value).__name__ == "Tensor":
+        return {"__tensor__": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, np.integer):
         return int(value)
     if isinstance(value, np.floating):
@@ -295,6 +306,19 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(msg)
 
 
+def _tensors(value: Any) -> Any:
+    """JSON back to a state with tensors (the inverse of _jsonable's tagged lists)."""
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            import torch
+
+            return torch.tensor(value["__tensor__"], dtype=getattr(torch, value["dtype"]))
+        return {k: _tensors(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_tensors(v) for v in value]
+    return value
+
+
 def _mp_tok() -> Any:
     from mixplane.tokens import load_tokenizer
 
@@ -303,11 +327,16 @@ def _mp_tok() -> Any:
 
 def _mixplane_workers(client: Any, spec: dict[str, Any], began: float) -> dict[str, Any]:
     import torch
+
     from mixplane.integrations.pytorch import TokenWindowDataset
 
     names = list(DOMAINS)
     job = _mixplane_job(client, spec, f"peers-w-{os.getpid()}", workers=2)
-    of_component = np.array([names.index(s.split("=")[1]) for s in job.selectors]) if hasattr(job, "selectors") else None
+    of_component = (
+        np.array([names.index(s.split("=")[1]) for s in job.selectors])
+        if hasattr(job, "selectors")
+        else None
+    )
     dataset = TokenWindowDataset(job, "deepseek", SEQ, rank=0, world_size=1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2)
 
@@ -346,7 +375,9 @@ def child_hf(spec: dict[str, Any], began: float) -> dict[str, Any]:
         enc = tok.encode_batch(batch["text"], add_special_tokens=False)
         return {"input_ids": [e.ids for e in enc], "dom": [names.index(d) for d in batch["domain"]]}
 
-    tokenized = mixed.map(tokenize, batched=True, batch_size=BATCH, remove_columns=["id", "domain", "text"])
+    tokenized = mixed.map(
+        tokenize, batched=True, batch_size=BATCH, remove_columns=["id", "domain", "text"]
+    )
     state_file = Path(spec["work"]) / f"state-{spec['row']}.json"
     packer = Packer()
     if spec["mode"] == "resume":
@@ -363,7 +394,9 @@ def child_hf(spec: dict[str, Any], began: float) -> dict[str, Any]:
     def items() -> Iterator[tuple[Any, np.ndarray]]:
         for example in source:
             ids = example["input_ids"]
-            yield from packer.add([(ids.tolist() if hasattr(ids, "tolist") else ids, int(example["dom"]))])
+            yield from packer.add(
+                [(ids.tolist() if hasattr(ids, "tolist") else ids, int(example["dom"]))]
+            )
 
     run = Run(spec, began)
     want = windows_wanted(spec)
@@ -379,7 +412,15 @@ def child_hf(spec: dict[str, Any], began: float) -> dict[str, Any]:
 
 
 def child_nodes(spec: dict[str, Any], began: float) -> dict[str, Any]:
-    from torchdata.nodes import Batcher, IterableWrapper, Loader, Mapper, MultiNodeWeightedSampler, ParallelMapper, Unbatcher
+    from torchdata.nodes import (
+        Batcher,
+        IterableWrapper,
+        Loader,
+        Mapper,
+        MultiNodeWeightedSampler,
+        ParallelMapper,
+        Unbatcher,
+    )
 
     tok = hf_tokenizer()
     names = list(DOMAINS)
@@ -407,7 +448,7 @@ def child_nodes(spec: dict[str, Any], began: float) -> dict[str, Any]:
     packer = Packer()
     if spec["mode"] == "resume":
         state = json.loads(state_file.read_text())
-        loader.load_state_dict(state["nodes"])
+        loader.load_state_dict(_tensors(state["nodes"]))
         packer = Packer(state["packer"])
 
     run = Run(spec, began)
@@ -415,14 +456,19 @@ def child_nodes(spec: dict[str, Any], began: float) -> dict[str, Any]:
     it = iter(loader)
     done = False
     while not done:
-        doc = next(it)
+        doc = next(it, None)
+        if doc is None:  # every domain exhausted
+            break
         for ids, counts in packer.add([doc]):
             run.add(ids, counts)
             if len(run.counts) >= want:
                 done = True
                 break
     if spec["mode"] == "stop":
-        state_file.write_text(json.dumps({"nodes": loader.state_dict(), "packer": packer.state()}, default=_jsonable))
+        state_file.write_text(
+            json.dumps({"nodes": loader.state_dict(), "packer": packer.state()}, default=_jsonable)
+        )
+        # (torch tensors in the state, e.g. RNG states, are written as tagged lists: no pickle)
     return run.result()
 
 
@@ -466,7 +512,9 @@ def child_megatron(spec: dict[str, Any], began: float) -> dict[str, Any]:
     logging.disable(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+        from megatron.core.datasets.blended_megatron_dataset_builder import (
+            BlendedMegatronDatasetBuilder,
+        )
         from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     names = list(DOMAINS)
@@ -476,7 +524,7 @@ def child_megatron(spec: dict[str, Any], began: float) -> dict[str, Any]:
         sequence_length=SEQ,
         blend=([spec["prefixes"][d] for d in names], [DOMAINS[d][0] for d in names]),
         split="1,0,0",
-        path_to_cache=str(Path(spec["work"]) / "megatron-cache"),
+        path_to_cache=None,  # indices built in memory (a cache needs torch.distributed)
         tokenizer=_MegatronTokenizer(),  # type: ignore[arg-type]
         reset_position_ids=True,
         reset_attention_mask=False,
@@ -486,13 +534,17 @@ def child_megatron(spec: dict[str, Any], began: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [total, 0, 0], lambda: True, config).build()
+        train, _, _ = BlendedMegatronDatasetBuilder(
+            GPTDataset, [total, 0, 0], lambda: True, config
+        ).build()
     build_s = time.perf_counter() - t0
     assert train is not None
     # resume: Megatron's trainer restarts at consumed_samples (the index); nothing else to save
     start = spec["stop"] if spec["mode"] == "resume" else 0
     if spec["mode"] == "workers":
-        loader: Any = torch.utils.data.DataLoader(train, batch_size=None, num_workers=2, sampler=range(total))
+        loader: Any = torch.utils.data.DataLoader(
+            train, batch_size=None, num_workers=2, sampler=range(total)
+        )
         source: Any = iter(loader)
     else:
         source = (train[i] for i in range(start, total))
@@ -555,7 +607,12 @@ def child_litdata(spec: dict[str, Any], began: float) -> dict[str, Any]:
     """CombinedStreamingDataset with the weights, through its StreamingDataLoader (which keeps
     the per-dataset counts it resumes from; they also tell each window's domain)."""
     import litdata
-    from litdata import CombinedStreamingDataset, StreamingDataLoader, StreamingDataset, TokensLoader
+    from litdata import (
+        CombinedStreamingDataset,
+        StreamingDataLoader,
+        StreamingDataset,
+        TokensLoader,
+    )
 
     names = list(DOMAINS)
     sets = [
@@ -567,7 +624,9 @@ def child_litdata(spec: dict[str, Any], began: float) -> dict[str, Any]:
         )
         for d in names
     ]
-    combined = CombinedStreamingDataset(sets, seed=SEED, weights=[DOMAINS[d][0] for d in names], iterate_over_all=False)
+    combined = CombinedStreamingDataset(
+        sets, seed=SEED, weights=[DOMAINS[d][0] for d in names], iterate_over_all=False
+    )
     workers = 2 if spec["mode"] == "workers" else 0
     loader = StreamingDataLoader(combined, batch_size=1, num_workers=workers)
     state_file = Path(spec["work"]) / f"state-{spec['row']}.json"
@@ -608,7 +667,11 @@ def child_streaming_prepare(spec: dict[str, Any], began: float) -> dict[str, Any
     for d in DOMAINS:
         ids = np.memmap(f"{spec['prefixes'][d]}.bin", dtype=np.int32, mode="r")
         n = (len(ids) - 1) // SEQ
-        with MDSWriter(out=str(Path(spec["work"]) / "mds" / d), columns={"tokens": "ndarray:int32"}, size_limit="64mb") as out:
+        with MDSWriter(
+            out=str(Path(spec["work"]) / "mds" / d),
+            columns={"tokens": "ndarray:int32"},
+            size_limit="64mb",
+        ) as out:
             for i in range(n):
                 out.write({"tokens": np.array(ids[i * SEQ : (i + 1) * SEQ + 1])})
     return {"setup_s": time.perf_counter() - t0, "disk_mb": _du(Path(spec["work"]) / "mds")}
@@ -624,13 +687,16 @@ def child_streaming(spec: dict[str, Any], began: float) -> dict[str, Any]:
 
     clean_stale_shared_memory()
     names = list(DOMAINS)
-    streams = [Stream(local=str(Path(spec["work"]) / "mds" / d), proportion=DOMAINS[d][0]) for d in names]
+    streams = [
+        Stream(local=str(Path(spec["work"]) / "mds" / d), proportion=DOMAINS[d][0]) for d in names
+    ]
+
     class WithIndex(StreamingDataset):  # type: ignore[misc]
         """Each sample with its global index (which stream it came from, for the shares)."""
 
-        def get_item(self, index: int) -> Any:
-            item = super().get_item(index)
-            item["index"] = index
+        def get_item(self, sample_id: int, retry: int = 7) -> Any:
+            item = super().get_item(sample_id, retry)
+            item["index"] = sample_id
             return item
 
     dataset = WithIndex(
@@ -640,65 +706,6 @@ def child_streaming(spec: dict[str, Any], began: float) -> dict[str, Any]:
         batch_size=1,
         epoch_size=spec["windows"] + spec["check"] + 64,
     )
-    offsets = np.asarray(dataset.sample_offset_per_stream)
-    workers = 2 if spec["mode"] == "workers" else 0
-    loader = StreamingDataLoader(combined, batch_size=1, num_workers=workers)
-    state_file = Path(spec["work"]) / f"state-{spec['row']}.json"
-    if spec["mode"] == "resume":
-        loader.load_state_dict(json.loads(state_file.read_text()))
-
-    def items() -> Iterator[tuple[Any, np.ndarray]]:
-        before = None
-        for batch in loader:
-            now = _lit_counts(loader)
-            counts = np.zeros(4, np.int64)
-            if before is not None and now is not None:
-                diff = now - before
-                if diff.sum() == 1:
-                    counts[int(np.argmax(diff))] = SEQ
-            before = now
-            yield batch[0].numpy(), counts
-
-    run = drive(spec, began, items())
-    if spec["mode"] == "stop":
-        state_file.write_text(json.dumps(loader.state_dict(), default=_jsonable))
-    return run.result(version=f"litdata {litdata.__version__}")
-
-
-def _lit_counts(loader: Any) -> np.ndarray | None:
-    """Samples yielded per dataset so far (LitData's own bookkeeping for resume)."""
-    counts = getattr(loader, "_num_samples_yielded_wrapper", None)
-    if not counts:
-        return None
-    return np.sum([np.asarray(v) for v in counts.values()], axis=0)
-
-
-def child_streaming_prepare(spec: dict[str, Any], began: float) -> dict[str, Any]:
-    """Each domain's ids into MDS shards of packed windows (SEQ + 1 ids per sample)."""
-    from streaming import MDSWriter
-
-    t0 = time.perf_counter()
-    for d in DOMAINS:
-        ids = np.memmap(f"{spec['prefixes'][d]}.bin", dtype=np.int32, mode="r")
-        n = (len(ids) - 1) // SEQ
-        with MDSWriter(out=str(Path(spec["work"]) / "mds" / d), columns={"tokens": "ndarray:int32"}, size_limit="64mb") as out:
-            for i in range(n):
-                out.write({"tokens": np.array(ids[i * SEQ : (i + 1) * SEQ + 1])})
-    return {"setup_s": time.perf_counter() - t0, "disk_mb": _du(Path(spec["work"]) / "mds")}
-
-
-def child_streaming(spec: dict[str, Any], began: float) -> dict[str, Any]:
-    """StreamingDataset over four Streams with proportions; StreamingDataLoader state for
-    resume. Windows carry no domain field, so each stream's samples are told apart by the
-    sample index ranges Streaming itself reports (dataset.streams / sample offsets)."""
-    import streaming
-    from streaming import Stream, StreamingDataLoader, StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
-
-    clean_stale_shared_memory()
-    names = list(DOMAINS)
-    streams = [Stream(local=str(Path(spec["work"]) / "mds" / d), proportion=DOMAINS[d][0]) for d in names]
-    dataset = StreamingDataset(streams=streams, shuffle=True, shuffle_seed=SEED, batch_size=1, epoch_size=spec["windows"] + spec["check"] + 64)
     offsets = np.asarray(dataset.sample_offset_per_stream)
 
     workers = 2 if spec["mode"] == "workers" else 0
@@ -774,14 +781,21 @@ def generate(folder: Path, size: float) -> dict[str, list[str]]:
                 while written < budget * (f + 1) / FILES_PER_DOMAIN:
                     n = int(np.clip(rng.lognormal(np.log(median), sigma), 50, 100_000))
                     a = int(rng.integers(0, len(pool) - n))
-                    line = json.dumps({"id": f"{domain}-{f}-{i}", "domain": domain, "text": pool[a : a + n]}) + "\n"
+                    line = (
+                        json.dumps(
+                            {"id": f"{domain}-{f}-{i}", "domain": domain, "text": pool[a : a + n]}
+                        )
+                        + "\n"
+                    )
                     out.write(line)
                     written += len(line)
                     i += 1
     return files
 
 
-def pretokenize(files: dict[str, list[str]], folder: Path) -> tuple[dict[str, str], dict[str, float]]:
+def pretokenize(
+    files: dict[str, list[str]], folder: Path
+) -> tuple[dict[str, str], dict[str, float]]:
     """The corpus as Megatron .bin/.idx per domain (megatron-core's builder), EOS after each
     document; and each domain's mean document length in tokens."""
     import warnings
@@ -848,11 +862,21 @@ def python_for(kind: str) -> str:
 def run_child(kind: str, spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
     path = Path(spec["work"]) / f"spec-{kind}-{spec.get('mode', 'x')}.json"
     path.write_text(json.dumps(spec))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="true", OMP_NUM_THREADS="1")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="true",
+        OMP_NUM_THREADS="1",
+    )
     try:
         done = subprocess.run(
             [python_for(kind), __file__, "--child", kind, str(path)],
-            env=env, capture_output=True, text=True, check=False, timeout=timeout,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
         )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
@@ -891,10 +915,24 @@ def change_lag(after: list[list[float]]) -> tuple[int, float] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--windows", type=int, default=None, help="windows per throughput/share run (default: 20 M tokens, at most what the corpus holds)")
-    parser.add_argument("--stop", type=int, default=1000, help="window where runs stop/resume and the mixture changes")
+    parser.add_argument(
+        "--windows",
+        type=int,
+        default=None,
+        help="windows per throughput/share run (default: 20 M tokens, at most what the corpus holds)",
+    )
+    parser.add_argument(
+        "--stop",
+        type=int,
+        default=1000,
+        help="window where runs stop/resume and the mixture changes",
+    )
     parser.add_argument("--check", type=int, default=64, help="windows compared after a resume")
-    parser.add_argument("--rows", default="all", help="comma-separated row names (e.g. text-mixplane,tokens-megatron)")
+    parser.add_argument(
+        "--rows",
+        default="all",
+        help="comma-separated row names (e.g. text-mixplane,tokens-megatron)",
+    )
     parser.add_argument("--skip-workers", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
@@ -909,11 +947,15 @@ def main() -> None:
         rows = [r for r in args.rows.split(",") if r]
     for kind in rows:
         if not Path(python_for(kind)).exists():
-            print(f"{kind}: its venv {python_for(kind)} is missing; run bash benchmarks/peers_setup.sh")
+            print(
+                f"{kind}: its venv {python_for(kind)} is missing; run bash benchmarks/peers_setup.sh"
+            )
             return
     work = Path(tempfile.mkdtemp(prefix="mixplane-peers-", dir=args.workdir))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    print(f"peers benchmark, size {args.size} ({SIZES[args.size] / 1e6:.0f} MB of text), {started}, python {platform.python_version()}, {os.cpu_count()} CPUs, load {load()}, work {work}")
+    print(
+        f"peers benchmark, size {args.size} ({SIZES[args.size] / 1e6:.0f} MB of text), {started}, python {platform.python_version()}, {os.cpu_count()} CPUs, load {load()}, work {work}"
+    )
     try:
         results = run_all(args, rows, work)
     finally:
@@ -936,40 +978,77 @@ def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
     t0 = time.perf_counter()
     prefixes, means = pretokenize(files, work / "megatron")
     pre_s = time.perf_counter() - t0
-    tokens = sum(int(np.memmap(f"{p}.bin", dtype=np.int32, mode="r").shape[0]) for p in prefixes.values())
-    print(f"pre-tokenized {tokens / 1e6:.1f} M tokens to Megatron .bin/.idx in {pre_s:.0f} s; mean doc tokens " + ", ".join(f"{d} {m:.0f}" for d, m in means.items()))
+    tokens = sum(
+        int(np.memmap(f"{p}.bin", dtype=np.int32, mode="r").shape[0]) for p in prefixes.values()
+    )
+    print(
+        f"pre-tokenized {tokens / 1e6:.1f} M tokens to Megatron .bin/.idx in {pre_s:.0f} s; mean doc tokens "
+        + ", ".join(f"{d} {m:.0f}" for d, m in means.items())
+    )
     setup["pretokenize"] = {"setup_s": pre_s, "disk_mb": _du(work / "megatron")}
     # windows: 20 M tokens, but no more than ~80% of the smallest domain's share allows
-    limit = min(tokens * 0.8 / SEQ, min(
-        np.memmap(f"{prefixes[d]}.bin", dtype=np.int32, mode="r").shape[0] / DOMAINS[d][0] * 0.8 / SEQ for d in DOMAINS
-    ))
+    limit = min(tokens * 0.8 / SEQ, *(np.memmap(f"{prefixes[d]}.bin", dtype=np.int32, mode="r").shape[0] / DOMAINS[d][0] * 0.8 / SEQ for d in DOMAINS))
     windows = args.windows or int(min(20e6 / SEQ, limit))
     windows = max(windows, args.stop + args.check)
     spec: dict[str, Any] = {
-        "work": str(work), "text_files": [p for g in files.values() for p in g], "files_by_domain": files,
-        "prefixes": prefixes, "mean_doc_tokens": means, "windows": windows, "stop": args.stop, "check": args.check,
-        "home_text": str(work / "home-text"), "home_tokens": str(work / "home-tokens"),
+        "work": str(work),
+        "text_files": [p for g in files.values() for p in g],
+        "files_by_domain": files,
+        "prefixes": prefixes,
+        "mean_doc_tokens": means,
+        "windows": windows,
+        "stop": args.stop,
+        "check": args.check,
+        "home_text": str(work / "home-text"),
+        "home_tokens": str(work / "home-tokens"),
     }
-    print(f"{windows:,} windows ({windows * SEQ / 1e6:.1f} M tokens) per run; stop/resume/change at {args.stop}")
+    print(
+        f"{windows:,} windows ({windows * SEQ / 1e6:.1f} M tokens) per run; stop/resume/change at {args.stop}"
+    )
     if any(r.startswith("text-mixplane") for r in rows):
         t0 = time.perf_counter()
         with Client.local(spec["home_text"]) as client:
-            client.catalog.register("corpus", spec["text_files"], properties={"domain": "domain"}, progress=False)
-        setup["text-mixplane"] = {"setup_s": time.perf_counter() - t0, "disk_mb": _du(Path(spec["home_text"]))}
+            client.catalog.register(
+                "corpus", spec["text_files"], properties={"domain": "domain"}, progress=False
+            )
+        setup["text-mixplane"] = {
+            "setup_s": time.perf_counter() - t0,
+            "disk_mb": _du(Path(spec["home_text"])),
+        }
         setup["text-mixplane-srv"] = setup["text-mixplane"]
     if any(r.startswith("tokens-mixplane") for r in rows):
         t0 = time.perf_counter()
         with Client.local(spec["home_tokens"]) as client:
-            client.catalog.register("corpus", work / "megatron", tokenizer="deepseek", path_pattern=r"/(?P<domain>[a-z]+)\.bin$", progress=False)
-        setup["tokens-mixplane"] = {"setup_s": time.perf_counter() - t0, "disk_mb": _du(Path(spec["home_tokens"]))}
+            client.catalog.register(
+                "corpus",
+                work / "megatron",
+                tokenizer="deepseek",
+                path_pattern=r"/(?P<domain>[a-z]+)\.bin$",
+                progress=False,
+            )
+        setup["tokens-mixplane"] = {
+            "setup_s": time.perf_counter() - t0,
+            "disk_mb": _du(Path(spec["home_tokens"])),
+        }
         setup["tokens-mixplane-srv"] = setup["tokens-mixplane"]
     if "tokens-litdata" in rows:
-        setup["tokens-litdata"] = run_child("litdata-prepare", dict(spec, mode="prepare", row="litdata"))
+        setup["tokens-litdata"] = run_child(
+            "litdata-prepare", dict(spec, mode="prepare", row="litdata")
+        )
         print(f"litdata optimize: {setup['tokens-litdata']}")
     if "tokens-streaming" in rows:
-        setup["tokens-streaming"] = run_child("streaming-prepare", dict(spec, mode="prepare", row="streaming"))
+        setup["tokens-streaming"] = run_child(
+            "streaming-prepare", dict(spec, mode="prepare", row="streaming")
+        )
         print(f"streaming MDS: {setup['tokens-streaming']}")
-    results: dict[str, Any] = {"spec": {k: spec[k] for k in ("windows", "stop", "check", "mean_doc_tokens")}, "size": args.size, "text_mb": text_mb, "tokens": tokens, "setup": setup, "rows": {}}
+    results: dict[str, Any] = {
+        "spec": {k: spec[k] for k in ("windows", "stop", "check", "mean_doc_tokens")},
+        "size": args.size,
+        "text_mb": text_mb,
+        "tokens": tokens,
+        "setup": setup,
+        "rows": {},
+    }
     modes = ["run", "stop", "resume", "change"] + ([] if args.skip_workers else ["workers"])
     for row in rows:
         out: dict[str, Any] = {}
@@ -978,9 +1057,19 @@ def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
                 continue
             if mode in ("stop", "resume", "workers") and row.endswith("ceiling"):
                 continue
-            server = Server(spec["home_tokens"] if row.startswith("tokens") else spec["home_text"]) if row.endswith("-srv") else None
+            server = (
+                Server(spec["home_tokens"] if row.startswith("tokens") else spec["home_text"])
+                if row.endswith("-srv")
+                else None
+            )
             try:
-                run_spec = dict(spec, mode=mode, row=row, data=row.split("-")[0], server=server.url if server else None)
+                run_spec = dict(
+                    spec,
+                    mode=mode,
+                    row=row,
+                    data=row.split("-")[0],
+                    server=server.url if server else None,
+                )
                 out[mode] = run_child(row, run_spec)
                 if server is not None:
                     out[mode]["server_rss_mb"] = server.peak_rss_mb()
@@ -988,7 +1077,10 @@ def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
                 if server is not None:
                     server.stop()
             r = out[mode]
-            brief = r.get("error") or f"{r.get('windows')} windows, {(r.get('tokens_per_s') or 0) / 1e6:.2f} M tok/s, first {r.get('first_s') or 0:.2f} s, rss {r.get('peak_rss_mb', 0):.0f} MB"
+            brief = (
+                r.get("error")
+                or f"{r.get('windows')} windows, {(r.get('tokens_per_s') or 0) / 1e6:.2f} M tok/s, first {r.get('first_s') or 0:.2f} s, rss {r.get('peak_rss_mb', 0):.0f} MB"
+            )
             print(f"{row:20s} {mode:8s} {brief}; load {load()}", flush=True)
         results["rows"][row] = out
     return results
@@ -1001,8 +1093,12 @@ def _fmt(x: float | None, spec: str = ".2f") -> str:
 def report(results: dict[str, Any], args: argparse.Namespace) -> None:
     target = [w for w, _, _, _ in DOMAINS.values()]
     spec = results["spec"]
-    print(f"\n## Peers ({results['size']}: {results['text_mb']:.0f} MB text, {results['tokens'] / 1e6:.1f} M tokens; {spec['windows']:,} windows of {SEQ} per run)\n")
-    print("| row | set-up s (disk MB) | M tok/s, 1 proc | M tok/CPU-s, 1 proc | M tok/s, 2 workers | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |")
+    print(
+        f"\n## Peers ({results['size']}: {results['text_mb']:.0f} MB text, {results['tokens'] / 1e6:.1f} M tokens; {spec['windows']:,} windows of {SEQ} per run)\n"
+    )
+    print(
+        "| row | set-up s (disk MB) | M tok/s, 1 proc | M tok/CPU-s, 1 proc | M tok/s, 2 workers | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row, out in results["rows"].items():
         run = out.get("run", {})
@@ -1010,13 +1106,21 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"| {row} | error: {run['error']} |")
             continue
         setup = results["setup"].get(row)
-        set_cell = f"{setup['setup_s']:.1f} ({setup['disk_mb']:.0f})" if setup and "setup_s" in setup else ("-" if not setup else f"error: {setup.get('error', '')[:80]}")
+        set_cell = (
+            f"{setup['setup_s']:.1f} ({setup['disk_mb']:.0f})"
+            if setup and "setup_s" in setup
+            else ("-" if not setup else f"error: {setup.get('error', '')[:80]}")
+        )
         if row == "tokens-megatron":
             set_cell = f"{run.get('setup_s', 0):.1f} (index cache)"
         one = _fmt((run.get("tokens_per_s") or 0) / 1e6)
         one_cpu = _fmt((run.get("tokens_per_cpu_s") or 0) / 1e6)
         w = out.get("workers", {})
-        two = w.get("error", "")[:60] if "error" in w else (_fmt((w.get("tokens_per_s") or 0) / 1e6) if w else "-")
+        two = (
+            w.get("error", "")[:60]
+            if "error" in w
+            else (_fmt((w.get("tokens_per_s") or 0) / 1e6) if w else "-")
+        )
         err = shares_error(run.get("counts", []), target)
         span = span_error(run.get("counts", []), target)
         if row.endswith("ceiling"):
@@ -1027,25 +1131,46 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             first = "-"
         elif resume:
             full = run.get("digests", [])[args.stop : args.stop + args.check]
-            exact = "yes" if resume.get("digests") == full else f"no ({sum(a == b for a, b in zip(resume.get('digests', []), full))}/{len(full)} same)"
+            exact = (
+                "yes"
+                if resume.get("digests") == full and len(full) == args.check
+                else f"no ({sum(a == b for a, b in zip(resume.get('digests', []), full, strict=False))}/{len(full)} same)"
+            )
             first = _fmt(resume.get("first_s"))
         else:
             exact, first = "-", "-"
         change = out.get("change")
         if change is None:
-            change_cell = "-" if row.endswith("ceiling") else "no: weights fixed at construction (restart)"
+            change_cell = (
+                "-" if row.endswith("ceiling") else "no: weights fixed at construction (restart)"
+            )
         elif "error" in change:
             change_cell = "error: " + change["error"][:60]
-        elif change.get("change"):
+        elif isinstance(change.get("change"), str):
             change_cell = change["change"]
         else:
             lag = change_lag(change["counts"][args.stop :])
-            change_cell = "yes, not within 1 pp in the run" if lag is None else f"yes, within {lag[1]:.2f} pp from {lag[0]} windows on"
+            at = (change.get("change") or {}).get("applies_from_chunk")
+            change_cell = (
+                "yes, "
+                + (
+                    f"not within 1 pp in the {len(change['counts']) - args.stop} windows after"
+                    if lag is None
+                    else f"within {lag[1]:.2f} pp from {lag[0]} windows after on"
+                )
+                + f" (applies from chunk {at})"
+            )
         rss = run.get("peak_rss_mb")
-        rss_cell = _fmt(rss, ".0f") + (f" (+server {run['server_rss_mb']:.0f})" if "server_rss_mb" in run else "")
-        print(f"| {row} | {set_cell} | {one} | {one_cpu} | {two} | {_fmt(err)} | {_fmt(span)} | {exact} | {first} | {change_cell} | {rss_cell} |")
+        rss_cell = _fmt(rss, ".0f") + (
+            f" (+server {run['server_rss_mb']:.0f})" if "server_rss_mb" in run else ""
+        )
+        print(
+            f"| {row} | {set_cell} | {one} | {one_cpu} | {two} | {_fmt(err)} | {_fmt(span)} | {exact} | {first} | {change_cell} | {rss_cell} |"
+        )
     pre = results["setup"]["pretokenize"]
-    print(f"\nshared set-up of the token rows: tokenizing to Megatron .bin/.idx {pre['setup_s']:.1f} s ({pre['disk_mb']:.0f} MB)")
+    print(
+        f"\nshared set-up of the token rows: tokenizing to Megatron .bin/.idx {pre['setup_s']:.1f} s ({pre['disk_mb']:.0f} MB)"
+    )
 
 
 if __name__ == "__main__":
