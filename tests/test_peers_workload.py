@@ -19,7 +19,13 @@ def test_domain_bytes_follow_the_token_shares(tmp_path: Path) -> None:
     for domain, (share, *_rest) in peers.DOMAINS.items():
         assert abs(sizes[domain] / total - share) < 0.01, (domain, sizes[domain] / total)
     lengths = {
-        d: np.mean([len(json.loads(line)["text"]) for p in paths for line in Path(p).open()])
+        d: np.mean(
+            [
+                len(json.loads(line)["text"])
+                for p in paths
+                for line in Path(p).read_text().splitlines()
+            ]
+        )
         for d, paths in files.items()
     }
     assert lengths["forum"] < lengths["web"] < lengths["code"] < lengths["books"]
