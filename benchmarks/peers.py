@@ -900,31 +900,34 @@ def python_for(kind: str) -> str:
     return sys.executable
 
 
-def run_child(kind: str, spec: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
+def run_child(kind: str, spec: dict[str, Any], timeout: float = 900) -> dict[str, Any]:
+    """One measurement in a fresh process (its own session, so a hang is ended whole)."""
     path = Path(spec["work"]) / f"spec-{kind}-{spec.get('mode', 'x')}.json"
     path.write_text(json.dumps(spec))
-    env = dict(
-        os.environ,
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="true",
-        OMP_NUM_THREADS="1",
-    )
-    try:
-        done = subprocess.run(
-            [python_for(kind), __file__, "--child", kind, str(path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": f"timed out after {timeout:.0f} s"}
-    lines = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        tail = done.stderr.strip().splitlines()[-3:]
-        return {"error": f"exit {done.returncode}: {' | '.join(tail)[-400:]}"}
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    if spec.get("mode") != "workers":
+        # encode_batch on the tokenizers pool in one process; with DataLoader worker processes
+        # the library's default (parallelism off after a fork) is left alone: forcing it on
+        # deadlocks a forked worker whose parent already used the pool
+        env["TOKENIZERS_PARALLELISM"] = "true"
+    with subprocess.Popen(
+        [python_for(kind), __file__, "--child", kind, str(path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 15)
+            proc.communicate()
+            return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = stderr.strip().splitlines()[-3:]
+        return {"error": f"exit {proc.returncode}: {' | '.join(tail)[-400:]}"}
     return json.loads(lines[-1][len("RESULT ") :])
 
 
