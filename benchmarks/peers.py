@@ -777,12 +777,8 @@ def child_main(kind: str, spec_path: str) -> None:
 
     spec = json.loads(Path(spec_path).read_text())
     modules = PREIMPORT.get(kind.removesuffix("-srv"), [])
-    if spec.get("mode") == "workers" or kind.endswith("mixplane"):
-        modules = (
-            [*modules, "torch"]
-            if kind.startswith(("text-mixplane", "tokens-mixplane"))
-            else modules
-        )
+    if spec.get("mode") == "workers" and "mixplane" in kind:
+        modules = [*modules, "torch"]  # the DataLoader; one process streams without torch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for name in modules:
