@@ -977,10 +977,26 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="print the table of saved --json results (rows of later files replace earlier ones)",
+    )
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child_main(*args.child)
+        return
+    if args.report:
+        merged: dict[str, Any] = {}
+        for path in args.report:
+            saved = json.loads(path.read_text())
+            rows = {**merged.get("rows", {}), **saved["rows"]}
+            setup = {**merged.get("setup", {}), **saved["setup"]}
+            merged = {**saved, "rows": rows, "setup": setup}
+        report(merged, args)
         return
     rows = list(k for k in CHILDREN if not k.endswith("-prepare"))
     if args.rows != "all":
@@ -1135,6 +1151,20 @@ def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
     return results
 
 
+#: can the row state token shares? (how its weights are read)
+STATES_SHARES = {
+    "text-mixplane": "yes (unit tokens)",
+    "text-mixplane-srv": "yes (unit tokens)",
+    "text-hf": "no: example probabilities (given share / mean doc tokens)",
+    "text-nodes": "no: item weights (given share / mean doc tokens)",
+    "tokens-mixplane": "yes (unit tokens)",
+    "tokens-mixplane-srv": "yes (unit tokens)",
+    "tokens-megatron": "via windows: blend weights per 2,048-token sample",
+    "tokens-litdata": "via windows: weights per TokensLoader block",
+    "tokens-streaming": "via windows: proportion of packed samples",
+}
+
+
 def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -1146,9 +1176,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"\n## Peers ({results['size']}: {results['text_mb']:.0f} MB text, {results['tokens'] / 1e6:.1f} M tokens; {spec['windows']:,} windows of {SEQ} per run)\n"
     )
     print(
-        "| row | set-up s (disk MB) | M tok/s, 1 proc (end to end) | M tok/CPU-s, 1 proc | M tok/s, 2 workers | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |"
+        "| row | set-up s (disk MB) | M tok/s, 1 proc (end to end) | M tok/CPU-s, 1 proc | M tok/s, 2 workers | states token shares | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row, out in results["rows"].items():
         run = out.get("run", {})
         if "error" in run:
@@ -1214,7 +1244,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f" (+server {run['server_rss_mb']:.0f})" if "server_rss_mb" in run else ""
         )
         print(
-            f"| {row} | {set_cell} | {one} | {one_cpu} | {two} | {_fmt(err)} | {_fmt(span)} | {exact} | {first} | {change_cell} | {rss_cell} |"
+            f"| {row} | {set_cell} | {one} | {one_cpu} | {two} | {STATES_SHARES.get(row, '-')} | {_fmt(err)} | {_fmt(span)} | {exact} | {first} | {change_cell} | {rss_cell} |"
         )
     pre = results["setup"]["pretokenize"]
     print(
