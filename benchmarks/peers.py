@@ -1165,6 +1165,15 @@ STATES_SHARES = {
 }
 
 
+def steady(run: dict[str, Any]) -> float | None:
+    """M tokens/s after the first window (the end-to-end time less the first window's)."""
+    n, rate, first = run.get("windows") or 0, run.get("tokens_per_s"), run.get("first_s")
+    if n < 2 or not rate or first is None:
+        return None
+    rest = n * SEQ / rate - first
+    return (n - 1) * SEQ / rest / 1e6 if rest > 0 else None
+
+
 def _fmt(x: float | None, spec: str = ".2f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -1176,9 +1185,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"\n## Peers ({results['size']}: {results['text_mb']:.0f} MB text, {results['tokens'] / 1e6:.1f} M tokens; {spec['windows']:,} windows of {SEQ} per run)\n"
     )
     print(
-        "| row | set-up s (disk MB) | M tok/s, 1 proc (end to end) | M tok/CPU-s, 1 proc | M tok/s, 2 workers | states token shares | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |"
+        "| row | set-up s (disk MB) | M tok/s, 1 proc: end to end / after the first window | first window s | M tok/CPU-s, 1 proc (end to end) | M tok/s, 2 workers | states token shares | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row, out in results["rows"].items():
         run = out.get("run", {})
         if "error" in run:
@@ -1192,7 +1201,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         )
         if row == "tokens-megatron":
             set_cell = f"{run.get('setup_s', 0):.1f} (indices in memory)"
-        one = _fmt((run.get("tokens_per_s") or 0) / 1e6)
+        one = f"{_fmt((run.get('tokens_per_s') or 0) / 1e6)} / {_fmt(steady(run))}"
         one_cpu = _fmt((run.get("tokens_per_cpu_s") or 0) / 1e6)
         w = out.get("workers", {})
         two = (
@@ -1209,10 +1218,10 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             exact = "error: " + (stop.get("error") or resume.get("error") or "")[:80]
             first = "-"
         elif resume:
-            full = run.get("digests", [])[args.stop : args.stop + args.check]
+            full = run.get("digests", [])[spec["stop"] : spec["stop"] + spec["check"]]
             exact = (
                 "yes"
-                if resume.get("digests") == full and len(full) == args.check
+                if resume.get("digests") == full and len(full) == spec["check"]
                 else f"no ({sum(a == b for a, b in zip(resume.get('digests', []), full, strict=False))}/{len(full)} same)"
             )
             first = _fmt(resume.get("first_s"))
@@ -1228,12 +1237,12 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         elif isinstance(change.get("change"), str):
             change_cell = change["change"]
         else:
-            lag = change_lag(change["counts"][args.stop :])
+            lag = change_lag(change["counts"][spec["stop"] :])
             at = (change.get("change") or {}).get("applies_from_chunk")
             change_cell = (
                 "yes, "
                 + (
-                    f"not within 1 pp in the {len(change['counts']) - args.stop} windows after"
+                    f"not within 1 pp in the {len(change['counts']) - spec['stop']} windows after"
                     if lag is None
                     else f"within {lag[1]:.2f} pp from {lag[0]} windows after on"
                 )
@@ -1244,7 +1253,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f" (+server {run['server_rss_mb']:.0f})" if "server_rss_mb" in run else ""
         )
         print(
-            f"| {row} | {set_cell} | {one} | {one_cpu} | {two} | {STATES_SHARES.get(row, '-')} | {_fmt(err)} | {_fmt(span)} | {exact} | {first} | {change_cell} | {rss_cell} |"
+            f"| {row} | {set_cell} | {one} | {_fmt(run.get('first_s'))} | {one_cpu} | {two} | {STATES_SHARES.get(row, '-')} | {_fmt(err)} | {_fmt(span)} | {exact} | {first} | {change_cell} | {rss_cell} |"
         )
     pre = results["setup"]["pretokenize"]
     print(
