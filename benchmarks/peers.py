@@ -1185,7 +1185,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"\n## Peers ({results['size']}: {results['text_mb']:.0f} MB text, {results['tokens'] / 1e6:.1f} M tokens; {spec['windows']:,} windows of {SEQ} per run)\n"
     )
     print(
-        "| row | set-up s (disk MB) | M tok/s, 1 proc: end to end / after the first window | first window s | M tok/CPU-s, 1 proc (end to end) | M tok/s, 2 workers | states token shares | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |"
+        "| row | set-up s (disk MB) | M tok/s, 1 proc: end to end / after the first window | first window s | M tok/CPU-s, 1 proc (end to end) | M tok/s, 2 workers (same) | states token shares | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row, out in results["rows"].items():
@@ -1207,7 +1207,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         two = (
             w.get("error", "")[:60]
             if "error" in w
-            else (_fmt((w.get("tokens_per_s") or 0) / 1e6) if w else "-")
+            else (f"{_fmt((w.get('tokens_per_s') or 0) / 1e6)} / {_fmt(steady(w))}" if w else "-")
         )
         err = shares_error(run.get("counts", []), target)
         span = span_error(run.get("counts", []), target)
