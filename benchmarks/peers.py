@@ -246,6 +246,9 @@ def _mixplane_job(client: Any, spec: dict[str, Any], job_id: str, workers: int =
         seed=SEED,
         tokenizer="deepseek",
         topology=Topology(workers=workers),
+        # the server keeps its jobs (durably, in its home) across restarts: every mode but a
+        # resume starts the job anew; a resume attaches to the job the stop left there
+        **({"replace": spec["mode"] != "resume"} if client.is_remote else {}),
     )
 
 
