@@ -155,11 +155,14 @@ class Packer:
         return {"ids": self.ids.tolist(), "doms": self.doms.tolist()}
 
 
+CPU_BEGAN = [0.0]  # the child's CPU time when its clock started (set by child_main)
+
+
 class Run:
     """What a child records while windows stream: per-window domain counts, digests, clocks."""
 
     def __init__(self, spec: dict[str, Any], began: float) -> None:
-        self.spec, self.began, self.cpu_began = spec, began, time.process_time()
+        self.spec, self.began, self.cpu_began = spec, began, CPU_BEGAN[0]
         self.counts: list[np.ndarray] = []
         self.digests: list[str] = []
         self.first_s: float | None = None
@@ -787,6 +790,7 @@ def child_main(kind: str, spec_path: str) -> None:
         for name in modules:
             importlib.import_module(name)
     began = time.perf_counter()
+    CPU_BEGAN[0] = time.process_time()
     print("RESULT " + json.dumps(CHILDREN[kind](spec, began), default=_jsonable))
 
 
@@ -1243,7 +1247,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             lag = change_lag(change["counts"][spec["stop"] :])
             at = (change.get("change") or {}).get("applies_from_chunk")
             change_cell = (
-                "yes, "
+                f"yes, from window ~{int((at or 0) * 500_000 / SEQ)}; "
                 + (
                     f"not within 1 pp in the {len(change['counts']) - spec['stop']} windows after"
                     if lag is None
