@@ -949,16 +949,6 @@ def span_error(counts: list[list[float]], target: list[float]) -> float | None:
     return float(np.abs(spans / spans.sum(1, keepdims=True) - np.asarray(target)).max() * 100)
 
 
-def change_lag(after: list[list[float]]) -> tuple[int, float] | None:
-    """(windows after the change from which the realized shares are within 1 pp of the new
-    weights, that error); None if the run never gets there (at least 4 spans left)."""
-    for k in range(0, len(after) - 4 * SPAN + 1, SPAN):
-        err = shares_error(after[k:], NEW_WEIGHTS)
-        if err is not None and err <= 1.0:
-            return k, err
-    return None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -1244,16 +1234,13 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         elif isinstance(change.get("change"), str):
             change_cell = change["change"]
         else:
-            lag = change_lag(change["counts"][spec["stop"] :])
-            at = (change.get("change") or {}).get("applies_from_chunk")
+            at = (change.get("change") or {}).get("applies_from_chunk") or 0
+            switch = int(at * change.get("chunk_windows", 500_000 / SEQ))
+            after = change["counts"][switch:]
             change_cell = (
-                f"yes, from window ~{int((at or 0) * 500_000 / SEQ)}; "
-                + (
-                    f"not within 1 pp in the {len(change['counts']) - spec['stop']} windows after"
-                    if lag is None
-                    else f"within {lag[1]:.2f} pp from {lag[0]} windows after on"
-                )
-                + f" (applies from chunk {at})"
+                f"yes: asked at window {spec['stop']:,}, applies from chunk {at} "
+                f"(window ~{switch:,}); share error over the {len(after):,} windows after: "
+                f"{_fmt(shares_error(after, NEW_WEIGHTS))} pp"
             )
         rss = run.get("peak_rss_mb")
         rss_cell = _fmt(rss, ".0f") + (
