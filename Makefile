@@ -7,7 +7,7 @@ TITAN_VENV := .venv-torchtitan
 TITAN_STAMP := $(TITAN_VENV)/.installed
 DEMO_HOME ?= .mixplane-demo
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench peers clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,13 @@ test: lint $(TITAN_STAMP)
 
 bench: venv
 	$(VENV)/bin/python benchmarks/ingest.py
+
+# mixplane against its peers (benchmarks/peers.py; outside `make test`): builds the peers' venvs
+# under .peers/ (~8 GB, once) and prints the table. PEERS_SIZE=tiny|small|medium|full.
+PEERS_SIZE ?= small
+peers: venv
+	bash benchmarks/peers_setup.sh
+	$(VENV)/bin/python benchmarks/peers.py --size $(PEERS_SIZE)
 
 clean:
 	rm -rf $(VENV) $(TITAN_VENV) $(DEMO_HOME) .pytest_cache .mypy_cache .ruff_cache
