@@ -109,15 +109,24 @@ class Planner:
         keeps the carry it had (paid back when its weight returns), an exhausted one carries
         nothing. Setting weights twice with no chunk planned in between keeps the first carry
         (a replay applying only the latter matches)."""
-        weights = self._checked(weights)
+        weights = self.check_weights(weights)
         self._end_segment()
         self._weights = weights / weights.sum()
         self.mixture_version = version
 
-    def _checked(self, weights: np.ndarray) -> np.ndarray:
+    def check_weights(self, weights: np.ndarray) -> np.ndarray:
+        """``weights`` as an array, or ``PlanError`` saying why they cannot be the mixture."""
         weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(self.components),) or (weights < 0).any() or weights.sum() <= 0:
-            msg = f"weights must be {len(self.components)} non-negative numbers with a positive sum"
+        if (
+            weights.shape != (len(self.components),)
+            or not np.isfinite(weights).all()
+            or (weights < 0).any()
+            or weights.sum() <= 0
+        ):
+            msg = (
+                f"weights must be {len(self.components)} finite non-negative numbers with a "
+                "positive sum"
+            )
             raise PlanError(msg)
         sizes = np.array([c.total for c in self.components])
         if ((weights > 0) & (sizes == 0)).any():
@@ -142,7 +151,7 @@ class Planner:
         """A new phase from the next chunk: its weights and policy; exhausted marks are cleared
         (a component still at its end is marked again when it is next drawn). Carries are
         taken under the ending phase's marks: a component exhausted there is owed nothing."""
-        weights = self._checked(weights)
+        weights = self.check_weights(weights)
         self._end_segment()
         self.on_exhausted = on_exhausted
         self._exhausted[:] = False

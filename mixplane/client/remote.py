@@ -417,6 +417,19 @@ class RemoteJob:
         at = answer.get("applies_from")
         return None if at is None else int(at)
 
+    def set_weights(self, weights: np.ndarray | Mapping[str, float]) -> int:
+        """New weights (one per component, or by selector) in force from the chunk returned
+        (``Job.set_weights`` on the server; checkpointed there before the answer)."""
+        sent: list[float] | dict[str, float] = (
+            {str(k): float(v) for k, v in weights.items()}
+            if isinstance(weights, Mapping)
+            else np.asarray(weights, dtype=np.float64).tolist()
+        )
+        answer = self.connection.call(
+            "POST", f"/v1/jobs/{_quote(self.job_id)}/weights", {"weights": sent}
+        )
+        return int(answer["applies_from"])
+
     @property
     def weights(self) -> np.ndarray:
         answer = self.connection.call("GET", f"/v1/jobs/{_quote(self.job_id)}/weights")

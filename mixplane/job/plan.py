@@ -89,7 +89,9 @@ class Plan:
     # -- changes -----------------------------------------------------------------------------
     def change(self, weights: np.ndarray, *, cause: str, at: int, phase: int | None = None) -> int:
         """Log a mixture change applying from chunk ``at`` (``frontier`` or later; a phase at
-        the chunk being planned); returns ``at``."""
+        the chunk being planned); returns ``at``. Weights that cannot be a mixture raise
+        ``PlanError`` here, before anything is logged (a change may wait to apply)."""
+        self.planner.check_weights(weights)
         version = len(self.mixture_log)
         entry: dict[str, Any] = {
             "chunk": at,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import orjson
 
 from mixplane.adapt.base import FeedbackError
@@ -305,6 +306,19 @@ class JobStore:
         if sj.feedback_log is None:
             return []
         return [r for _end, r in read_records(sj.feedback_log.path)]
+
+    def set_weights(self, job_id: str, weights: Sequence[float] | Mapping[str, float]) -> int:
+        """New mixture weights for the job (by component or by selector, ``Job.set_weights``),
+        in force from the chunk returned; checkpointed before the answer, so a restart keeps
+        them."""
+        sj = self.get(job_id)
+        with sj.feedback_lock:  # ordered with feedback, as the checkpoint reads them
+            at = sj.job.set_weights(
+                dict(weights) if isinstance(weights, Mapping) else np.asarray(weights, dtype=float)
+            )
+            sj.dirty = True
+        self.checkpoint(sj)
+        return at
 
     def weights(self, job_id: str) -> dict[str, Any]:
         progress = self.get(job_id).job.progress()

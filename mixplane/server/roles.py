@@ -5,7 +5,7 @@ A token carries a role (``mixplane serve --tokens-file``; ``--token-file`` is on
 - ``viewer`` reads: datasets, files and their pointers, jobs, explanations, weights, states,
   the dashboard and the metrics. It changes nothing.
 - ``trainer`` is a viewer that also runs training: submits jobs, fetches chunks, sends feedback,
-  writes checkpoints and restores jobs.
+  sets a job's mixture weights, writes checkpoints and restores jobs.
 - ``admin`` may do everything, including what reaches the server's files or removes work:
   registration (confined to the data roots), counting tokens, adding properties, deleting jobs.
 
@@ -77,6 +77,7 @@ ROUTES: dict[tuple[str, str], Access] = {
     ("POST", "/v1/jobs/{job_id}/feedback"): TRAINER,
     ("POST", "/v1/jobs/{job_id}/checkpoint"): TRAINER,
     ("POST", "/v1/jobs/{job_id}/state"): Access(role="trainer", action="restore"),
+    ("POST", "/v1/jobs/{job_id}/weights"): Access(role="trainer", action="set-weights"),
     # administration
     ("POST", "/v1/datasets"): Access(role="admin", action="register"),
     ("POST", "/v1/token-counts"): Access(role="admin", action="count-tokens"),

@@ -104,6 +104,7 @@ def test_the_table_is_least_privilege() -> None:
         ("POST", "/v1/jobs/{job_id}/feedback"),
         ("POST", "/v1/jobs/{job_id}/checkpoint"),
         ("POST", "/v1/jobs/{job_id}/state"),
+        ("POST", "/v1/jobs/{job_id}/weights"),
     } == trainer
     opened = {key for key, access in ROUTES.items() if access.role is None}
     assert opened == {
@@ -113,7 +114,7 @@ def test_the_table_is_least_privilege() -> None:
         ("GET", "/static/{name}"),
     }
     actions = {access.action for access in ROUTES.values()} - {None}
-    assert {"register", "count-tokens", "delete", "restore"} <= actions
+    assert {"register", "count-tokens", "delete", "restore", "set-weights"} <= actions
 
 
 # -- every route x every role --------------------------------------------------------------------
@@ -146,6 +147,8 @@ def request_for(key: tuple[str, str], admin: httpx.Client, rs: RoleServer) -> di
         body = {"step": n, "loss_sum": [1.0, 1.0, 1.0], "token_count": [10.0, 10.0, 10.0]}
     elif key == ("POST", "/v1/jobs/{job_id}/state"):
         body = {"state": admin.get(f"/v1/jobs/{job}/state").json()}
+    elif key == ("POST", "/v1/jobs/{job_id}/weights"):
+        body = {"weights": [1.0, 2.0, 1.0]}
     elif method in ("POST", "PUT", "PATCH") and key != ("POST", "/v1/session"):
         body = {}
     known = body is not None or method in ("GET", "DELETE") or key == ("POST", "/v1/session")

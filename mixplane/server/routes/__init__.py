@@ -28,4 +28,5 @@ BODIES: tuple[type[BaseModel], ...] = (
     chunks.ChunksBody,
     feedback.FeedbackBody,
     jobs.StateBody,
+    jobs.WeightsBody,
 )

@@ -102,6 +102,19 @@ class SubmitBody(Body):
     tokenizer: TokenizerBody | None = None
 
 
+class WeightsBody(Body):
+    """``POST /v1/jobs/ID/weights``: new mixture weights, one per component (in component
+    order) or by selector (``{"language=en": 0.7, ...}``)."""
+
+    weights: (
+        list[Annotated[float, Field(allow_inf_nan=False)]]
+        | dict[
+            Annotated[str, Field(max_length=MAX_TEXT)],
+            Annotated[float, Field(allow_inf_nan=False)],
+        ]
+    ) = Field(max_length=1 << 20)
+
+
 class StateBody(Body):
     """``POST /v1/jobs/ID/state``: a state from ``GET /v1/jobs/ID/state``."""
 
@@ -202,6 +215,23 @@ async def checkpoint(request: Request, job_id: JobId) -> Response:
     ctx = context(request)
     sj = ctx.store.get(job_id)
     return await ctx.off_loop(request, lambda: {"path": str(ctx.store.checkpoint(sj))}, pool="job")
+
+
+@router.post(
+    "/v1/jobs/{job_id}/weights",
+    summary="Set the job's mixture weights (in force from the chunk answered)",
+    openapi_extra=body_doc(WeightsBody),
+)
+async def set_weights(request: Request, job_id: JobId) -> Response:
+    ctx = context(request)
+    body = await parse(request, WeightsBody)
+    request.scope[AUDIT] = {"job_id": job_id}
+    ctx.store.get(job_id)
+
+    def work() -> Any:
+        return {"applies_from": ctx.store.set_weights(job_id, body.weights)}
+
+    return await ctx.off_loop(request, work, pool="job")
 
 
 @router.get("/v1/jobs/{job_id}/weights", summary="Current weights and the mixture log")
