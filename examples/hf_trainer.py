@@ -25,34 +25,54 @@ from trainer_harness import BATCH, SEQ, STEPS, batch_hash, prove, write_records
 
 
 def train(options: argparse.Namespace) -> None:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, TrainingArguments
+    from transformers import TrainingArguments
 
     from mixplane.client import Client
-    from mixplane.integrations.hf_trainer import MixplaneTrainer
-    from mixplane.integrations.pytorch import LossFeedback, TokenWindowDataset
 
-    args = TrainingArguments(
-        output_dir=options.dir,
-        max_steps=STEPS,
-        per_device_train_batch_size=BATCH,
-        learning_rate=3e-3,
-        lr_scheduler_type="constant",
-        save_strategy="steps",
-        save_steps=STEPS // 2,
-        logging_steps=1,
-        report_to=[],
-        use_cpu=True,
-        ddp_backend="gloo",
-        seed=0,
-        disable_tqdm=True,
-        remove_unused_columns=False,  # mixplane's fields reach compute_loss
-    )
-    rank = args.process_index
+    def arguments(output_dir: str) -> TrainingArguments:
+        return TrainingArguments(
+            output_dir=output_dir,
+            max_steps=STEPS,
+            per_device_train_batch_size=BATCH,
+            learning_rate=3e-3,
+            lr_scheduler_type="constant",
+            save_strategy="steps",
+            save_steps=STEPS // 2,
+            report_to=[],
+            use_cpu=True,
+            ddp_backend="gloo",
+            seed=0,
+            disable_tqdm=True,
+            remove_unused_columns=False,  # mixplane's fields reach compute_loss
+        )
+
+    args = arguments(options.dir)
     client = Client.remote(options.server)
-    job = client.job(options.job)
+    steps, wait = run(client.job(options.job), options, args, restore=not options.no_data_state)
+    record: dict[str, Any] = {"steps": steps, "wait": wait}
+    if options.control_job:  # resume again, without the data state, on a fresh job
+        record["control_steps"], _ = run(
+            client.job(options.control_job), options, arguments(options.control_dir), restore=False
+        )
+    write_records(Path(options.records), args.process_index, record)
+    client.close()
+
+
+def run(job: Any, options: argparse.Namespace, args: Any, *, restore: bool) -> tuple[Any, Any]:
+    """Train (or resume) one run on ``job``; every micro-batch's hash and loss, the data wait."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+    from mixplane.integrations.hf_trainer import MixplaneTrainer
+    from mixplane.integrations.pytorch import TokenWindowDataset
+
     dataset = TokenWindowDataset(
-        job, options.tokenizer, SEQ, rank=rank, world_size=args.world_size, batch_size=BATCH
+        job,
+        options.tokenizer,
+        SEQ,
+        rank=args.process_index,
+        world_size=args.world_size,
+        batch_size=BATCH,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -88,18 +108,13 @@ def train(options: argparse.Namespace) -> None:
         model=model,
         args=args,
         train_dataset=dataset,
-        feedback=LossFeedback(job),
-        restore_data_state=not options.no_data_state,
+        feedback=job,
+        restore_data_state=restore,
         callbacks=[StopAt()],
     )
-    resume = f"{options.dir}/checkpoint-{options.resume}" if options.resume else None
+    resume = f"{args.output_dir}/checkpoint-{options.resume}" if options.resume else None
     trainer.train(resume_from_checkpoint=resume)
-    write_records(
-        Path(options.records),
-        rank,
-        {"steps": steps, "wait_fraction": trainer.data_wait.fraction},
-    )
-    client.close()
+    return steps, trainer.data_wait.as_dict()
 
 
 def main() -> None:
@@ -123,6 +138,8 @@ if __name__ == "__main__":
         parser.add_argument("--stop-at", type=int, default=0)
         parser.add_argument("--resume", type=int, default=0)
         parser.add_argument("--no-data-state", action="store_true")
+        parser.add_argument("--control-job", default="")
+        parser.add_argument("--control-dir", default="")
         train(parser.parse_args())
     else:
         main()

@@ -189,24 +189,27 @@ def prove(script: Path, root: Path, common: list[str]) -> dict[str, Any]:
         first = launch(
             script, root / "first", *base, "--job", "split", "--dir", split_dir, "--stop-at", str(half)
         )
-        rest = launch(
-            script, root / "rest", *base, "--job", "split", "--dir", split_dir, "--resume", str(half)
-        )
-        # the control resumes a copy of the same checkpoint on a fresh job of the same definition
+        # the negative control (in the same processes, after the resumed run): a second
+        # trainer resumes a copy of the same checkpoint without the data state, on a fresh job
+        # of the same definition
         control_dir = str(root / "ck-control")
         shutil.copytree(split_dir, control_dir)
-        control = launch(
+        rest = launch(
             script,
-            root / "control",
+            root / "rest",
             *base,
             "--job",
-            "control",
+            "split",
             "--dir",
-            control_dir,
+            split_dir,
             "--resume",
             str(half),
-            "--no-data-state",
+            "--control-job",
+            "control",
+            "--control-dir",
+            control_dir,
         )
+        control = [{"steps": r["control_steps"]} for r in rest]
         final = {j: job_weights(server.url, j) for j in ("full", "split")}
     finally:
         server.stop()
@@ -225,10 +228,15 @@ def prove(script: Path, root: Path, common: list[str]) -> dict[str, Any]:
     )
     adapted = final["full"][1] > 0 and final["full"][0] != weights0["full"]
     same_weights = final["split"][0] == final["full"][0]
-    waits = [full[r]["wait_fraction"] for r in range(NPROC)]
+    waits = [full[r]["wait"] for r in range(NPROC)]
     print(
-        f"data wait: {', '.join(f'rank {r} {100 * w:.2f}%' for r, w in enumerate(waits))} of "
-        f"the training loop ({STEPS} steps, {BATCH}x{SEQ} tokens per rank and step)"
+        "data wait (share of the training loop spent in the loader's next()): "
+        + ", ".join(
+            f"rank {r} {100 * w['fraction']:.1f}% ({100 * w['after_first']:.1f}% after the "
+            "first batch)"
+            for r, w in enumerate(waits)
+        )
+        + f"; {STEPS} steps of {BATCH}x{SEQ} tokens per rank"
     )
     print(
         f"ADO: weights {np.round(weights0['full'], 3).tolist()} -> "

@@ -20,9 +20,11 @@ replay on resume, labels as mixplane shifts them, per-rank streams, and loss fee
   accelerate's ``dispatch_batches`` (rank 0 reads an ``IterableDataset`` and scatters) and
   ``split_batches`` never apply, each rank reads its own stream, and no wrapper reads a batch
   ahead (so the loader's state after a step is exactly that of the last trained batch).
-- **Feedback.** With ``feedback=LossFeedback(job)``, the per-token losses and ``domain_ids``
+- **Feedback.** With ``feedback=job`` (a ``LossFeedback`` is made when training starts, once
+  the process group is up), the per-token losses and ``domain_ids``
   of a step's micro-batches go to ``job.feedback`` once per optimizer step (all-reduced over
-  the data-parallel ranks, sent by one), so ``algorithm="ado"`` adapts inside the Trainer. In
+  the data-parallel ranks, sent by one; every rank waits for the answer, since a new mixture
+  applies from the consumed frontier), so ``algorithm="ado"`` adapts inside the Trainer. In
   one process the job may be in-process (its state travels in the rank's data state); with
   several, run it on the server (``Client.remote``), as ``LossFeedback`` requires.
 
@@ -37,13 +39,20 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mixplane.atomic import write_atomic
 from mixplane.errors import DependencyError, PlanError, StateError
-from mixplane.integrations.pytorch import LossFeedback, TokenWindowDataset, collate_windows
+from mixplane.client.remote import RemoteJob
+from mixplane.integrations.pytorch import (
+    DataWait,
+    LossFeedback,
+    TokenWindowDataset,
+    collate_windows,
+    loss_feedback,
+)
+from mixplane.job import Job
 
 try:
     import torch
@@ -68,19 +77,6 @@ def collate_for_trainer(batch: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
     return out
 
 
-@dataclass
-class DataWait:
-    """Seconds spent in the loader's ``next()`` and wall seconds of the training loop."""
-
-    wait_s: float = 0.0
-    total_s: float = 0.0
-    batches: int = 0
-
-    @property
-    def fraction(self) -> float:
-        return self.wait_s / self.total_s if self.total_s > 0 else 0.0
-
-
 class TimedLoader:
     """A ``StatefulDataLoader`` whose ``next()`` time is added to ``wait``."""
 
@@ -95,7 +91,10 @@ class TimedLoader:
                 batch = next(it)
             except StopIteration:
                 return
-            self.wait.wait_s += time.perf_counter() - start
+            waited = time.perf_counter() - start
+            self.wait.wait_s += waited
+            if self.wait.batches == 0:
+                self.wait.first_s = waited
             self.wait.batches += 1
             yield batch
 
@@ -118,6 +117,8 @@ class _Hooks(TrainerCallback):  # type: ignore[misc]
         self.trainer = trainer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.trainer.feedback_to is not None:  # the process group is up now
+            self.trainer.feedback = loss_feedback(self.trainer.feedback_to)
         self.trainer.data_wait.total_s = -time.perf_counter()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
@@ -133,7 +134,7 @@ class _Hooks(TrainerCallback):  # type: ignore[misc]
 
 class MixplaneTrainerMixin:
     """Put before ``transformers.Trainer`` (see the module): ``train_dataset`` a
-    ``TokenWindowDataset``; ``feedback`` a ``LossFeedback`` (or None);
+    ``TokenWindowDataset``; ``feedback`` the job (or a ``LossFeedback``, or None);
     ``restore_data_state=False`` resumes the model but restarts the stream."""
 
     train_dataset: Any
@@ -144,7 +145,7 @@ class MixplaneTrainerMixin:
     def __init__(
         self,
         *args: Any,
-        feedback: LossFeedback | None = None,
+        feedback: Job | RemoteJob | LossFeedback | None = None,
         restore_data_state: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -155,7 +156,8 @@ class MixplaneTrainerMixin:
                 f"rank=..., world_size=...), got {type(self.train_dataset).__name__}"
             )
             raise PlanError(msg)
-        self.feedback = feedback
+        self.feedback_to = feedback
+        self.feedback: LossFeedback | None = None
         self.restore_data_state = restore_data_state
         self.data_wait = DataWait()
         self._loader: TimedLoader | None = None
@@ -287,6 +289,10 @@ class MixplaneTrainerMixin:
             torch.cat([t.reshape(-1) for t in domains]),
             torch.cat([t.reshape(-1) for t in masks]),
         )
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank waits for the sender's answer: a new mixture applies from the job's
+            # consumed frontier, so no rank may read on while the message is in flight
+            torch.distributed.barrier()
 
 
 class MixplaneTrainer(MixplaneTrainerMixin, Trainer):  # type: ignore[misc]
