@@ -11,7 +11,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev,demo,torch,hf,server,ray,megatron]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,demo,torch,hf,server,ray,megatron,trainers]'
 	@touch $(STAMP)
 
 demo: venv

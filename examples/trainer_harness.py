@@ -187,7 +187,15 @@ def prove(script: Path, root: Path, common: list[str]) -> dict[str, Any]:
         split_dir = str(root / "ck-split")
         half = STEPS // 2
         first = launch(
-            script, root / "first", *base, "--job", "split", "--dir", split_dir, "--stop-at", str(half)
+            script,
+            root / "first",
+            *base,
+            "--job",
+            "split",
+            "--dir",
+            split_dir,
+            "--stop-at",
+            str(half),
         )
         # the negative control (in the same processes, after the resumed run): a second
         # trainer resumes a copy of the same checkpoint without the data state, on a fresh job

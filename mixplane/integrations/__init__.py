@@ -1,4 +1,5 @@
-"""Integrations with training frameworks: PyTorch (``pytorch``), Hugging Face datasets (``hf``).
+"""Integrations with training frameworks: PyTorch (``pytorch``), Hugging Face datasets (``hf``),
+the Hugging Face ``Trainer`` (``hf_trainer``) and Lightning (``lightning``).
 
 Each imports its framework lazily and says how to install it when it is missing; the core of
 mixplane never imports them.

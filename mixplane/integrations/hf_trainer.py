@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from mixplane.atomic import write_atomic
-from mixplane.errors import DependencyError, PlanError, StateError
 from mixplane.client.remote import RemoteJob
+from mixplane.errors import DependencyError, PlanError, StateError
 from mixplane.integrations.pytorch import (
     DataWait,
     LossFeedback,
@@ -189,7 +189,7 @@ class MixplaneTrainerMixin:
     # -- resume ------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)  # type: ignore[no-untyped-call]
             if resume_from_checkpoint is None:
                 msg = f"no checkpoint-<step> folder in {self.args.output_dir} to resume from"
                 raise StateError(msg)

@@ -39,8 +39,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from mixplane.errors import DependencyError, PlanError, StateError
 from mixplane.client.remote import RemoteJob
+from mixplane.errors import DependencyError, PlanError, StateError
 from mixplane.integrations.pytorch import (
     DataWait,
     LossFeedback,
@@ -107,8 +107,10 @@ class MixplaneDataModule(pl.LightningDataModule):  # type: ignore[misc]
         self.pending: dict[str, Any] | None = None  # a restored loader state, for the next loader
 
     def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        assert trainer is not None, "setup runs inside a Trainer"
         if self.dataset is None:
-            self.dataset = self.make_dataset(self.trainer.global_rank, self.trainer.world_size)
+            self.dataset = self.make_dataset(trainer.global_rank, trainer.world_size)
 
     def train_dataloader(self) -> RecordingLoader:
         assert self.dataset is not None
