@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer_harness import BATCH, SEQ, STEPS, batch_hash, prove, write_records
+from trainer_harness import BATCH, SEQ, STEPS, batch_hash, prefetch, prove, write_records
 
 
 def train(options: argparse.Namespace) -> None:
@@ -32,12 +32,12 @@ def train(options: argparse.Namespace) -> None:
     def arguments(output_dir: str) -> TrainingArguments:
         return TrainingArguments(
             output_dir=output_dir,
-            max_steps=STEPS,
+            max_steps=options.steps,
             per_device_train_batch_size=BATCH,
             learning_rate=3e-3,
             lr_scheduler_type="constant",
             save_strategy="steps",
-            save_steps=STEPS // 2,
+            save_steps=options.steps // 2,
             report_to=[],
             use_cpu=True,
             ddp_backend="gloo",
@@ -73,6 +73,7 @@ def run(job: Any, options: argparse.Namespace, args: Any, *, restore: bool) -> t
         rank=args.process_index,
         world_size=args.world_size,
         batch_size=BATCH,
+        **prefetch(options),
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(
@@ -140,6 +141,8 @@ if __name__ == "__main__":
         parser.add_argument("--no-data-state", action="store_true")
         parser.add_argument("--control-job", default="")
         parser.add_argument("--control-dir", default="")
+        parser.add_argument("--steps", type=int, default=STEPS)
+        parser.add_argument("--prefetch", type=int, default=-1)  # -1: the dataset's default
         train(parser.parse_args())
     else:
         main()

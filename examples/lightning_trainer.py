@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer_harness import BATCH, SEQ, STEPS, batch_hash, prove, write_records
+from trainer_harness import BATCH, SEQ, STEPS, batch_hash, prefetch, prove, write_records
 
 
 def train(options: argparse.Namespace) -> None:
@@ -80,11 +80,17 @@ def run(job: Any, options: argparse.Namespace, folder: str, *, restore: bool) ->
 
     def make_dataset(rank: int, world_size: int) -> TokenWindowDataset:
         return TokenWindowDataset(
-            job, options.tokenizer, SEQ, rank=rank, world_size=world_size, batch_size=BATCH
+            job,
+            options.tokenizer,
+            SEQ,
+            rank=rank,
+            world_size=world_size,
+            batch_size=BATCH,
+            **prefetch(options),
         )
 
     data = MixplaneDataModule(make_dataset, BATCH)
-    stop = options.stop_at or STEPS
+    stop = options.stop_at or options.steps
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
@@ -96,7 +102,7 @@ def run(job: Any, options: argparse.Namespace, folder: str, *, restore: bool) ->
         callbacks=[
             MixplaneCallback(data, feedback=job, restore_data_state=restore),
             ModelCheckpoint(
-                dirpath=folder, filename="{step}", every_n_train_steps=STEPS // 2, save_top_k=-1
+                dirpath=folder, filename="{step}", every_n_train_steps=options.steps // 2, save_top_k=-1
             ),
         ],
     )
@@ -128,6 +134,8 @@ if __name__ == "__main__":
         parser.add_argument("--no-data-state", action="store_true")
         parser.add_argument("--control-job", default="")
         parser.add_argument("--control-dir", default="")
+        parser.add_argument("--steps", type=int, default=STEPS)
+        parser.add_argument("--prefetch", type=int, default=-1)  # -1: the dataset's default
         train(parser.parse_args())
     else:
         main()

@@ -170,6 +170,41 @@ def launch(script: Path, out: Path, *args: str) -> list[dict[str, Any]]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(NPROC)]
 
 
+def prefetch(options: Any) -> dict[str, int]:
+    """``prefetch=`` for the dataset when the command line set one (``--prefetch N``)."""
+    return {"prefetch": options.prefetch} if options.prefetch >= 0 else {}
+
+
+def measure(script: Path, root: Path, steps: int, prefetches: list[int]) -> list[list[Any]]:
+    """Uninterrupted runs of ``steps`` steps, one per prefetch setting (-1: the default), each
+    on a fresh job; every rank's data-wait figures of each."""
+    setup = prepare(root)
+    server = Server(setup.home)
+    waits = []
+    try:
+        base = ["--server", server.url, "--tokenizer", str(setup.tokenizer)]
+        for i, depth in enumerate(prefetches):
+            job = f"measure{i}"
+            submit(server.url, job, setup.tokenizer)
+            records = launch(
+                script,
+                root / job,
+                *base,
+                "--job",
+                job,
+                "--dir",
+                str(root / f"ck-{job}"),
+                "--steps",
+                str(steps),
+                "--prefetch",
+                str(depth),
+            )
+            waits.append([r["wait"] for r in records])
+    finally:
+        server.stop()
+    return waits
+
+
 def write_records(out: Path, rank: int, record: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(record))
