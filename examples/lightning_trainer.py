@@ -102,7 +102,10 @@ def run(job: Any, options: argparse.Namespace, folder: str, *, restore: bool) ->
         callbacks=[
             MixplaneCallback(data, feedback=job, restore_data_state=restore),
             ModelCheckpoint(
-                dirpath=folder, filename="{step}", every_n_train_steps=options.steps // 2, save_top_k=-1
+                dirpath=folder,
+                filename="{step}",
+                every_n_train_steps=options.steps // 2,
+                save_top_k=-1,
             ),
         ],
     )
