@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer_harness import BATCH, SEQ, STEPS, batch_hash, prefetch, prove, write_records
+from trainer_harness import BATCH, SEQ, STEPS, batch_hash, finish, prefetch, prove, write_records
 
 
 def train(options: argparse.Namespace) -> None:
@@ -44,6 +44,7 @@ def train(options: argparse.Namespace) -> None:
             seed=0,
             disable_tqdm=True,
             remove_unused_columns=False,  # mixplane's fields reach compute_loss
+            ddp_find_unused_parameters=False,
         )
 
     args = arguments(options.dir)
@@ -56,6 +57,7 @@ def train(options: argparse.Namespace) -> None:
         )
     write_records(Path(options.records), args.process_index, record)
     client.close()
+    finish()
 
 
 def run(job: Any, options: argparse.Namespace, args: Any, *, restore: bool) -> tuple[Any, Any]:
@@ -95,7 +97,7 @@ def run(job: Any, options: argparse.Namespace, args: Any, *, restore: bool) -> t
             steps.append(
                 {
                     "hash": batch_hash(inputs["input_ids"].cpu(), inputs["labels"].cpu()),
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                 }
             )
             return loss

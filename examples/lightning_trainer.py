@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainer_harness import BATCH, SEQ, STEPS, batch_hash, prefetch, prove, write_records
+from trainer_harness import BATCH, SEQ, STEPS, batch_hash, finish, prefetch, prove, write_records
 
 
 def train(options: argparse.Namespace) -> None:
@@ -40,6 +40,7 @@ def train(options: argparse.Namespace) -> None:
         )
     write_records(Path(options.records), rank, record)
     client.close()
+    finish()
 
 
 def run(job: Any, options: argparse.Namespace, folder: str, *, restore: bool) -> Any:

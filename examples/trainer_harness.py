@@ -205,6 +205,15 @@ def measure(script: Path, root: Path, steps: int, prefetches: list[int]) -> list
     return waits
 
 
+def finish() -> None:
+    """Leave the process group before exit (gloo's threads abort an exit that skips it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def write_records(out: Path, rank: int, record: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(record))
