@@ -91,11 +91,7 @@ class TimedLoader:
                 batch = next(it)
             except StopIteration:
                 return
-            waited = time.perf_counter() - start
-            self.wait.wait_s += waited
-            if self.wait.batches == 0:
-                self.wait.first_s = waited
-            self.wait.batches += 1
+            self.wait.add(start, time.perf_counter())
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
@@ -119,7 +115,7 @@ class _Hooks(TrainerCallback):  # type: ignore[misc]
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.trainer.feedback_to is not None:  # the process group is up now
             self.trainer.feedback = loss_feedback(self.trainer.feedback_to)
-        self.trainer.data_wait.total_s = -time.perf_counter()
+        self.trainer.data_wait.begin(time.perf_counter())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.trainer.send_feedback(state.global_step)
@@ -129,7 +125,7 @@ class _Hooks(TrainerCallback):  # type: ignore[misc]
         self.trainer.save_data_state(folder)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.trainer.data_wait.total_s += time.perf_counter()
+        self.trainer.data_wait.end(time.perf_counter())
 
 
 class MixplaneTrainerMixin:

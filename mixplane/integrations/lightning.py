@@ -80,11 +80,7 @@ class RecordingLoader:
             except StopIteration:
                 return
             self.states.append(self.loader.state_dict())
-            waited = time.perf_counter() - start
-            self.wait.wait_s += waited
-            if self.wait.batches == 0:
-                self.wait.first_s = waited
-            self.wait.batches += 1
+            self.wait.add(start, time.perf_counter())
             yield batch
 
 
@@ -161,10 +157,10 @@ class MixplaneCallback(pl.Callback):  # type: ignore[misc]
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         if self.feedback_to is not None:  # the process group is up now
             self.feedback = loss_feedback(self.feedback_to)
-        self.wait.total_s = -time.perf_counter()
+        self.wait.begin(time.perf_counter())
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self.wait.total_s += time.perf_counter()
+        self.wait.end(time.perf_counter())
 
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int

@@ -81,12 +81,31 @@ def collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class DataWait:
-    """Seconds spent in the loader's ``next()`` and wall seconds of the training loop."""
+    """Seconds spent in the loader's ``next()`` and wall seconds of the training loop, from
+    the first of ``begin()`` (the trainer's loop starting) or the first batch asked for (a
+    trainer may fetch it before its loop starts) to ``end()``. The trainer integrations fill
+    it."""
 
     wait_s: float = 0.0
     total_s: float = 0.0
     batches: int = 0
     first_s: float = 0.0  # the first batch's wait (the stream's start: sizing, first chunks)
+    started: float | None = None
+
+    def begin(self, now: float) -> None:
+        self.started = now if self.started is None else min(self.started, now)
+
+    def end(self, now: float) -> None:
+        if self.started is not None:
+            self.total_s = now - self.started
+
+    def add(self, start: float, stop: float) -> None:
+        """One ``next()`` of the loader, from ``start`` to ``stop`` (perf_counter)."""
+        self.begin(start)
+        self.wait_s += stop - start
+        if self.batches == 0:
+            self.first_s = stop - start
+        self.batches += 1
 
     @property
     def fraction(self) -> float:
