@@ -84,3 +84,31 @@ def test_ranks_of_one_group_read_the_same_batches(tmp_path: Path) -> None:
                 ]
     assert batches[1, 0] == batches[1, 1]  # one group of 2 ranks: the same data
     assert not set(batches[2, 0]) & set(batches[2, 1])  # two groups: disjoint
+
+
+BLOCKED = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchdata", "transformers", "accelerate", "lightning"):
+            raise ImportError(name)
+sys.meta_path.insert(0, Block())
+import mixplane.cli, mixplane.client, mixplane.job, mixplane.integrations
+for module in ("hf_trainer", "lightning"):
+    try:
+        __import__(f"mixplane.integrations.{module}")
+    except ImportError as exc:
+        print(type(exc).__name__, exc)
+"""
+
+
+def test_the_core_imports_without_the_trainers() -> None:
+    """The frameworks are imported only by their integration modules, which say what to
+    install when they are missing."""
+    import subprocess
+
+    run = subprocess.run(
+        [sys.executable, "-c", BLOCKED], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("DependencyError") == 2 and "pip install" in run.stdout
