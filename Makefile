@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[dev,demo,torch,hf,server,ray,megatron,olmo]'
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev,demo,torch,hf,server,ray,megatron,olmo,trainers]'
 	@touch $(STAMP)
 
 $(TITAN_STAMP): pyproject.toml

@@ -13,6 +13,9 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.py"
 OWN_TEST = {
     "olmo_core_trainer.py": "tests/integrations/test_olmo_core.py",
     "torchtitan_loader.py": "tests/integrations/test_torchtitan.py",  # in its own venv
+    "hf_trainer.py": "tests/integrations/test_trainers.py",
+    "lightning_trainer.py": "tests/integrations/test_trainers.py",
+    "trainer_harness.py": "tests/integrations/test_trainers.py",  # the two above's harness
 }
 
 

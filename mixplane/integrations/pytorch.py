@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,70 @@ def collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
     out["max_seqlen"] = int((cu[1:] - cu[:-1]).max())
     out["component"] = torch.stack([b["component"] for b in batch])
     return out
+
+
+@dataclass(slots=True)
+class DataWait:
+    """Seconds spent in the loader's ``next()`` and wall seconds of the training loop, from
+    the first of ``begin()`` (the trainer's loop starting) or the first batch asked for (a
+    trainer may fetch it before its loop starts) to ``end()``. The trainer integrations fill
+    it."""
+
+    wait_s: float = 0.0
+    total_s: float = 0.0
+    batches: int = 0
+    first_s: float = 0.0  # the first batch's wait (the stream's start: sizing, first chunks)
+    started: float | None = None
+
+    def begin(self, now: float) -> None:
+        self.started = now if self.started is None else min(self.started, now)
+
+    def end(self, now: float) -> None:
+        if self.started is not None:
+            self.total_s = now - self.started
+
+    def add(self, start: float, stop: float) -> None:
+        """One ``next()`` of the loader, from ``start`` to ``stop`` (perf_counter)."""
+        self.begin(start)
+        self.wait_s += stop - start
+        if self.batches == 0:
+            self.first_s = stop - start
+        self.batches += 1
+
+    @property
+    def fraction(self) -> float:
+        return self.wait_s / self.total_s if self.total_s > 0 else 0.0
+
+    @property
+    def after_first(self) -> float:
+        """The share after the first batch (the steady state)."""
+        rest = self.total_s - self.first_s
+        return (self.wait_s - self.first_s) / rest if rest > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "wait_s": self.wait_s,
+            "total_s": self.total_s,
+            "batches": self.batches,
+            "fraction": self.fraction,
+            "after_first": self.after_first,
+        }
+
+
+def loss_feedback(feedback: Job | RemoteJob | LossFeedback) -> LossFeedback:
+    """A ``LossFeedback`` for a trainer integration, made once the trainer's process group is
+    up (a ``LossFeedback`` made before it would send every rank's own sums)."""
+    if not isinstance(feedback, LossFeedback):
+        return LossFeedback(feedback)
+    live = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if live and not feedback.distributed:
+        msg = (
+            "this LossFeedback was made before torch.distributed was initialized, so every "
+            "rank would send its own sums; pass the job instead (feedback=job) and the "
+            "integration makes it when training starts"
+        )
+        raise PlanError(msg)
+    return feedback
 
 
 class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
