@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from mixplane.cli.options import engine_flags
 from mixplane.cli.root import check_engine, load_function, open_catalog, open_client, pairs
 from mixplane.errors import MixplaneError
 
@@ -63,18 +64,7 @@ from mixplane.errors import MixplaneError
     show_default=True,
     help="Parquet: read the text column, or estimate from the footer.",
 )
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where files are scanned and functions run: this process, or a Ray cluster.",
-)
-@click.option(
-    "--ray-address",
-    metavar="ADDR",
-    help="The Ray cluster for --engine ray (default: the running one, or a local one).",
-)
+@engine_flags("Where files are scanned and functions run: this process, or a Ray cluster.")
 @click.option(
     "--tokenizer",
     metavar="NAME|PATH",
@@ -247,18 +237,7 @@ def ls(ctx: click.Context, as_json: bool) -> None:
 @click.argument("function", metavar="MODULE:FUNCTION")
 @click.option("--datasets", help="Comma-separated datasets (default: all).")
 @click.option("--replace", is_flag=True, help="Recompute a property that has values.")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where files are scanned and functions run: this process, or a Ray cluster.",
-)
-@click.option(
-    "--ray-address",
-    metavar="ADDR",
-    help="The Ray cluster for --engine ray (default: the running one, or a local one).",
-)
+@engine_flags("Where files are scanned and functions run: this process, or a Ray cluster.")
 @click.pass_context
 def add_property(
     ctx: click.Context,
@@ -296,18 +275,7 @@ def add_property(
     help="A tokenizer.json, a .tiktoken rank file, or a name: deepseek, qwen, qwen3.6.",
 )
 @click.option("--datasets", help="Comma-separated datasets (default: all).")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where texts are read and counted: worker processes here, or a Ray cluster.",
-)
-@click.option(
-    "--ray-address",
-    metavar="ADDR",
-    help="The Ray cluster for --engine ray (default: the running one, or a local one).",
-)
+@engine_flags("Where texts are read and counted: worker processes here, or a Ray cluster.")
 @click.option(
     "--workers",
     type=click.IntRange(min=1),

@@ -54,6 +54,26 @@ def spec_flags() -> list[Callable[..., Any]]:
     return made
 
 
+def engine_flags(where: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--engine local|ray`` (``where``: what runs there) and ``--ray-address``."""
+
+    def add(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option(
+            "--ray-address",
+            metavar="ADDR",
+            help="The Ray cluster for --engine ray (default: the running one, or a local one).",
+        )(fn)
+        return click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help=where,
+        )(fn)
+
+    return add
+
+
 def job_flags(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a command with the job options: mixture, chunks, topology, ``spec_flags``."""
     options = [
