@@ -29,22 +29,12 @@ from mixplane.catalog.formats.base import (
     get_path,
     reject_missing,
 )
-from mixplane.catalog.formats.token_columns import _take, documents, token_column, with_text
-from mixplane.catalog.formats.tokenized import DEFAULT_FIELD, read_spans
-from mixplane.catalog.remote_fs import RemotePath, location
-from mixplane.errors import MalformedRecordError, RegistrationError
+from mixplane.catalog.formats.token_columns import documents, take, token_column, with_text
+from mixplane.catalog.formats.tokenized import DEFAULT_FIELD, local_path, read_spans, scanned_tokens
+from mixplane.catalog.remote_fs import RemotePath
+from mixplane.errors import MalformedRecordError
 
 FILE_MAGIC = b"ARROW1"
-
-
-def _local(path: Path | RemotePath) -> Path:
-    path = location(path)
-    if isinstance(path, RemotePath):
-        msg = (
-            f"{path}: Arrow token files are read from a local or shared filesystem; copy them there"
-        )
-        raise RegistrationError(msg)
-    return path
 
 
 def _batches(path: Path) -> tuple[int, Iterator[pa.RecordBatch], pa.Schema]:
@@ -69,12 +59,13 @@ def _batches(path: Path) -> tuple[int, Iterator[pa.RecordBatch], pa.Schema]:
 
 
 def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
-    spec = request.tokens
-    local = _local(path)
+    local = local_path(path, "Arrow token files")
     where = str(local)
-    if spec is None:
-        msg = f"{where}: Arrow files are registered as token ids; pass tokens_field= and tokenizer="
-        raise RegistrationError(msg)
+    spec = scanned_tokens(
+        request.tokens,
+        where,
+        "Arrow files are registered as token ids; pass tokens_field= and tokenizer=",
+    )
     size = local.stat().st_size
     base, batches, _schema = _batches(local)
     first_row = 0
@@ -121,12 +112,12 @@ def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
                 records = records.filter(pa.array(keep))
         yield ScanBatch(
             fields=filter_fields(fields, keep),
-            text_bytes=_take(lengths, keep),
-            offset=_take(offsets, keep),
-            length=_take(lengths, keep),
+            text_bytes=take(lengths, keep),
+            offset=take(offsets, keep),
+            length=take(lengths, keep),
             table=records,
             scanned_bytes=int(batch.nbytes),
-            tokens=_take(docs.tokens, keep),
+            tokens=take(docs.tokens, keep),
             token_dtype=docs.dtype,
         )
         first_row += n
@@ -137,7 +128,7 @@ def read(
 ) -> pa.Table:
     """Records at the given pointers (byte ``offset`` and ``length``), in pointer order: the
     ids as a list column named ``text_field``."""
-    local = _local(path)
+    local = local_path(path, "Arrow token files")
     if dtype is None:
         schema = _batches(local)[2]
         dtype = schema.field(text_field or DEFAULT_FIELD).type.value_type.to_pandas_dtype().__name__

@@ -40,9 +40,11 @@ from mixplane.catalog.formats.tokenized import (
     decoder,
     ids_table,
     last_ids,
+    local_path,
     read_spans,
+    scanned_tokens,
 )
-from mixplane.catalog.remote_fs import RemotePath, location
+from mixplane.catalog.remote_fs import RemotePath
 from mixplane.errors import MalformedRecordError, RegistrationError
 
 HEADER = b"MMIDIDX\x00\x00"
@@ -156,21 +158,14 @@ def read_index(idx: Path, bin_size: int) -> Index:
     return Index(dtype=dtype, offsets=offsets, lengths=lengths.astype(np.int64))
 
 
-def _local(path: Path | RemotePath) -> Path:
-    path = location(path)
-    if isinstance(path, RemotePath):
-        msg = f"{path}: Megatron datasets are read from a local or shared filesystem; copy it there"
-        raise RegistrationError(msg)
-    return path
-
-
 def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
-    spec = request.tokens
-    local = _local(path)
+    local = local_path(path, "Megatron datasets")
     where = str(local)
-    if spec is None:
-        msg = f"{where}: Megatron datasets are token ids; register them with tokenizer=NAME|PATH"
-        raise RegistrationError(msg)
+    spec = scanned_tokens(
+        request.tokens,
+        where,
+        "Megatron datasets are token ids; register them with tokenizer=NAME|PATH",
+    )
     bin_size = local.stat().st_size
     index = read_index(index_path(local), bin_size)
     dtype = check_dtype(index.dtype, spec, where)
@@ -227,7 +222,7 @@ def read(
 ) -> pa.Table:
     """Records at the given pointers (byte ``offset`` and ``length``), in pointer order: the
     ids as a list column named ``text_field`` (the dataset's token field)."""
-    local = _local(path)
+    local = local_path(path, "Megatron datasets")
     if dtype is None:
         dtype = read_index(index_path(local), local.stat().st_size).dtype
     return read_spans(local, pointers, dtype, text_field or DEFAULT_FIELD)

@@ -188,16 +188,16 @@ def scan_parquet(
                 records = records.filter(pa.array(keep))
         yield ScanBatch(
             fields=filter_fields(fields, keep),
-            text_bytes=_take(docs.lengths * itemsize, keep),
+            text_bytes=take(docs.lengths * itemsize, keep),
             row_group=np.full(len(rows) if keep is None else int(keep.sum()), group, np.int32),
             row=rows if keep is None else rows[keep],
             table=records,
             scanned_bytes=meta.row_group(group).total_byte_size,
-            tokens=_take(docs.tokens, keep),
+            tokens=take(docs.tokens, keep),
             token_dtype=docs.dtype,
         )
         first_row += n
 
 
-def _take(values: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+def take(values: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
     return values.astype(np.int64) if keep is None else values[keep].astype(np.int64)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
+from mixplane.catalog.remote_fs import RemotePath, location
 from mixplane.errors import MalformedRecordError, MixplaneError, RegistrationError
 from mixplane.tokens.tokenizer import Tokenizer, load_tokenizer
 
@@ -65,6 +66,25 @@ def wants_text(function: _F) -> _F:
 
 def asks_for_text(function: object) -> bool:
     return bool(getattr(function, "wants_text", False))
+
+
+def local_path(path: Path | RemotePath, what: str) -> Path:
+    """``path`` as a file of this machine: token files are memory-mapped, so ``what`` (the
+    format's files, plural) on an object store is refused."""
+    path = location(path)
+    if isinstance(path, RemotePath):
+        msg = f"{path}: {what} are read from a local or shared filesystem; copy them there"
+        raise RegistrationError(msg)
+    return path
+
+
+def scanned_tokens(spec: TokenSpec | None, where: str, fix: str) -> TokenSpec:
+    """The registration's ``TokenSpec``; a format of token ids scanned without one is refused
+    with ``fix``."""
+    if spec is None:
+        msg = f"{where}: {fix}"
+        raise RegistrationError(msg)
+    return spec
 
 
 def check_dtype(dtype: np.dtype[Any] | str, spec: TokenSpec, path: str) -> str:

@@ -43,10 +43,12 @@ from mixplane.catalog.formats.tokenized import (
     decoder,
     ids_table,
     last_ids,
+    local_path,
     read_spans,
+    scanned_tokens,
     sniff_wider,
 )
-from mixplane.catalog.remote_fs import RemotePath, location
+from mixplane.catalog.remote_fs import RemotePath
 from mixplane.errors import MalformedRecordError, RegistrationError
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -223,21 +225,12 @@ def documents(path: Path, ids: np.ndarray, eos_id: int, request: ScanRequest) ->
     return Documents(starts=starts, lengths=ends - starts, fields=None)
 
 
-def _local(path: Path | RemotePath) -> Path:
-    path = location(path)
-    if isinstance(path, RemotePath):
-        msg = f"{path}: token memmaps are read from a local or shared filesystem; copy them there"
-        raise RegistrationError(msg)
-    return path
-
-
 def scan(path: Path | RemotePath, request: ScanRequest) -> Iterator[ScanBatch]:
-    spec = request.tokens
-    local = _local(path)
+    local = local_path(path, "token memmaps")
     where = str(local)
-    if spec is None:
-        msg = f"{where}: token memmaps are token ids; register them with tokenizer=NAME|PATH"
-        raise RegistrationError(msg)
+    spec = scanned_tokens(
+        request.tokens, where, "token memmaps are token ids; register them with tokenizer=NAME|PATH"
+    )
     found = layout(local, spec.dtype)
     dtype = check_dtype(found.dtype, spec, where)
     itemsize = np.dtype(dtype).itemsize
@@ -309,7 +302,7 @@ def read(
     """Records at the given pointers (byte ``offset`` and ``length``), in pointer order: the
     ids as a list column named ``text_field``, and the metadata's columns when present (by the
     pointers' ``ordinal``). Raw ids need their ``dtype`` (the catalog passes the registered one)."""
-    local = _local(path)
+    local = local_path(path, "token memmaps")
     found = layout(local, dtype)
     table = read_spans(local, pointers, found.dtype, text_field or DEFAULT_FIELD)
     meta = metadata(local)
