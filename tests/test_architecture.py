@@ -157,8 +157,6 @@ def defined_private(tree: ast.Module) -> set[str]:
             names.add(node.id)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             names.add(node.target.id)
-        elif isinstance(node, ast.ImportFrom):
-            names.update(a.asname or a.name for a in node.names)
     return {n for n in names if n.startswith("_") and not n.startswith("__")}
 
 
@@ -168,6 +166,13 @@ def foreign_underscores(trees: dict[str, ast.Module]) -> list[str]:
     found = []
     for name, tree in trees.items():
         for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mixplane"):
+                found.extend(
+                    f"{name}:{node.lineno}: from {node.module} import {a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                )
+                continue
             if not isinstance(node, ast.Attribute):
                 continue
             attr = node.attr
@@ -205,4 +210,9 @@ def test_the_checks_can_fail() -> None:
     user = ast.parse("def f(job):\n    return job._lock\n")
     assert foreign_underscores({"mixplane.job": owner, "mixplane.server": user}) == [
         "mixplane.server:2: job._lock"
+    ]
+    helper = ast.parse("def _take(a):\n    return a\n")
+    importer = ast.parse("from mixplane.cols import _take\n")
+    assert foreign_underscores({"mixplane.cols": helper, "mixplane.arrow": importer}) == [
+        "mixplane.arrow:1: from mixplane.cols import _take"
     ]

@@ -50,7 +50,7 @@ from mixplane.adapt.scaling_law import (
     law_loss,
     loss_slope,
 )
-from mixplane.adapt.smoothing import _Series, savgol
+from mixplane.adapt.smoothing import Series, savgol
 from mixplane.errors import AlgorithmOptionError, StateError
 
 __all__ = [  # the fit's names are re-exported: users reach them through the algorithm
@@ -133,7 +133,7 @@ class ADOState(TypedDict):
     weights: list[float] | None  # the weights last returned
     laws: list[list[float | None]] | None  # (log beta, log eps, alpha); None: no law yet
     fits: int  # refits so far
-    series: dict[str, Any]  # the fit series (see _Series.state)
+    series: dict[str, Any]  # the fit series (see Series.state)
 
 
 def _distribution(name: str, values: Any, k: int) -> Array:
@@ -249,7 +249,7 @@ class ADO:
         )
         self.slope_alpha_min = slope_alpha_min
         self.screen_points, self.polish = screen_points, polish
-        self.series = _Series(
+        self.series = Series(
             k, window=savgol_window, order=savgol_order, ignore=ignore_steps, stride=subsample
         )
         self.step: int | None = None

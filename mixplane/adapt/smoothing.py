@@ -54,7 +54,7 @@ def _decode(d: dict[str, Any]) -> npt.NDArray[np.float32]:
     return np.frombuffer(raw, dtype="<f4").reshape(d["shape"]).astype(np.float32)
 
 
-class _Series:
+class Series:
     """The per-component loss series as the fit sees it: Savitzky-Golay smoothed, the first
     ``ignore`` points dropped, every ``stride``-th kept, paired with log n.
 

@@ -17,7 +17,7 @@ from mixplane.adapt import ADO, ALGORITHMS, make_algorithm
 from mixplane.adapt.ado import (
     AlgorithmOptionError,
     LawFit,
-    _Series,
+    Series,
     fit_scaling_laws,
     floor_weights,
     law_loss,
@@ -312,7 +312,7 @@ def test_series_matches_smoothing_the_whole_series() -> None:
     rng = np.random.default_rng(0)
     raw = 2 + rng.random((400, 3))
     n = np.cumsum(rng.integers(1, 5, (400, 3)), axis=0).astype(float)
-    series = _Series(3, window=101, order=3, ignore=7, stride=10)
+    series = Series(3, window=101, order=3, ignore=7, stride=10)
     for t in range(400):
         series.push(raw[t], n[t])
         if t + 1 in (5, 60, 101, 102, 150, 333, 400):
