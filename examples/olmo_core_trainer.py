@@ -6,7 +6,7 @@ processes, and resumes from OLMo-core's own checkpoint (model, optimizer and eac
 rank trained on the same batches (token hashes) with the same losses after the resume as the
 uninterrupted run, that the two DP ranks read disjoint windows, and that ADO's weights moved by
 the train module's per-domain loss (1 rank: the job runs in-process with feedback; 2 ranks: a
-static mixture, as an in-process adaptive job needs one planner, i.e. the server). A negative
+static mixture; ADO in several in-process ranks is tested in test_inprocess_adaptive.py). A negative
 control resumes without the data state (the loader starts its stream over) and must differ.
 Each run prints the share of step time spent waiting for the next batch.
 
@@ -162,7 +162,7 @@ def rank_main(config: dict[str, Any]) -> None:
                 f.write(json.dumps(self.row) + "\n")
 
     callbacks: dict[str, Callback] = {"record": Record()}
-    if world == 1:  # an in-process adaptive job has one planner only with one rank
+    if world == 1:  # 2 ranks run a static mixture here (see the module)
         callbacks["mixplane_feedback"] = MixplaneFeedback(job)
     callbacks["checkpointer"] = CheckpointerCallback(
         save_interval=config["save_at"] or 10**6, pre_train_checkpoint=False, save_async=False

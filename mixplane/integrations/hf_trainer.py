@@ -24,9 +24,10 @@ replay on resume, labels as mixplane shifts them, per-rank streams, and loss fee
   the process group is up), the per-token losses and ``domain_ids``
   of a step's micro-batches go to ``job.feedback`` once per optimizer step (all-reduced over
   the data-parallel ranks, sent by one; every rank waits for the answer, since a new mixture
-  applies from the consumed frontier), so ``algorithm="ado"`` adapts inside the Trainer. In
-  one process the job may be in-process (its state travels in the rank's data state); with
-  several, run it on the server (``Client.remote``), as ``LossFeedback`` requires.
+  applies from the consumed frontier), so ``algorithm="ado"`` adapts inside the Trainer. The
+  job may be in-process (its state travels in the rank's data state; with several processes
+  every rank applies the reduced numbers to its own job from the same chunk, see
+  ``LossFeedback``) or on the server (``Client.remote``).
 
 ``data_wait`` holds the seconds spent waiting for the next batch and the wall time of the
 training loop (``fraction``). Cost per checkpoint: one JSON file per rank (a few KB; an

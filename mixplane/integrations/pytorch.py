@@ -323,9 +323,22 @@ class LossFeedback:
 
     Sums the per-token loss and counts tokens per component, all-reduces both over
     ``group`` (the data-parallel process group; by default every rank, divided by the ranks
-    per DP group, which hold the same data), and sends them to the job from one rank (rank 0
-    of the group). Any backend (gloo, nccl). An in-process job plans separately in every
-    rank, so adaptive mixing across several ranks needs the server (``Client.remote``).
+    per DP group, which hold the same data), and sends them to the job. Any backend (gloo,
+    nccl). Call it on every rank.
+
+    - A job on the server (``RemoteJob``) or one rank: one rank sends (rank 0 of the group).
+    - An adaptive job in-process in several ranks (each rank runs the same job, e.g. from one
+      snapshot): every rank applies the same reduced numbers to its own job, from the same
+      chunk, so every rank's plan, mixture log and algorithm stay identical (the plan one
+      planner makes). The chunk is the greatest of the ranks' change points
+      (``Job.change_point()``, all-reduced with MAX) and goes to ``job.feedback(..., at=)``.
+      The same collective checks that the ranks run the same job (spec, query, components)
+      at the same mixture (log length, latest change): a rank restored from another state, or
+      one that changed its mixture alone, raises ``PlanError`` on every rank. The group must
+      hold every rank of the job (``group=None``; a data-parallel group does when the job has
+      one rank per DP group), and the job has no schedule (a phase start is logged when a rank
+      plans it, which differs between ranks); otherwise run the job on the server
+      (``Client.remote``). Cost: one more all-reduce of K + 3 numbers a step.
     """
 
     def __init__(
@@ -340,12 +353,33 @@ class LossFeedback:
         self.ranks_per_group = ranks_per_group or job.topology.ranks_per_group
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world = torch.distributed.get_world_size(group) if self.distributed else 1
-        if isinstance(job, Job) and job.algorithm is not None and world > 1:
-            msg = (
-                "adaptive mixing across ranks needs one planner: run the job on the server "
-                "(Client.remote) so every rank streams what its feedback changes"
-            )
-            raise PlanError(msg)
+        #: every rank applies the feedback to its own in-process job (see the class)
+        topology = job.topology
+        ranks = topology.dp_groups * topology.ranks_per_group
+        self.every_rank = (
+            isinstance(job, Job)
+            and job.algorithm is not None
+            and self.distributed
+            and (world > 1 or ranks > 1)
+        )
+        self._checked = False
+        if isinstance(job, Job) and self.every_rank:
+            if world != ranks:
+                msg = (
+                    f"an in-process adaptive job takes the feedback of all its ranks: the group "
+                    f"has {world} ranks but the job's topology {topology.dp_groups} DP groups x "
+                    f"{topology.ranks_per_group} ranks; pass group=None (every rank, so that "
+                    "all peers of a DP group apply identical numbers) or run the job on the "
+                    "server (Client.remote)"
+                )
+                raise PlanError(msg)
+            if len(job.spec.phases) > 1:
+                msg = (
+                    "an in-process adaptive job with a schedule cannot run in several ranks "
+                    "(each rank logs a phase start when it plans it); run the job on the "
+                    "server (Client.remote)"
+                )
+                raise PlanError(msg)
 
     def __call__(
         self,
@@ -355,7 +389,8 @@ class LossFeedback:
         mask: torch.Tensor | None = None,
     ) -> int | None:
         """Reduce this step's losses and send them; returns the chunk the new weights apply
-        from (on the sending rank, when they changed), else None."""
+        from (when they changed: on the sending rank, or on every rank of an in-process
+        adaptive job), else None."""
         sums, counts = domain_loss_sums(loss, domain_ids, self.job.num_components, mask)
         sender = True
         if self.distributed:
@@ -365,9 +400,47 @@ class LossFeedback:
                 both /= self.ranks_per_group
             sums, counts = both[0], both[1]
             sender = torch.distributed.get_rank(self.group) == 0
+        loss_sum, token_count = sums.cpu().numpy(), counts.cpu().numpy()
+        if isinstance(self.job, Job) and self.every_rank:
+            at = self._agree(self.job)
+            return self.job.feedback(step, loss_sum, token_count, at=at)
         if not sender:
             return None
-        return self.job.feedback(step, sums.cpu().numpy(), counts.cpu().numpy())
+        return self.job.feedback(step, loss_sum, token_count)
+
+    def _agree(self, job: Job) -> int:
+        """The chunk every rank applies a change from (the greatest change point), after
+        checking that the ranks run the same job (first call) at the same mixture."""
+        if not self._checked:
+            identity = [
+                float(job.num_components),
+                float(int(job.spec.fingerprint()[:13], 16)),  # 52 bits: exact in float64
+                float(int(job.result.fingerprint[:13], 16)),
+            ]
+            self._same(identity, "job (its number of components, spec or query)")
+            self._checked = True
+        log = job.mixture_log
+        latest = log[-1]
+        mixture = [float(len(log)), float(latest["chunk"]), *job.weights.tolist()]
+        point = torch.tensor([float(job.change_point())], dtype=torch.float64)
+        return self._same(mixture, "mixture (mixture log length, latest change)", point)
+
+    def _same(self, values: list[float], what: str, point: torch.Tensor | None = None) -> int:
+        """All-reduce ``values`` and their negatives with MAX (equal on every rank iff both
+        agree) and ``point`` with them; raise on every rank if they differ."""
+        mine = torch.tensor(values, dtype=torch.float64)
+        head = point if point is not None else torch.zeros(1, dtype=torch.float64)
+        both = torch.cat([head, mine, -mine])
+        torch.distributed.all_reduce(both, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        n = len(values)
+        if not torch.equal(both[1 : 1 + n], -both[1 + n :]):
+            msg = (
+                f"the ranks run a different {what}: every rank must open the same job (one "
+                "snapshot) and restore its own state of the same step, and change the mixture "
+                "only through this feedback"
+            )
+            raise PlanError(msg)
+        return int(both[0])
 
 
 def _distributed() -> tuple[int | None, int | None]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from mixplane.adapt.base import MixingAlgorithm, check_feedback
 from mixplane.adapt.registry import make_algorithm
-from mixplane.errors import StateError
+from mixplane.errors import PlanError, StateError, shown
 
 FEEDBACK_LOG_MAX = 100_000  # feedback messages a job keeps in memory (~0.7 kB each, 22 components)
 
@@ -41,9 +41,17 @@ class Replay(NamedTuple):
     applies_from: int | None
 
 
-#: what the job does with new weights: log the change and return the chunk it applies from
-#: (``at``: where a replayed change applied), under the job's lock; and its latest version
-Change = Callable[[np.ndarray, int, "int | None"], int]
+#: what the job does with new weights: log the change (weights, step, chunk it applies from)
+#: under the job's lock, and return that chunk
+Change = Callable[[np.ndarray, int, int], int]
+
+
+def chunk_index(at: object) -> int:
+    """``at`` as a chunk index (``Job.feedback(..., at=)``), or ``PlanError``."""
+    if isinstance(at, bool) or not isinstance(at, int | np.integer):
+        msg = f"at must be a chunk index (an int) or a Replay, got {shown(at)}"
+        raise PlanError(msg)
+    return int(at)
 
 
 class Adaptation:
@@ -83,10 +91,24 @@ class Adaptation:
         job_lock: threading.RLock,
         version: Callable[[], int],
         change: Change,
-        replay: Replay | None = None,
+        point: Callable[[], int],
+        check: Callable[[int, int], None],
+        at: int | Replay | None = None,
     ) -> FeedbackResult:
         """One feedback message over ``k`` components (``Job.apply_feedback``): checked,
-        recorded, given to the algorithm; new weights go to ``change`` under ``job_lock``."""
+        recorded, given to the algorithm; new weights go to ``change`` under ``job_lock``,
+        from the job's change point (``point()``) unless ``at`` says where.
+
+        ``at`` a chunk: a change applies from there. ``check(at, point())`` (under
+        ``job_lock``) refuses it with ``PlanError`` below the change point or the latest
+        change's chunk, before anything is recorded, and again before the change is logged
+        (chunks planned past ``at`` meanwhile). The chunks below ``at`` are planned with the
+        weights in force. Ranks that each run the job in-process pass the same numbers with
+        the same ``at`` (the greatest of their change points), so their plans, mixture logs
+        and algorithms stay identical. ``at`` a ``Replay``: the message was answered before
+        (a server's feedback log); a change applies where it did then."""
+        replay = at if isinstance(at, Replay) else None
+        chunk = None if at is None or replay is not None else chunk_index(at)
         loss, count = check_feedback(k, loss_sum, token_count)
         step = int(step)
         with self.lock:
@@ -100,10 +122,12 @@ class Adaptation:
             ):
                 return FeedbackResult(last[3], False, last[4], None, loss, count)
             with job_lock:
+                if chunk is not None:
+                    check(chunk, point())
                 self.log.append((step, loss, count))
                 self.received += 1
                 current = version()
-            at = None
+            applies_from = None
             weights = None
             if self.algorithm is not None:
                 weights = self.algorithm.update(step, loss, count)
@@ -117,9 +141,16 @@ class Adaptation:
             if weights is not None:
                 weights = np.asarray(weights, dtype=np.float64)
                 with job_lock:
-                    at = change(weights, step, replay.applies_from if replay is not None else None)
-            self._last = (step, loss, count, at, current)
-        return FeedbackResult(at, True, current, weights, loss, count)
+                    if replay is not None and replay.applies_from is not None:
+                        applies_from = replay.applies_from
+                    elif chunk is not None:
+                        check(chunk, point())  # chunks planned past it while the algorithm ran
+                        applies_from = chunk
+                    else:
+                        applies_from = point()
+                    applies_from = change(weights, step, applies_from)
+            self._last = (step, loss, count, applies_from, current)
+        return FeedbackResult(applies_from, True, current, weights, loss, count)
 
     def trace(self, selectors: Sequence[str]) -> list[dict[str, Any]]:
         """The feedback kept, in the long format replay reads: one row per (step, component)

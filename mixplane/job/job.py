@@ -164,6 +164,7 @@ class Job:
     assignment: Part[Assignment] = Part("_consumers")
     local: Part[frozenset[int] | None] = Part("_consumers")
     feedback_log: Part[Sequence[tuple[int, np.ndarray, np.ndarray]]] = Part("_adaptation", "log")
+    feedback_received: Part[int] = Part("_adaptation", "received")
 
     @property
     def sizing(self) -> dict[str, ComponentSizing]:
@@ -194,10 +195,6 @@ class Job:
         restore."""
         return self.spec.read_ahead
 
-    @property
-    def feedback_received(self) -> int:
-        return self._adaptation.received
-
     @_locked
     def use_tokenizer(self, tokenizer: Tokenizer) -> bool:
         """The job is about to be streamed as tokens with ``tokenizer``: size it with that
@@ -219,20 +216,21 @@ class Job:
         return True
 
     # -- mixture changes ---------------------------------------------------------------------
+    @_locked
     def consumed_frontier(self) -> int:
         """For an adaptive job, the first chunk a mixture change made now can apply to, from
-        what was consumed: past the read group after the one each served consumer is in (a
-        consumer that has not started is in its first group). A stream may read one group
-        ahead of its consumer and no further (``WindowStream`` waits for its consumer), so
-        every chunk below this may be planned already, and none at or past it is: where a
-        change lands depends on the consumers' positions only, never on how far a prefetch
-        thread happened to get."""
-        with self._lock:
-            return self._consumers.frontier(self.read_group)
+        what was consumed: past the read group after the one each served consumer is in (one
+        not started is in its first). A stream reads at most one group ahead of its consumer
+        (``WindowStream`` waits for it), so chunks below this may be planned and none at or
+        past it is: where a change lands depends on the consumers' positions only, never on
+        how far a prefetch thread happened to get."""
+        return self._consumers.frontier(self.read_group)
 
-    def _change_at(self) -> int:
-        """Where a change made now applies: the first chunk not planned yet; for an adaptive
-        job, the consumed frontier if that is later."""
+    @_locked
+    def change_point(self) -> int:
+        """Where a change made now applies (``feedback`` without ``at``): the first chunk not
+        planned yet; for an adaptive job, the consumed frontier if that is later. Ranks that
+        each run the job in-process pass the greatest of theirs as ``at`` (``LossFeedback``)."""
         at = self._plan.frontier
         if self.algorithm is not None:
             at = max(at, self._consumers.frontier(self.read_group))
@@ -244,7 +242,7 @@ class Job:
         if isinstance(weights, Mapping):
             weights = Mixture.static(weights).resolve(self.result, self._components.natural())
         return self._plan.change(
-            np.asarray(weights, dtype=np.float64), cause="update", at=self._change_at()
+            np.asarray(weights, dtype=np.float64), cause="update", at=self.change_point()
         )
 
     @_locked
@@ -254,7 +252,7 @@ class Job:
         components = self._components
         components.catalog()
         result = components.query(exclude_files=components.files())
-        at = self._change_at()
+        at = self.change_point()
         if not result.components:
             return at
         files = sorted({int(f) for f in result.runs.column("file_id").to_pylist()})
@@ -263,30 +261,27 @@ class Job:
         phase = max(i for i, start in enumerate(self._plan.phase_starts) if start <= at)
         return self._plan.change(components.weights(phase), cause="extend", at=at)
 
-    def feedback(self, step: int, loss_sum: Any, token_count: Any) -> int | None:
+    def feedback(
+        self, step: int, loss_sum: Any, token_count: Any, *, at: int | None = None
+    ) -> int | None:
         """Per-component loss sums and token counts of a training step. With an adaptive
-        mixture the algorithm may answer new weights; they apply from the chunk returned
-        (``consumed_frontier()``; None when the weights did not change). A message equal to
-        the one just applied (same step, same numbers) is a retry whose answer was lost: it
-        gets the same answer and is not applied again."""
-        return self.apply_feedback(step, loss_sum, token_count).applies_from
+        mixture the algorithm may answer new weights, in force from the chunk returned
+        (``change_point()``, or ``at``; None: unchanged). A message equal to the one just
+        applied (same step, same numbers) is a retry whose answer was lost: it gets the same
+        answer and is not applied again. ``at`` below ``change_point()`` or the latest change's
+        chunk raises ``PlanError`` and changes nothing; the chunks below it keep the weights in
+        force. Ranks that each run the job in-process stay one plan by passing the same numbers
+        and the same ``at``, the greatest of their change points (``LossFeedback``)."""
+        return self.apply_feedback(step, loss_sum, token_count, at=at).applies_from
 
     def apply_feedback(
-        self, step: int, loss_sum: Any, token_count: Any, *, replay: Replay | None = None
+        self, step: int, loss_sum: Any, token_count: Any, *, at: int | Replay | None = None
     ) -> FeedbackResult:
         """``feedback`` with what happened: whether the message was applied (not a retry),
         the mixture version in force when it arrived, the new weights and where they apply.
-        ``replay``: the message is one the job answered before (a server's feedback log after
-        a restart): the algorithm sees it again, and a change applies from the chunk it did
-        then (it must change the weights exactly when it did)."""
-
-        def change(weights: np.ndarray, at_step: int, at: int | None) -> int:
-            chunk = self._plan.change(
-                weights, cause="adapt", at=self._change_at() if at is None else at
-            )
-            self.mixture_log[-1]["step"] = at_step
-            return chunk
-
+        ``at=Replay(...)``: the message is one the job answered before (a server's feedback
+        log after a restart): the algorithm sees it again, and a change applies from the chunk
+        it did then (it must change the weights exactly when it did)."""
         return self._adaptation.apply(
             self.num_components,
             step,
@@ -294,8 +289,10 @@ class Job:
             token_count,
             job_lock=self._lock,
             version=lambda: len(self.mixture_log) - 1,
-            change=change,
-            replay=replay,
+            change=self._plan.adapt,
+            point=self.change_point,
+            check=self._plan.check_at,
+            at=at,
         )
 
     def trace(self) -> list[dict[str, Any]]:

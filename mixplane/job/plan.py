@@ -112,6 +112,30 @@ class Plan:
             self.planner.set_weights(weights, version=version)
         return at
 
+    def adapt(self, weights: np.ndarray, step: int, at: int) -> int:
+        """An algorithm's new weights for feedback of ``step``, from chunk ``at``."""
+        self.change(weights, cause="adapt", at=at)
+        self.mixture_log[-1]["step"] = step
+        return at
+
+    def check_at(self, at: int, own: int) -> None:
+        """A change may apply from ``at``: not below ``own`` (the job's change point: chunks
+        there may be planned already) nor the latest change's chunk (changes apply in order)."""
+        latest = int(self.mixture_log[-1]["chunk"])
+        if at < own:
+            msg = (
+                f"a mixture change cannot apply from chunk {at}: this job may have planned "
+                f"chunks up to {own - 1} already (its change point is {own}); pass at >= "
+                f"{own}, the greatest change point of all ranks (Job.change_point())"
+            )
+            raise PlanError(msg)
+        if at < latest:
+            msg = (
+                f"a mixture change cannot apply from chunk {at}: the latest change applies "
+                f"from chunk {latest} and changes apply in order; pass at >= {latest}"
+            )
+            raise PlanError(msg)
+
     def apply_changes(self, k: int) -> None:
         """Mixture changes due at chunk k: a phase start (once), then a replayed update that
         was made after it (an update made before a phase start at the same chunk is replaced

@@ -13,7 +13,7 @@ pending, so a power loss can lose the last few milliseconds of answers; the answ
 for it) or ``off``.
 
 A job's checkpoint records the log offset it includes; at start-up the server loads the
-checkpoint and applies the frames after that offset again (``Job.apply_feedback(replay=...)``:
+checkpoint and applies the frames after that offset again (``Job.apply_feedback(at=Replay(...))``:
 the algorithm sees the same messages in the same order and a change lands at the chunk it did),
 so a restarted server holds exactly the algorithm state it had when it last answered. The log is
 never truncated by a checkpoint: it is also the run's per-step data manifest (``mixplane job

@@ -454,7 +454,7 @@ def _replay(job: Job, feedback: FeedbackLog, offset: Any) -> int:
                 record["step"],
                 record["loss_sum"],
                 record["token_count"],
-                replay=Replay(record.get("applies_from")),
+                at=Replay(record.get("applies_from")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             msg = f"{feedback.path}: a feedback record cannot be applied again ({exc})"
