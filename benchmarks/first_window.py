@@ -94,7 +94,9 @@ def child(data: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     began = time.perf_counter()
     with Client.local(home, read_only=True) as client:
         job = _job(client)
-        stream = WindowStream(job, getattr(job, "tokenizer", None) or load_tokenizer("deepseek"), peers.SEQ)
+        stream = WindowStream(
+            job, getattr(job, "tokenizer", None) or load_tokenizer("deepseek"), peers.SEQ
+        )
         if kind == "mixplane-resume":
             state = json.loads(state_file.read_text())
             job.load_state_dict(state["job"])

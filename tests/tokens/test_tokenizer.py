@@ -251,9 +251,13 @@ def test_cached_identity_loads_lazily_with_the_full_fingerprint(
     assert isinstance(first, HFTokenizer) and first.loaded
     second = load_tokenizer(tmp_path / "tokenizer.json")
     assert isinstance(second, HFTokenizer) and not second.loaded
-    assert (second.fingerprint, second.eos_id) == (trained.fingerprint, trained.eos_id) == (
-        first.fingerprint,
-        0,
+    assert (
+        (second.fingerprint, second.eos_id)
+        == (trained.fingerprint, trained.eos_id)
+        == (
+            first.fingerprint,
+            0,
+        )
     )
     assert second.encode_batch(TEXTS) == trained.encode_batch(TEXTS)  # parsed on first use
     assert second.loaded
