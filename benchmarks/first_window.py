@@ -19,17 +19,21 @@ tokens  mixplane        as for text, over the Megatron files
         baseline        ``np.memmap`` of one ``.bin`` and a copy of its first 2,049 ids
 
 Each row runs ``--repeat`` times, alternating; medians are printed with the ratio to the
-baseline of the same data.
+baseline of the same data. ``--before DIR``: the mixplane rows also run with ``DIR`` first on
+``PYTHONPATH`` (e.g. an earlier commit: ``git archive REV mixplane | tar -x -C DIR``), alternating
+with this checkout's, so both columns come from the same minutes of a noisy machine.
 
 Usage (from the repository root)::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/first_window.py [--size tiny] [--repeat 3]
+        [--before DIR] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -90,7 +94,7 @@ def child(data: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
     from mixplane.tokens import load_tokenizer
 
     home = spec[f"home_{data}"]
-    state_file = Path(spec["work"]) / f"state-{data}.json"
+    state_file = Path(spec["work"]) / f"state-{data}-{spec.get('state_tag', 'now')}.json"
     began = time.perf_counter()
     with Client.local(home, read_only=True) as client:
         job = _job(client)
@@ -113,12 +117,16 @@ def child(data: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         return {"first_s": first, "digest": peers.digest(window)}
 
 
-def run_child(data: str, kind: str, spec_path: Path) -> dict[str, Any]:
+def run_child(data: str, kind: str, spec_path: Path, code: str | None = None) -> dict[str, Any]:
+    env = dict(os.environ)
+    if code is not None:  # another mixplane first on the path
+        env["PYTHONPATH"] = os.pathsep.join([code, env.get("PYTHONPATH", "")])
     out = subprocess.run(
         [sys.executable, __file__, "--child", data, kind, str(spec_path)],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     for line in out.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -133,6 +141,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--stop", type=int, default=100, help="windows before the saved state")
     parser.add_argument("--workdir", type=Path, default=None, help="reuse a corpus made here")
+    parser.add_argument("--before", default=None, help="another mixplane to compare (see above)")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -152,24 +161,46 @@ def main() -> None:
     spec["stop"] = args.stop
     spec_path.write_text(json.dumps(spec))
     print(f"first window, size {args.size}, load {peers.load()}, work {work}")
-    for data in ("text", "tokens"):
-        saved = run_child(data, "save", spec_path)
-        spec[f"next_{data}"] = saved["digest"]
-    times: dict[tuple[str, str], list[float]] = {row: [] for row in ROWS}
+    codes: list[str | None] = [None] if args.before is None else [args.before, None]
+    times: dict[tuple[str, str, str | None], list[float]] = {}
+    for code in codes:  # each version saves its own state (the format may differ)
+        spec["state_tag"] = "before" if code else "now"
+        spec_path.write_text(json.dumps(spec))
+        for data in ("text", "tokens"):
+            saved = run_child(data, "save", spec_path, code)
+            if spec.get(f"next_{data}", saved["digest"]) != saved["digest"]:
+                msg = f"{data}: the two versions stream different windows"
+                raise RuntimeError(msg)
+            spec[f"next_{data}"] = saved["digest"]
     for _ in range(args.repeat):
         for data, kind in ROWS:
-            result = run_child(data, kind, spec_path)
-            if kind == "mixplane-resume" and result["digest"] != spec[f"next_{data}"]:
-                msg = f"{data}: the window after a resume differs from the uninterrupted run's"
-                raise RuntimeError(msg)
-            times[(data, kind)].append(result["first_s"])
-    print("| data | row | first window s (median of runs) | x baseline |")
-    print("|---|---|---|---|")
+            for code in codes if kind != "baseline" else [None]:
+                spec["state_tag"] = "before" if code else "now"
+                spec_path.write_text(json.dumps(spec))
+                result = run_child(data, kind, spec_path, code)
+                if kind == "mixplane-resume" and result["digest"] != spec[f"next_{data}"]:
+                    msg = f"{data}: the window after a resume differs from the uninterrupted run's"
+                    raise RuntimeError(msg)
+                times.setdefault((data, kind, code), []).append(result["first_s"])
+    head = "| data | row | first window s, median (runs) | x baseline |"
+    if args.before:
+        head += " before: s, median (runs) | before x baseline | before / now |"
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
     for data, kind in ROWS:
-        median = statistics.median(times[(data, kind)])
-        base = statistics.median(times[(data, "baseline")])
-        runs = " ".join(f"{t:.2f}" for t in times[(data, kind)])
-        print(f"| {data} | {kind} | {median:.3f} ({runs}) | {median / base:.1f} |")
+        base = statistics.median(times[(data, "baseline", None)])
+        cells = []
+        for code in [None] if kind == "baseline" else codes[::-1]:
+            runs = times[(data, kind, code)]
+            median = statistics.median(runs)
+            shown = " ".join(f"{t:.2f}" for t in runs)
+            cells.append((median, f"{median:.3f} ({shown}) | {median / base:.1f}"))
+        line = f"| {data} | {kind} | " + " | ".join(c for _, c in cells)
+        if args.before and len(cells) == 2:
+            line += f" | {cells[1][0] / cells[0][0]:.1f}"
+        elif args.before:
+            line += " | - | - | -"
+        print(line + " |")
     print(f"load at the end {peers.load()}; resumed windows equal the uninterrupted run's")
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
