@@ -65,10 +65,12 @@ def saved_after(client: Client, tokenizer: Counting, k: int) -> tuple[Any, Any]:
     return job.state_dict(), stream.state_dict()
 
 
-def resumed(client: Client, tokenizer: Counting, job_state: Any, state: Any) -> WindowStream:
+def resumed(
+    client: Client, tokenizer: Counting, job_state: Any, state: Any, prefetch: int = 0
+) -> WindowStream:
     job = submit(client)
     job.load_state_dict(job_state)
-    stream = WindowStream(job, tokenizer, SEQ, prefetch=0)
+    stream = WindowStream(job, tokenizer, SEQ, prefetch=prefetch)
     stream.load_state_dict(copy.deepcopy(state))
     return stream
 
@@ -94,7 +96,7 @@ def test_replay_resume_is_exact_and_tokenizes_less(client: Client, tokenizer: Co
         first = item(next(windows))
         lazier += tokenizer.texts < whole_chunk  # the first window needed a slice only
         rest = [first, *(item(w) for w in itertools.islice(windows, TOTAL - k - 1))]
-        again = resumed(client, tokenizer, job_state, old)
+        again = resumed(client, tokenizer, job_state, old, prefetch=2)
         assert rest == [item(w) for w in itertools.islice(again, TOTAL - k)]  # old states too
         return rest
 
@@ -112,7 +114,7 @@ def test_state_saved_inside_a_resumed_chunk_resumes_exactly(
         job_state, state = saved_after(client, tokenizer, first)
         job = submit(client)
         job.load_state_dict(job_state)
-        stream = WindowStream(job, tokenizer, SEQ, prefetch=0)
+        stream = WindowStream(job, tokenizer, SEQ, prefetch=2)  # the chunks after it prefetched
         stream.load_state_dict(state)
         got = [item(w) for w in itertools.islice(stream, then)]
         assert got == full[first : first + then]
