@@ -10,10 +10,14 @@ interleaved across components by the same stratified rule as a chunk's samples (
 chunk): every span of consecutive windows holds each component close to its share.
 
 State, O(components x seq_len): the consumer position at the start of the current chunk, the
-packer's state at that point, and how many of the chunk's windows were already yielded.
-Restoring re-reads and re-tokenizes that one chunk and skips the windows already yielded, so the
-window stream continues exactly. Load the job's state first (``Job.load_state_dict``), then the
-window stream's.
+packer's state at that point, and how many of the chunk's windows were already yielded; for a
+chunk of text also ``replay`` (``client.replay``): the chunk's windows per component and, per
+component, the document its next window comes from with its buffer before it. Restoring with
+``replay`` re-reads the chunk and tokenizes only what the next windows need, component by
+component, in slices; without it (a chunk holding stored token ids, or a state saved before
+``replay`` existed) it re-packs the whole chunk and skips the windows already yielded. Either
+way the window stream continues exactly. Load the job's state first (``Job.load_state_dict``),
+then the window stream's.
 
 Prefetch: with ``prefetch=n`` (default ``PREFETCH_CHUNKS``) a background thread reads, tokenizes
 and packs up to n chunks ahead of the consumer (a bounded queue: memory is about n chunks of
@@ -34,13 +38,20 @@ import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypedDict
+from typing import Any, NamedTuple, NotRequired, TypedDict
 
 import numpy as np
 
-from mixplane.chunking.order import PURPOSE_WINDOWS, generator
-from mixplane.client.documents import DocumentReader, pack
-from mixplane.client.stream import ConsumerState, JobHandle, Stream, interleave, place
+from mixplane.client.documents import DocumentReader, Mark, pack_marked
+from mixplane.client.replay import (
+    Replay,
+    ReplayState,
+    check_replay,
+    from_marks,
+    replay_chunk,
+    window_order,
+)
+from mixplane.client.stream import ConsumerState, JobHandle, Stream, place
 from mixplane.errors import MALFORMED, StateError, shown
 from mixplane.tokens.packing import Packer, PackerState, Window
 from mixplane.tokens.tokenizer import Tokenizer, TokenizerError
@@ -67,6 +78,7 @@ class WindowStreamState(TypedDict):
     stream: ConsumerState  # consumer position at the start of the current chunk
     packer: PackerState  # packer state at that point
     windows: int  # windows of the current chunk already yielded
+    replay: NotRequired[ReplayState]  # a chunk of text: where each component's next window is
 
 
 class ChunkWindows(NamedTuple):
@@ -75,6 +87,7 @@ class ChunkWindows(NamedTuple):
     start: ConsumerState  # consumer position at the start of the chunk's rest
     packer: PackerState  # packer state at that point
     windows: list[Window]
+    marks: list[Mark] | None  # where each window comes from (a chunk of text)
 
 
 @dataclass(slots=True)
@@ -115,6 +128,9 @@ class WindowStream:
         self._start: ConsumerState = self._stream.state_dict()
         self._start_packer: PackerState = self._packer.state_dict()
         self._windows = 0
+        self._item: ChunkWindows | None = None  # the chunk being consumed
+        self._replay: ReplayState | None = None  # loaded, to resume the chunk from
+        self._replaying: Replay | None = None  # the chunk being resumed
         self.prefetch = prefetch
         self.stats = PrefetchStats()
         self._moved = threading.Condition()  # the consumer's position changed
@@ -122,13 +138,27 @@ class WindowStream:
         self._gated = getattr(job.spec, "algorithm", None) is not None
 
     def state_dict(self) -> WindowStreamState:
-        return WindowStreamState(
+        state = WindowStreamState(
             version=STATE_VERSION,
             tokenizer=self.tokenizer.fingerprint,
             stream=dict(self._start),  # type: ignore[typeddict-item]
             packer=self._start_packer,
             windows=self._windows,
         )
+        replay = self._replay_state()
+        if replay is not None:
+            state["replay"] = replay
+        return state
+
+    def _replay_state(self) -> ReplayState | None:
+        if self._replaying is not None:
+            return self._replaying.state()
+        if self._replay is not None:
+            return self._replay
+        item = self._item
+        if item is None or item.marks is None:
+            return None
+        return from_marks(item.windows, item.marks, self._windows, item.packer, self._packer)
 
     def load_state_dict(self, state: WindowStreamState | dict[str, Any]) -> None:
         """Continue from ``state_dict()``'s position; a state that does not fit or is corrupt
@@ -161,11 +191,26 @@ class WindowStream:
         if not isinstance(windows, int) or isinstance(windows, bool) or not 0 <= windows < 2**62:
             msg = f"the window stream state's window count is {shown(windows)}, not an int >= 0"
             raise StateError(msg)
+        replay = state.get("replay")
+        if replay is not None:
+            replay = check_replay(replay, self._packer.num_components, windows)
+            self._new_packer().load_state_dict(replay["packer"])  # checked now, used later
         self._windows = windows
+        self._item, self._replay, self._replaying = None, replay, None
+
+    def _new_packer(self) -> Packer:
+        packer = self._packer
+        return Packer(
+            packer.seq_len, packer.eos_id, packer.bos_id, num_components=packer.num_components
+        )
 
     def __iter__(self) -> Iterator[Window]:
         """The windows from the current position on; iterating again continues."""
         self._closing.clear()
+        if self._replaying is not None:  # an earlier iteration stopped inside a resumed chunk
+            self._replay, self._replaying = self._replaying.state(), None
+        if self._replay is not None:
+            yield from self._resume_chunk(self._replay)
         chunks = self._produce(self._start, self._start_packer)
         if self.prefetch > 0:
             chunks = _Prefetch(chunks, self.prefetch, self.stats)
@@ -174,6 +219,7 @@ class WindowStream:
             for item in chunks:
                 self.stats.chunks_consumed += 1
                 self._start, self._start_packer, self._windows = item.start, item.packer, skip
+                self._item = item
                 with self._moved:
                     self._stream.load_state_dict(item.start)  # the job sees the consumed position
                     self._moved.notify_all()
@@ -187,6 +233,35 @@ class WindowStream:
                 self._moved.notify_all()
             if isinstance(chunks, _Prefetch):
                 chunks.close()
+
+    def _resume_chunk(self, replay: ReplayState) -> Iterator[Window]:
+        """The rest of the chunk a state with ``replay`` was saved in (``client.replay``), in
+        this thread; afterwards the position is the next chunk's start."""
+        start = ConsumerState(j=self._start["j"], offset=self._start["offset"])
+        cursor = Stream(self.job, self._stream.consumer, ConsumerState(**start))
+        rest = next(iter(cursor.rests(DocumentReader(self.tokenizer))), None)
+        if rest is None or rest.token.any():
+            msg = (
+                "the window stream state's chunk is not a chunk of text of this job; resume "
+                "with the job and catalog it was saved with"
+            )
+            raise StateError(msg)
+        packer = self._new_packer()
+        packer.load_state_dict(replay["packer"])
+        run = replay_chunk(
+            rest, replay, self._windows, packer, self.tokenizer.encode_batch, self.job.spec.seed
+        )
+        self._replaying, self._replay, self._item = run, None, None
+        for window in run.windows:
+            if self._replaying is not run:  # a later iteration took over
+                return
+            self._windows += 1
+            yield window
+        if self._replaying is run:
+            self._replaying = None
+            self._start = ConsumerState(j=start["j"] + 1, offset=0)
+            self._start_packer = packer.state_dict()
+            self._windows = 0
 
     def _wait_for_consumer(self, j: int) -> bool:
         """Before the producer asks for chunk j, the first of a read group: wait until the
@@ -208,30 +283,27 @@ class WindowStream:
             ConsumerState(**start),
             gate=self._wait_for_consumer if self._gated else None,
         )
-        packer = Packer(
-            self._packer.seq_len,
-            self._packer.eos_id,
-            self._packer.bos_id,
-            num_components=self._packer.num_components,
-        )
+        packer = self._new_packer()
         packer.load_state_dict(packer_state)
         encode = self.tokenizer.encode_batch
         for rest in cursor.rests(DocumentReader(self.tokenizer)):
             begin = cursor.state_dict()
             before = packer.state_dict()
-            windows = pack(rest, packer, encode)
+            windows, marks = pack_marked(rest, packer, encode)
             if len(windows) > 1:
-                windows = self._interleaved(windows, rest.chunk)
+                order = self._interleaved(windows, rest.chunk).tolist()
+                windows = [windows[i] for i in order]
+                marks = [marks[i] for i in order] if marks is not None else None
             self.stats.chunks_produced += 1
-            yield ChunkWindows(begin, before, windows)
+            yield ChunkWindows(begin, before, windows, marks)
 
-    def _interleaved(self, windows: list[Window], chunk: int) -> list[Window]:
-        """The chunk's windows, stratified across components; each component's in order."""
+    def _interleaved(self, windows: list[Window], chunk: int) -> np.ndarray:
+        """The order of the chunk's windows, stratified across components; each component's
+        in order."""
         comps = np.fromiter((w.component for w in windows), dtype=np.int64, count=len(windows))
         counts = np.bincount(comps, minlength=self._packer.num_components)
-        sequence = interleave(counts, generator(self.job.spec.seed, PURPOSE_WINDOWS, chunk))
-        order = place(sequence, np.argsort(comps, kind="stable"), counts)
-        return [windows[i] for i in order.tolist()]
+        sequence = window_order(counts, self.job.spec.seed, chunk)
+        return place(sequence, np.argsort(comps, kind="stable"), counts)
 
 
 _END = object()

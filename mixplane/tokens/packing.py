@@ -36,6 +36,10 @@ last window per component with pending targets, its tail filled with ``pad_id`` 
 Resume: ``state_dict()`` holds the buffered tokens of each component and the offsets of the
 documents starting among them (at most ``seq_len`` tokens per component, O(components x
 seq_len) ints, JSON-able); a packer restored from it continues byte-identically.
+``checkpoint(component)`` is one component's buffer between two documents, kept without a copy
+(references to the parked arrays, at most ``seq_len`` tokens); ``state_at(checkpoints)`` is the
+state of a packer whose buffers are those checkpoints (the window stream saves, per component,
+the buffer before the document its next window comes from).
 
 Cost: O(tokens) numpy work and O(documents + windows) Python steps, no per-token Python loop.
 A document is parked as it comes (a list is converted once, an array is not copied); when a
@@ -88,6 +92,19 @@ class Window:
     position_ids: np.ndarray
     cu_seqlens: np.ndarray
     component: int
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """One component's buffer between two documents (see ``Packer.checkpoint``)."""
+
+    pieces: tuple[np.ndarray, ...]
+    starts: tuple[int, ...]
+
+    def tokens(self) -> list[int]:
+        if not self.pieces:
+            return []
+        return np.concatenate(self.pieces, dtype=np.int32, casting="unsafe").tolist()  # type: ignore[no-any-return]
 
 
 class PackerState(TypedDict):
@@ -336,6 +353,30 @@ class Packer:
         )
 
     # -- state -------------------------------------------------------------------------------
+    def checkpoint(self, component: int) -> Checkpoint:
+        """The component's buffer now (no copy: parked arrays are never changed)."""
+        return Checkpoint(tuple(self._pieces[component]), tuple(self._starts[component]))
+
+    def state_at(self, buffers: Sequence[Checkpoint | tuple[list[int], list[int]]]) -> PackerState:
+        """The state of this packer with each component's buffer given as a checkpoint or as
+        (tokens, document starts) lists, one per component."""
+        tokens, starts = [], []
+        for buffer in buffers:
+            if isinstance(buffer, Checkpoint):
+                tokens.append(buffer.tokens())
+                starts.append(list(buffer.starts))
+            else:
+                tokens.append(list(buffer[0]))
+                starts.append(list(buffer[1]))
+        return PackerState(
+            version=STATE_VERSION,
+            seq_len=self.seq_len,
+            eos_id=self.eos_id,
+            bos_id=self.bos_id,
+            tokens=tokens,
+            starts=starts,
+        )
+
     def state_dict(self) -> PackerState:
         """The buffered tokens of each component (at most ``seq_len`` each); JSON-able."""
         tokens = [

@@ -236,3 +236,59 @@ def test_cli_errors_are_one_line(home: Path, tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "nope" in proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+# -- lazy loading: identity cached by the file's bytes (issue 16) -------------------------------
+
+
+def test_cached_identity_loads_lazily_with_the_full_fingerprint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIXPLANE_CACHE", str(tmp_path / "cache"))
+    trained = train_bpe(TEXTS * 20, vocab_size=300)
+    trained.save(tmp_path / "tokenizer.json")
+    first = load_tokenizer(tmp_path / "tokenizer.json")  # full load; caches the identity
+    assert isinstance(first, HFTokenizer) and first.loaded
+    second = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(second, HFTokenizer) and not second.loaded
+    assert (
+        (second.fingerprint, second.eos_id)
+        == (trained.fingerprint, trained.eos_id)
+        == (
+            first.fingerprint,
+            0,
+        )
+    )
+    assert second.encode_batch(TEXTS) == trained.encode_batch(TEXTS)  # parsed on first use
+    assert second.loaded
+    assert second.to_str() == trained.to_str()
+    assert second.vocab_size == trained.vocab_size
+
+
+def test_identity_cache_is_keyed_by_the_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIXPLANE_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tokenizer.json"
+    train_bpe(TEXTS * 20, vocab_size=300).save(path)
+    old = load_tokenizer(path).fingerprint
+    other = train_bpe([t[::-1] for t in TEXTS] * 20, vocab_size=280)
+    other.save(path)  # the same path, other bytes: not the cached identity
+    changed = load_tokenizer(path)
+    assert changed.fingerprint == other.fingerprint != old
+    assert load_tokenizer(path).fingerprint == other.fingerprint
+
+
+def test_corrupt_identity_cache_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MIXPLANE_CACHE", str(cache))
+    path = tmp_path / "tokenizer.json"
+    trained = train_bpe(TEXTS * 20, vocab_size=300)
+    trained.save(path)
+    load_tokenizer(path)
+    (entry,) = (cache / "tokenizers").iterdir()
+    for bad in (b"{", b"[]", b'{"fingerprint": "x", "eos_id": 0}', b'{"fingerprint": 1}'):
+        entry.write_bytes(bad)
+        again = load_tokenizer(path)
+        assert again.fingerprint == trained.fingerprint and again.eos_id == 0
+        assert again.loaded  # a full load, which rewrote the entry
