@@ -1,0 +1,194 @@
+"""``TokenWindowDataset`` + ``collate_windows`` in one process and through 2 DataLoader worker
+processes, against the previous item and collate code (kept below as the baseline), side by
+side in one run (issue 16, docs/benchmarks.md "Peers", item 2).
+
+Corpus: ``benchmarks/pretokenized.py``'s generated Megatron-Core datasets (four sources, int32
+ids, ``--tokens`` ids each), registered with the ``deepseek`` tokenizer, so no text is
+tokenized. One job (token shares 0.4/0.3/0.2/0.1, ``Topology(workers=2)``); every run starts
+from its snapshot, so every run streams the same windows.
+
+Paths: ``baseline`` is the code before the fix (per window four int64 tensors, ``cu_seqlens``
+and a ``component`` tensor; the collate stacks each field: six tensors per batch, each its own
+shared-memory segment through the DataLoader's queue); ``now`` is the package's
+``window_tensors`` / ``collate_windows`` (one buffer per batch, sent as one segment). Modes: one
+process (``num_workers=0``) and 2 worker processes, batches of 8 and 64 windows. Each cell runs
+``--repeat`` times, baseline and now alternately; M tokens/s from the first batch to the last
+(the job's start apart), medians, and the ratio now / baseline. Both paths' batches are checked
+equal (keys, dtypes, shapes, values) on the first batches of every configuration.
+
+Usage::
+
+    .venv/bin/python benchmarks/loader_workers.py [--tokens 3000000] [--windows 2048] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import pretokenized  # noqa: E402
+from benchmarks.common import load, scratch  # noqa: E402
+
+SEQ = 2048
+
+
+# -- the baseline: the item and collate code before the fix ---------------------------------
+
+
+def baseline_window_tensors(window: Any) -> dict[str, Any]:
+    import torch
+
+    from mixplane.integrations.pytorch import FIELDS
+
+    out = {name: torch.from_numpy(getattr(window, name).astype(np.int64)) for name in FIELDS}
+    out["cu_seqlens"] = torch.from_numpy(np.ascontiguousarray(window.cu_seqlens, dtype=np.int32))
+    out["component"] = torch.tensor(window.component, dtype=torch.int64)
+    return out
+
+
+def baseline_collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    from mixplane.integrations.pytorch import FIELDS
+
+    out: dict[str, Any] = {name: torch.stack([b[name] for b in batch]) for name in FIELDS}
+    length = out["input_ids"].shape[1]
+    starts = [b["cu_seqlens"][:-1] + i * length for i, b in enumerate(batch)]
+    cu = torch.cat([*starts, torch.tensor([len(batch) * length], dtype=torch.int32)])
+    out["cu_seqlens"] = cu.to(torch.int32)
+    out["max_seqlen"] = int((cu[1:] - cu[:-1]).max())
+    out["component"] = torch.stack([b["component"] for b in batch])
+    return out
+
+
+def dataset(snapshot: Any, tok: Any, batch: int, *, baseline: bool) -> Any:
+    from mixplane.integrations.pytorch import TokenWindowDataset
+
+    class Baseline(TokenWindowDataset):
+        def __iter__(self) -> Iterator[dict[str, Any]]:
+            windows = self._windows()
+            return (baseline_window_tensors(w) for w in windows)
+
+    kind = Baseline if baseline else TokenWindowDataset
+    return kind(snapshot, tok, SEQ, rank=0, world_size=1, batch_size=batch)
+
+
+def loader(snapshot: Any, tok: Any, batch: int, workers: int, *, baseline: bool) -> Any:
+    import torch
+
+    from mixplane.integrations.pytorch import collate_windows
+
+    return torch.utils.data.DataLoader(
+        dataset(snapshot, tok, batch, baseline=baseline),
+        batch_size=batch,
+        num_workers=workers,
+        collate_fn=baseline_collate if baseline else collate_windows,
+    )
+
+
+def one_run(
+    snapshot: Any, tok: Any, batch: int, workers: int, windows: int, *, baseline: bool
+) -> float:
+    """M tokens/s from the first batch to the batch that reaches ``windows``."""
+    seen = 0
+    started = 0.0
+    for n, b in enumerate(loader(snapshot, tok, batch, workers, baseline=baseline)):
+        if n == 0:
+            started = time.perf_counter()
+        else:
+            seen += b["input_ids"].shape[0]
+        if seen + batch > windows:
+            break
+    return seen * SEQ / (time.perf_counter() - started) / 1e6
+
+
+def check_same(snapshot: Any, tok: Any, batch: int, workers: int) -> None:
+    """The first batches of both paths: the same keys, dtypes, shapes and values."""
+    import torch
+
+    runs = [loader(snapshot, tok, batch, workers, baseline=b) for b in (True, False)]
+    for n, (old, new) in enumerate(zip(*runs, strict=False)):
+        assert type(new) is dict and list(old) == list(new), (list(old), list(new))
+        for key in old:
+            if isinstance(old[key], torch.Tensor):
+                assert old[key].dtype == new[key].dtype and old[key].shape == new[key].shape, key
+                assert torch.equal(old[key], new[key]), key
+            else:
+                assert old[key] == new[key], key
+        if n == 3:
+            break
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=3_000_000, help="ids per source")
+    parser.add_argument("--windows", type=int, default=2048, help="windows per run")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    import torch
+
+    from mixplane.chunking.assign import Topology
+    from mixplane.client import Client
+    from mixplane.tokens import load_tokenizer
+
+    torch.set_num_threads(1)
+    with scratch("mixplane-loader-workers-") as work, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pretokenized.generate(work / "megatron", args.tokens)
+        tok = load_tokenizer("deepseek")
+        with Client.local(work / "home") as client:
+            client.catalog.register(
+                "corpus",
+                work / "megatron",
+                tokenizer="deepseek",
+                path_pattern=r"/(?P<source>[a-z]+)\.bin$",
+                progress=False,
+            )
+            job = client.submit(
+                "bench",
+                mixture={f"source={s}": w for s, (w, _, _) in pretokenized.SOURCES.items()},
+                unit="tokens",
+                seed=pretokenized.SEED,
+                tokenizer=tok,
+                topology=Topology(workers=2),
+            )
+            snapshot = job.snapshot()
+        print(f"torch {torch.__version__}, load {load()}, {args.windows} windows a run")
+        rows = []
+        for workers in (0, 2):
+            for batch in (8, 64):
+                check_same(snapshot, tok, batch, workers)
+                rates: dict[bool, list[float]] = {True: [], False: []}
+                for _ in range(args.repeat):
+                    for baseline in (True, False):
+                        rates[baseline].append(
+                            one_run(snapshot, tok, batch, workers, args.windows, baseline=baseline)
+                        )
+                old, new = statistics.median(rates[True]), statistics.median(rates[False])
+                ratios = [n / o for n, o in zip(rates[False], rates[True], strict=True)]
+                rows.append((workers, batch, old, new, statistics.median(ratios)))
+                print(
+                    f"workers={workers} batch={batch}: baseline {rates[True]} now {rates[False]}",
+                    flush=True,
+                )
+        print(f"\nload {load()}")
+        print("| mode | batch | baseline M tok/s | now M tok/s | now / baseline (median of runs) |")
+        print("|---|---|---|---|---|")
+        for workers, batch, old, new, ratio in rows:
+            mode = "1 process" if workers == 0 else f"{workers} workers"
+            print(f"| {mode} | {batch} | {old:.1f} | {new:.1f} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
