@@ -36,8 +36,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import pretokenized  # noqa: E402
-from benchmarks.common import load, scratch  # noqa: E402
+from benchmarks import pretokenized
+from benchmarks.common import load, scratch
 
 SEQ = 2048
 
