@@ -11,8 +11,9 @@ Paths: ``baseline`` is the code before the fix (per window four int64 tensors, `
 and a ``component`` tensor; the collate stacks each field: six tensors per batch, each its own
 shared-memory segment through the DataLoader's queue); ``now`` is the package's
 ``window_tensors`` / ``collate_windows`` (one buffer per batch, sent as one segment). Modes: one
-process (``num_workers=0``) and 2 worker processes, batches of 8 and 64 windows. Each cell runs
-``--repeat`` times, baseline and now alternately; M tokens/s from the first batch to the last
+process (``num_workers=0``) and 2 worker processes, batches of 8 and 64 windows; and, less noisy, the
+items and the collate alone over 1,024 windows held in memory (no stream, no DataLoader;
+``3 x --repeat`` runs). Each loader cell runs ``--repeat`` times, baseline and now alternately; M tokens/s from the first batch to the last
 (the job's start apart), medians, and the ratio now / baseline. Both paths' batches are checked
 equal (keys, dtypes, shapes, values) on the first batches of every configuration.
 
@@ -24,6 +25,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -112,6 +114,24 @@ def one_run(
     return seen * SEQ / (time.perf_counter() - started) / 1e6
 
 
+def in_memory(batch: int, windows: list[Any], *, baseline: bool) -> float:
+    """M tokens/s of items + collate alone over windows already in memory (no stream, no
+    DataLoader): the per-window cost of the two paths, less noisy than the loader runs."""
+    from mixplane.integrations.pytorch import collate_windows, window_items
+
+    started = time.perf_counter()
+    items: Iterator[dict[str, Any]] = (
+        (baseline_window_tensors(w) for w in windows) if baseline else window_items(windows, batch)
+    )
+    collate = baseline_collate if baseline else collate_windows
+    while True:
+        group = [item for _, item in zip(range(batch), items, strict=False)]
+        if not group:
+            break
+        collate(group)
+    return len(windows) * SEQ / (time.perf_counter() - started) / 1e6
+
+
 def check_same(snapshot: Any, tok: Any, batch: int, workers: int) -> None:
     """The first batches of both paths: the same keys, dtypes, shapes and values."""
     import torch
@@ -140,6 +160,7 @@ def main() -> None:
 
     from mixplane.chunking.assign import Topology
     from mixplane.client import Client
+    from mixplane.client.rank import RankWindows
     from mixplane.tokens import load_tokenizer
 
     torch.set_num_threads(1)
@@ -165,19 +186,24 @@ def main() -> None:
             )
             snapshot = job.snapshot()
         print(f"torch {torch.__version__}, load {load()}, {args.windows} windows a run")
+        kept = list(itertools.islice(RankWindows(snapshot, tok, SEQ, workers=[0]), 1024))
         rows = []
+        for batch in (8, 64):
+            rates: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(args.repeat * 3):
+                for baseline in (True, False):
+                    rates[baseline].append(in_memory(batch, kept, baseline=baseline))
+            rows.append(("items + collate, windows in memory", batch, rates))
         for workers in (0, 2):
             for batch in (8, 64):
                 check_same(snapshot, tok, batch, workers)
-                rates: dict[bool, list[float]] = {True: [], False: []}
+                rates = {True: [], False: []}
                 for _ in range(args.repeat):
                     for baseline in (True, False):
                         rates[baseline].append(
                             one_run(snapshot, tok, batch, workers, args.windows, baseline=baseline)
                         )
-                old, new = statistics.median(rates[True]), statistics.median(rates[False])
-                ratios = [n / o for n, o in zip(rates[False], rates[True], strict=True)]
-                rows.append((workers, batch, old, new, statistics.median(ratios)))
+                rows.append(("1 process" if workers == 0 else f"{workers} workers", batch, rates))
                 print(
                     f"workers={workers} batch={batch}: baseline {rates[True]} now {rates[False]}",
                     flush=True,
@@ -185,8 +211,9 @@ def main() -> None:
         print(f"\nload {load()}")
         print("| mode | batch | baseline M tok/s | now M tok/s | now / baseline (median of runs) |")
         print("|---|---|---|---|---|")
-        for workers, batch, old, new, ratio in rows:
-            mode = "1 process" if workers == 0 else f"{workers} workers"
+        for mode, batch, rates in rows:
+            old, new = statistics.median(rates[True]), statistics.median(rates[False])
+            ratio = statistics.median(n / o for n, o in zip(rates[False], rates[True], strict=True))
             print(f"| {mode} | {batch} | {old:.1f} | {new:.1f} | {ratio:.2f} |")
 
 

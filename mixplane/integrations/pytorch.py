@@ -6,7 +6,11 @@ from ``torch.distributed`` (or ``rank`` / ``world_size``, ``dp_size`` / ``ranks_
 DataLoader worker from ``get_worker_info()``. Each item is a dict of tensors for one window:
 ``input_ids``, ``labels``, ``domain_ids``, ``position_ids`` (int64, ``seq_len`` each),
 ``cu_seqlens`` (int32, document starts and ``seq_len``) and ``component``. ``collate_windows``
-stacks them into a batch (``cu_seqlens`` of the whole batch, flash-attention style).
+stacks them into a batch (``cu_seqlens`` of the whole batch, flash-attention style). The items of
+a block of ``batch_size`` windows are rows of one buffer (in shared memory in a DataLoader
+worker), so a batch is views of it, not a copy, and a worker's batch reaches the main process as
+one shared-memory segment (``SharedBatch``) instead of one per tensor (issue 16: 2.1x with 2
+workers, docs/benchmarks.md).
 
 Workers: declare them in the job's topology (``Topology(workers=W)``) and give the DataLoader
 ``num_workers=W``; every worker process runs the job from a snapshot taken when the dataset is
@@ -54,7 +58,7 @@ STATE_VERSION = 1
 FIELDS = ("input_ids", "labels", "domain_ids", "position_ids")
 
 
-BLOCK_WINDOWS = 64  # windows per item buffer (rounded up to a multiple of the batch size)
+BLOCK_WINDOWS = 64  # windows per item buffer when the dataset has no batch_size
 INLINE_BYTES = 65_536  # a batch's tensors up to this size travel inside the pickle
 
 
@@ -418,7 +422,7 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
             windows.load_state_dict(self._pending["windows"])
             self._pending = None
         self._live = windows
-        block = -(-BLOCK_WINDOWS // self.batch_size) * self.batch_size
+        block = self.batch_size if self.batch_size > 1 else BLOCK_WINDOWS
         return window_items(windows, block, shared=get_worker_info() is not None)
 
     def state_dict(self) -> dict[str, Any]:
