@@ -10,11 +10,14 @@ from its snapshot, so every run streams the same windows.
 Paths: ``baseline`` is the code before the fix (per window four int64 tensors, ``cu_seqlens``
 and a ``component`` tensor; the collate stacks each field: six tensors per batch, each its own
 shared-memory segment through the DataLoader's queue); ``now`` is the package's
-``window_tensors`` / ``collate_windows`` (one buffer per batch, sent as one segment). Modes: one
+``window_tensors`` / ``collate_windows`` (one buffer per batch, sent as one segment); with
+workers also ``views``, the same buffer but the batch as a plain dict (the views are passed as
+one segment, ``cu_seqlens`` as a second: what ``SharedBatch`` saves). Modes: one
 process (``num_workers=0``) and 2 worker processes, batches of 8 and 64 windows; and, less noisy, the
 items and the collate alone over 1,024 windows held in memory (no stream, no DataLoader;
-``3 x --repeat`` runs). Each loader cell runs ``--repeat`` times, baseline and now alternately; M tokens/s from the first batch to the last
-(the job's start apart), medians, and the ratio now / baseline. Both paths' batches are checked
+``3 x --repeat`` runs). Each loader cell runs ``--repeat`` times, the paths in turn; M tokens/s
+from the first batch to the last (the job's start apart), medians, and the medians of the
+per-round ratios. Both paths' batches are checked
 equal (keys, dtypes, shapes, values) on the first batches of every configuration.
 
 Usage::
@@ -73,6 +76,14 @@ def baseline_collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def plain_views(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``collate_windows`` returning a plain dict (views of the one buffer, ``cu_seqlens`` a
+    tensor of its own): what one buffer without ``SharedBatch`` sends."""
+    from mixplane.integrations.pytorch import collate_windows
+
+    return dict(collate_windows(batch))
+
+
 def dataset(snapshot: Any, tok: Any, batch: int, *, baseline: bool) -> Any:
     from mixplane.integrations.pytorch import TokenWindowDataset
 
@@ -85,26 +96,25 @@ def dataset(snapshot: Any, tok: Any, batch: int, *, baseline: bool) -> Any:
     return kind(snapshot, tok, SEQ, rank=0, world_size=1, batch_size=batch)
 
 
-def loader(snapshot: Any, tok: Any, batch: int, workers: int, *, baseline: bool) -> Any:
+def loader(snapshot: Any, tok: Any, batch: int, workers: int, path: str) -> Any:
     import torch
 
     from mixplane.integrations.pytorch import collate_windows
 
+    collate = {"baseline": baseline_collate, "views": plain_views, "now": collate_windows}[path]
     return torch.utils.data.DataLoader(
-        dataset(snapshot, tok, batch, baseline=baseline),
+        dataset(snapshot, tok, batch, baseline=path == "baseline"),
         batch_size=batch,
         num_workers=workers,
-        collate_fn=baseline_collate if baseline else collate_windows,
+        collate_fn=collate,
     )
 
 
-def one_run(
-    snapshot: Any, tok: Any, batch: int, workers: int, windows: int, *, baseline: bool
-) -> float:
+def one_run(snapshot: Any, tok: Any, batch: int, workers: int, windows: int, path: str) -> float:
     """M tokens/s from the first batch to the batch that reaches ``windows``."""
     seen = 0
     started = 0.0
-    for n, b in enumerate(loader(snapshot, tok, batch, workers, baseline=baseline)):
+    for n, b in enumerate(loader(snapshot, tok, batch, workers, path)):
         if n == 0:
             started = time.perf_counter()
         else:
@@ -136,7 +146,7 @@ def check_same(snapshot: Any, tok: Any, batch: int, workers: int) -> None:
     """The first batches of both paths: the same keys, dtypes, shapes and values."""
     import torch
 
-    runs = [loader(snapshot, tok, batch, workers, baseline=b) for b in (True, False)]
+    runs = [loader(snapshot, tok, batch, workers, path) for path in ("baseline", "now")]
     for n, (old, new) in enumerate(zip(*runs, strict=False)):
         assert type(new) is dict and list(old) == list(new), (list(old), list(new))
         for key in old:
@@ -189,32 +199,42 @@ def main() -> None:
         kept = list(itertools.islice(RankWindows(snapshot, tok, SEQ, workers=[0]), 1024))
         rows = []
         for batch in (8, 64):
-            rates: dict[bool, list[float]] = {True: [], False: []}
+            rates: dict[str, list[float]] = {"baseline": [], "now": []}
             for _ in range(args.repeat * 3):
-                for baseline in (True, False):
-                    rates[baseline].append(in_memory(batch, kept, baseline=baseline))
+                for path, got in rates.items():
+                    got.append(in_memory(batch, kept, baseline=path == "baseline"))
             rows.append(("items + collate, windows in memory", batch, rates))
         for workers in (0, 2):
             for batch in (8, 64):
                 check_same(snapshot, tok, batch, workers)
-                rates = {True: [], False: []}
+                rates = {"baseline": [], "now": []} | ({"views": []} if workers else {})
                 for _ in range(args.repeat):
-                    for baseline in (True, False):
-                        rates[baseline].append(
-                            one_run(snapshot, tok, batch, workers, args.windows, baseline=baseline)
-                        )
+                    for path, got in rates.items():
+                        got.append(one_run(snapshot, tok, batch, workers, args.windows, path))
                 rows.append(("1 process" if workers == 0 else f"{workers} workers", batch, rates))
-                print(
-                    f"workers={workers} batch={batch}: baseline {rates[True]} now {rates[False]}",
-                    flush=True,
-                )
+                print(f"workers={workers} batch={batch}: {rates}", flush=True)
         print(f"\nload {load()}")
-        print("| mode | batch | baseline M tok/s | now M tok/s | now / baseline (median of runs) |")
-        print("|---|---|---|---|---|")
+        print(
+            "| mode | batch | baseline M tok/s | one buffer, plain dict | now M tok/s "
+            "| now / baseline | now / plain dict |"
+        )
+        print("|---|---|---|---|---|---|---|")
+
+        def ratio(rates: dict[str, list[float]], other: str) -> str:
+            if other not in rates:
+                return "-"
+            pairs = zip(rates["now"], rates[other], strict=True)
+            return f"{statistics.median(n / o for n, o in pairs):.2f}"
+
         for mode, batch, rates in rows:
-            old, new = statistics.median(rates[True]), statistics.median(rates[False])
-            ratio = statistics.median(n / o for n, o in zip(rates[False], rates[True], strict=True))
-            print(f"| {mode} | {batch} | {old:.1f} | {new:.1f} | {ratio:.2f} |")
+            cells = [
+                f"{statistics.median(rates[p]):.1f}" if p in rates else "-"
+                for p in ("baseline", "views", "now")
+            ]
+            print(
+                f"| {mode} | {batch} | {' | '.join(cells)} | {ratio(rates, 'baseline')} "
+                f"| {ratio(rates, 'views')} |"
+            )
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ DataLoader worker from ``get_worker_info()``. Each item is a dict of tensors for
 stacks them into a batch (``cu_seqlens`` of the whole batch, flash-attention style). The items of
 a block of ``batch_size`` windows are rows of one buffer (in shared memory in a DataLoader
 worker), so a batch is views of it, not a copy, and a worker's batch reaches the main process as
-one shared-memory segment (``SharedBatch``) instead of one per tensor (issue 16: 2.1x with 2
+one shared-memory segment (``SharedBatch``) instead of one per tensor (issue 16: 1.4-2.2x with 2
 workers, docs/benchmarks.md).
 
 Workers: declare them in the job's topology (``Topology(workers=W)``) and give the DataLoader
