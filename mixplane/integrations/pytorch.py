@@ -261,6 +261,12 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         self._live = windows
         return (window_tensors(w) for w in windows)
 
+    @property
+    def planner(self) -> Job | RemoteJob | None:
+        """The job this process's windows are planned by, once iterating (the live job, one
+        run from the snapshot, or the server's): where this rank's loss feedback goes."""
+        return self._live.job if self._live is not None else None
+
     def state_dict(self) -> dict[str, Any]:
         """Where this rank (or DataLoader worker) stands: JSON-able."""
         if self._pending is not None:
