@@ -13,7 +13,7 @@ ADO job of a mixplane server (adaptive mixing on several ranks needs one planner
 half the steps and resumed in new processes, every rank's batches and the losses after the
 resume are the uninterrupted run's (another job of the same definition), and both jobs end with
 the same weights and mixture log. Third: tensor parallel ranks of one DP group get the same
-batches.
+batches. Fourth (in one process, seconds): what the paired loss refuses.
 """
 
 from __future__ import annotations
@@ -109,3 +109,27 @@ def test_torchtitan_tensor_parallel_ranks_get_the_same_batches(tmp_path: Path) -
     _, (tp,) = run_example(tmp_path, "--ranks", "--tp")
     assert tp["steps"] == 3 and tp["identical"], "the ranks of one DP group got different batches"
     assert tp["sent"] == [[1, 2, 3], [1, 2, 3]] and tp["same_loss"]
+
+
+@pytest.mark.integration
+def test_the_paired_loss_refuses_what_breaks_the_pairing() -> None:
+    """``titan_checks.py`` in torchtitan's venv: the loss value is the plain loss's,
+    validation batches are not kept, one ``send`` per step reaches the job once, and labels
+    that are not the recorded batch's, a batch the loss never saw, a second feedback loader,
+    pipeline and context parallelism are refused by name."""
+    run = subprocess.run(
+        [str(titan_python()), str(ROOT / "tests" / "integrations" / "titan_checks.py")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["same_loss"] and out["kept"] == 2 and out["sent"] == [1, 1]
+    assert "labels at the loss differ" in out["wrong_labels"]
+    assert "before the loss saw every batch" in out["unseen_batch"]
+    assert "feedback=False" in out["second_loader"]
+    assert "pipeline parallelism" in out["pipeline"]
+    assert "context parallelism" in out["context"]
