@@ -425,6 +425,12 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
         block = self.batch_size if self.batch_size > 1 else BLOCK_WINDOWS
         return window_items(windows, block, shared=get_worker_info() is not None)
 
+    @property
+    def planner(self) -> Job | RemoteJob | None:
+        """The job this process's windows are planned by, once iterating (the live job, one
+        run from the snapshot, or the server's): where this rank's loss feedback goes."""
+        return self._live.job if self._live is not None else None
+
     def state_dict(self) -> dict[str, Any]:
         """Where this rank (or DataLoader worker) stands: JSON-able."""
         if self._pending is not None:
