@@ -2,11 +2,12 @@
 as a test, in torchtitan's own venv (it pins datasets<4.8; ``make venv`` builds
 ``.venv-torchtitan``, and this test builds it when it is missing).
 
-One rank on an ADO job, then two DP ranks (FSDP on gloo) on a static one, both with the loss
-paired with the loader (``with_loss_feedback``): resuming in new processes from torchtitan's own
-checkpoint (DCP, each DP rank's loader state under its key) gives every rank the uninterrupted
-run's batches and losses; resuming without the data state differs; the DP ranks read disjoint
-windows. The paired loss sends feedback once per optimizer step, numbered alike after the
+One rank on an ADO job with the loss paired with the loader (``with_loss_feedback``):
+resuming in a new process from torchtitan's own checkpoint (DCP) gives the uninterrupted run's
+batches and losses; resuming without the data state differs. (The example's static 2-rank
+in-process run, ``--ranks 1 2``, is left to the command line: the server test below covers two
+DP ranks with FSDP, each DP rank's loader state under its key, at a third less test time.) The
+paired loss sends feedback once per optimizer step, numbered alike after the
 resume, without changing the loss value; on the ADO job it moved the weights, and the resumed
 run ends with the uninterrupted run's weights and mixture log. Second test: two DP ranks on an
 ADO job of a mixplane server (adaptive mixing on several ranks needs one planner): stopped at
@@ -70,9 +71,9 @@ def run_example(tmp_path: Path, *args: str) -> tuple[str, list[dict[str, Any]]]:
 @pytest.mark.integration
 @pytest.mark.slow
 def test_torchtitan_train_resumes_exactly_on_a_mixplane_job(tmp_path: Path) -> None:
-    stdout, (one, two) = run_example(tmp_path, "--ranks", "1", "2")
+    stdout, (one,) = run_example(tmp_path, "--ranks", "1")
     assert "resume matched" in stdout
-    for report in (one, two):
+    for report in (one,):
         assert report["resumed_matched"], "a rank's batches after the resume differ"
         assert report["losses_matched"], "losses after the resume differ"
         losses = report["losses"]["resumed"]
@@ -82,10 +83,8 @@ def test_torchtitan_train_resumes_exactly_on_a_mixplane_job(tmp_path: Path) -> N
         assert fed["same_loss"], "the paired loss changed the loss value"
         assert fed["log_matched"], "the resumed run's weights or mixture log differ"
     assert one["control_differs"], "resuming without the data state gave the same batches"
-    assert two["dp_disjoint"], "the two DP ranks read a common window"
     ado = one["feedback"]
     assert ado["changes"] > 0 and ado["weights"] != ado["weights0"], "feedback did not move ADO"
-    assert two["feedback"]["changes"] == 0  # the 2-rank job is static
 
 
 @pytest.mark.integration
