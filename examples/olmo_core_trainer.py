@@ -25,7 +25,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import random
 import shutil
 import socket
 import sys
@@ -34,18 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from mixplane.chunking import Topology
 from mixplane.client import Client
 from mixplane.client.snapshot import JobSnapshot
 from mixplane.job import Job
-from mixplane.tokens.tokenizer import load_tokenizer, train_bpe
+from mixplane.tokens.tokenizer import load_tokenizer
 
 SEQ = 32  # tokens per window
 WINDOWS = 4  # windows per rank per step
-LANGUAGES = {"en": "the of and to in is was for", "de": "der die und das ist nicht mit",
-             "fr": "le la les et est pas une dans"}  # fmt: skip
 ADO = {"start_step": 3, "refit_interval": 2, "ignore_steps": 0, "subsample": 1,
        "savgol_window": 3, "savgol_order": 1, "seq_len": SEQ}  # fmt: skip
 MIXTURE = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
@@ -53,22 +48,9 @@ MIXTURE = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
 
 def write_corpus(root: Path) -> tuple[Path, Path]:
     """A JSONL corpus of three languages and a 300-token BPE trained on it."""
-    rng = random.Random(0)
-    path = root / "corpus.jsonl"
-    texts = []
-    with path.open("wb") as f:
-        for i in range(900):
-            language = ("en", "de", "fr")[i % 3]
-            words = LANGUAGES[language].split()
-            text = f"{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(10, 80)))
-            texts.append(text)
-            f.write(orjson.dumps({"text": text, "meta": {"language": language}}) + b"\n")
-    tokenizer = train_bpe(texts[:300], vocab_size=300)
-    tokenizer.save(root / "tokenizer.json")
-    with Client.local(root / "home") as client:
-        client.catalog.register(
-            "corpus", path, properties={"language": "meta.language"}, progress=False
-        )
+    from trainer_harness import write_language_corpus
+
+    write_language_corpus(root, root / "tokenizer.json")
     return root / "home", root / "tokenizer.json"
 
 

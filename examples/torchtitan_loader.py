@@ -33,7 +33,6 @@ import hashlib
 import itertools
 import json
 import os
-import random
 import re
 import shutil
 import socket
@@ -46,16 +45,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from mixplane.chunking import Topology
 from mixplane.client import Client
-from mixplane.tokens.tokenizer import train_bpe
 
 SEQ = 64
 BATCH = 4  # windows per rank per step
-LANGUAGES = {"en": "the of and to in is was for", "de": "der die und das ist nicht mit",
-             "fr": "le la les et est pas une dans"}  # fmt: skip
 MIXTURE = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
 ADO = {"start_step": 2, "refit_interval": 2, "ignore_steps": 0, "subsample": 1,
        "savgol_window": 3, "savgol_order": 1, "seq_len": SEQ}  # fmt: skip
@@ -65,23 +59,10 @@ def write_data(root: Path, ranks: int, algorithm: str = "static") -> None:
     """A JSONL corpus of three languages, a 300-token BPE (also as torchtitan's assets) and a
     saved snapshot of a job for ``ranks`` DP ranks (0: 1 and 2); ``algorithm="ado"``: the
     1-rank job adapts (in-process adaptive mixing needs one rank: one planner)."""
-    rng = random.Random(0)
-    path = root / "corpus.jsonl"
-    texts = []
-    with path.open("wb") as f:
-        for i in range(900):
-            language = ("en", "de", "fr")[i % 3]
-            words = LANGUAGES[language].split()
-            text = f"{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(10, 80)))
-            texts.append(text)
-            f.write(orjson.dumps({"text": text, "meta": {"language": language}}) + b"\n")
-    tokenizer = train_bpe(texts[:300], vocab_size=300)
-    (root / "assets").mkdir(exist_ok=True)
-    tokenizer.save(root / "assets" / "tokenizer.json")
+    from trainer_harness import write_language_corpus
+
+    tokenizer = write_language_corpus(root, root / "assets" / "tokenizer.json")
     with Client.local(root / "home") as client:
-        client.catalog.register(
-            "corpus", path, properties={"language": "meta.language"}, progress=False
-        )
         for n in (1, 2) if ranks == 0 else (ranks,):
             adaptive = algorithm == "ado" and n == 1
             job = client.submit(

@@ -63,6 +63,35 @@ def write_corpus(root: Path, docs: int = 900) -> Path:
     return path
 
 
+LANGUAGES = {"en": "the of and to in is was for", "de": "der die und das ist nicht mit",
+             "fr": "le la les et est pas une dans"}  # fmt: skip
+
+
+def write_language_corpus(root: Path, tokenizer_path: Path) -> Any:
+    """900 JSONL documents of three languages (``root/corpus.jsonl``, random words of each)
+    registered as ``corpus`` (property ``language``) in the catalog at ``root/home``, and a
+    300-token BPE trained on the first 300, saved at ``tokenizer_path`` and returned (the
+    OLMo-core and torchtitan examples)."""
+    rng = random.Random(0)
+    path = root / "corpus.jsonl"
+    texts = []
+    with path.open("wb") as f:
+        for i in range(900):
+            language = ("en", "de", "fr")[i % 3]
+            words = LANGUAGES[language].split()
+            text = f"{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(10, 80)))
+            texts.append(text)
+            f.write(orjson.dumps({"text": text, "meta": {"language": language}}) + b"\n")
+    tokenizer = train_bpe(texts[:300], vocab_size=300)
+    tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(tokenizer_path)
+    with Client.local(root / "home") as client:
+        client.catalog.register(
+            "corpus", path, properties={"language": "meta.language"}, progress=False
+        )
+    return tokenizer
+
+
 @dataclass
 class Setup:
     root: Path
