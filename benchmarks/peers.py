@@ -990,33 +990,6 @@ def pretokenize(
     return prefixes, means
 
 
-class Server:
-    def __init__(self, home: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mixplane.cli", "--home", home, "serve", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "listening on " in line:
-                self.url = line.split("listening on ")[1].split()[0]
-                return
-        msg = "the server did not start"
-        raise RuntimeError(msg)
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1e3
-        return 0.0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-
-
 def python_for(kind: str) -> str:
     if kind in ("tokens-streaming", "streaming-prepare"):
         return str(PEERS / "streaming" / "bin" / "python")
@@ -1144,6 +1117,8 @@ def main() -> None:
 
 
 def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, Any]:
+    from common import Server  # benchmarks/ is on sys.path when run as a script
+
     from mixplane.client import Client
 
     setup: dict[str, dict[str, Any]] = {}
