@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import pretokenized
 from benchmarks.common import load, scratch
 from mixplane.errors import PlanError
-from mixplane.integrations.pytorch import FIELDS, INLINE_BYTES
+from mixplane.integrations.pytorch import FIELDS, INLINE_BYTES, rows_of_one_buffer
 from mixplane.tokens.packing import Window
 
 SEQ = 2048
@@ -110,7 +110,7 @@ def compact_collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[st
         raise PlanError(msg)
     size = len(batch)
     length = int(batch[0]["input_ids"].shape[0])
-    found = compact_rows_of_one_buffer(batch)
+    found = rows_of_one_buffer(batch)
     buffer, views = compact_copied(batch) if found is None else found
     parts = [b["cu_seqlens"].numpy() for b in batch]
     cu = np.empty(sum(len(c) - 1 for c in parts) + 1, dtype=np.int32)
@@ -124,33 +124,6 @@ def compact_collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[st
     out["max_seqlen"] = int(np.diff(cu).max())
     out["component"] = views["component"]
     return CompactSharedBatch(out, buffer, views) if get_worker_info() is not None else out
-
-
-def compact_rows_of_one_buffer(
-    batch: Sequence[dict[str, torch.Tensor]],
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
-    """(the buffer, the batch's fields as views of it) when every field of the items lies in
-    consecutive rows of the first item's buffer (addresses, dtypes and shapes checked), else
-    None."""
-    storage = batch[0]["input_ids"].untyped_storage()
-    start = storage.data_ptr()
-    end = start + storage.nbytes()
-    buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
-    views = {}
-    for name in (*FIELDS, "component"):
-        first = batch[0][name]
-        step = first.numel() * first.element_size()
-        at = first.data_ptr()
-        if not start <= at <= end - step * len(batch):
-            return None
-        for i, item in enumerate(batch):
-            t = item[name]
-            same = t.dtype == first.dtype and t.shape == first.shape and t.is_contiguous()
-            if not same or t.data_ptr() != at + i * step:
-                return None
-        rows = buffer[at - start : at - start + step * len(batch)]
-        views[name] = rows.view(first.dtype).view(len(batch), *first.shape)
-    return buffer, views
 
 
 def compact_copied(

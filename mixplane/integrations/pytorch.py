@@ -113,7 +113,7 @@ def collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
     size = len(batch)
     length = int(batch[0]["input_ids"].shape[0])
     shared = get_worker_info() is not None
-    found = _rows_of_one_buffer(batch)
+    found = rows_of_one_buffer(batch)
     if found is None:
         buffer, views = _copied(batch, shared=shared)
     else:
@@ -132,7 +132,7 @@ def collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
     return SharedBatch(out, buffer, views) if shared else out
 
 
-def _rows_of_one_buffer(
+def rows_of_one_buffer(
     batch: Sequence[dict[str, torch.Tensor]],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
     """(the buffer, the batch's fields as views of it) when every field of the items lies in
