@@ -15,7 +15,9 @@ none is skipped, and the state is O(consumers).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mixplane.errors import PlanError
 
@@ -64,6 +66,38 @@ class Assignment:
     topology: Topology
     frontier: int = 0  # first chunk index handed out by the regular rule
     carried: tuple[tuple[int, int], ...] = field(default=())  # (chunk, sample offset) dealt first
+    # (index into carried, handover): what an old consumer's window stream still owed of that
+    # chunk rest (``client.handover``; opaque here)
+    handovers: tuple[tuple[int, Any], ...] = field(default=())
+
+    @classmethod
+    def from_json(cls, topology: Topology, data: Mapping[str, Any]) -> Assignment:
+        """The segment from its JSON form (``to_json``; a job state or the server's answer)."""
+        return cls(
+            topology=topology,
+            frontier=int(data.get("frontier", 0)),
+            carried=tuple((int(k), int(o)) for k, o in data.get("carried", ())),
+            handovers=tuple((int(i), h) for i, h in data.get("handovers", ())),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "frontier": self.frontier,
+            "carried": [[k, o] for k, o in self.carried],
+        }
+        if self.handovers:
+            out["handovers"] = [[i, h] for i, h in self.handovers]
+        return out
+
+    def handover(self, consumer: int, j: int) -> Any:
+        """The handover of the consumer's j-th chunk, or None (``client.handover``)."""
+        index = consumer + j * self.topology.consumers
+        if index >= len(self.carried):
+            return None
+        for i, handover in self.handovers:
+            if i == index:
+                return handover
+        return None
 
     def chunk(self, consumer: int, j: int) -> tuple[int, int]:
         """(chunk index, starting sample offset) of the consumer's j-th chunk."""

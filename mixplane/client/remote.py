@@ -275,12 +275,7 @@ class RemoteJob:
         self.selectors: list[str] = list(info["selectors"])
         self._num_components = int(info["num_components"])
         self._read_group = int(info["read_group"])
-        assignment = info.get("assignment") or {}
-        self.assignment = Assignment(
-            topology=self.topology,
-            frontier=int(assignment.get("frontier", 0)),
-            carried=tuple((int(k), int(o)) for k, o in assignment.get("carried", ())),
-        )
+        self.assignment = Assignment.from_json(self.topology, info.get("assignment") or {})
         #: how the server sized each component (token jobs), and why shares may be approximate
         self.sizing: dict[str, Any] = dict(info.get("sizing") or {})
         self.note: str | None = info.get("note")
@@ -468,12 +463,7 @@ class RemoteJob:
         info = self.connection.call("GET", f"/v1/jobs/{_quote(self.job_id)}")
         with self._lock:
             self._cache.clear()
-            assignment = info.get("assignment") or {}
-            self.assignment = Assignment(
-                topology=self.topology,
-                frontier=int(assignment.get("frontier", 0)),
-                carried=tuple((int(k), int(o)) for k, o in assignment.get("carried", ())),
-            )
+            self.assignment = Assignment.from_json(self.topology, info.get("assignment") or {})
 
     def state_dict(self) -> dict[str, Any]:
         """A marker: the server holds the job's state (``checkpoint()`` fetches it); a rank's

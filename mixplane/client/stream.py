@@ -12,10 +12,11 @@ a tuple, a generator step; per chunk: one generator, two sorts.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, Protocol, Self, TypedDict, TypeVar
+from typing import Any, NamedTuple, NotRequired, Protocol, Self, TypedDict, TypeVar
 
 import numpy as np
 
+from mixplane.chunking.assign import Assignment
 from mixplane.chunking.order import PURPOSE_SHUFFLE, generator
 from mixplane.chunking.spec import ChunkSpec
 from mixplane.client.reader import Reader
@@ -43,6 +44,9 @@ class ChunkReader(Protocol[_Rest]):
 class ConsumerState(TypedDict):
     j: int  # index into the consumer's chunk sequence
     offset: int  # samples already read from that chunk
+    # a window stream's place inside that chunk rest: live, a ``client.handover.WindowPlace``;
+    # in a job state, its ``WindowPosition`` (what an elastic restore hands over)
+    window: NotRequired[Any]
 
 
 class JobHandle(Protocol):
@@ -53,6 +57,9 @@ class JobHandle(Protocol):
 
     @property
     def read_group(self) -> int: ...
+
+    @property
+    def assignment(self) -> Assignment: ...  # who reads which chunk (and handovers)
 
     @property
     def num_components(self) -> int: ...
@@ -112,6 +119,11 @@ class Stream:
             msg = f"a consumer position is {{j: int >= 0, offset: int >= 0}}, got {shown(state)}"
             raise StateError(msg)
         self._state["j"], self._state["offset"] = int(state["j"]), int(state["offset"])
+
+    def report(self, place: Any) -> None:
+        """Keep a window stream's live place (``client.handover.WindowPlace``) with this
+        rank's position: the job's state then says what the stream still owes of its chunk."""
+        self._state["window"] = place
 
     def chunks(self) -> Iterator[tuple[ChunkSpec, int, int]]:
         """(chunk, first sample offset, j) for this consumer from its current position on (the

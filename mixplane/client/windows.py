@@ -43,6 +43,7 @@ from typing import Any, NamedTuple, NotRequired, TypedDict
 import numpy as np
 
 from mixplane.client.documents import DocumentReader, Mark, pack_marked
+from mixplane.client.handover import WindowPlace, pack_handover
 from mixplane.client.replay import (
     Replay,
     ReplayState,
@@ -79,6 +80,7 @@ class WindowStreamState(TypedDict):
     packer: PackerState  # packer state at that point
     windows: int  # windows of the current chunk already yielded
     replay: NotRequired[ReplayState]  # a chunk of text: where each component's next window is
+    taken: NotRequired[list[int]]  # per component: windows of the current chunk yielded
 
 
 class ChunkWindows(NamedTuple):
@@ -128,6 +130,11 @@ class WindowStream:
         self._start: ConsumerState = self._stream.state_dict()
         self._start_packer: PackerState = self._packer.state_dict()
         self._windows = 0
+        # the place the job's state reports (an elastic restore hands the rest on from it)
+        self._place = WindowPlace(
+            tokenizer.fingerprint, self._start_packer, [0] * job.num_components
+        )
+        self._stream.report(self._place)
         self._item: ChunkWindows | None = None  # the chunk being consumed
         self._replay: ReplayState | None = None  # loaded, to resume the chunk from
         self._replaying: Replay | None = None  # the chunk being resumed
@@ -148,6 +155,8 @@ class WindowStream:
         replay = self._replay_state()
         if replay is not None:
             state["replay"] = replay
+        if self._place.taken is not None:
+            state["taken"] = list(self._place.taken)
         return state
 
     def _replay_state(self) -> ReplayState | None:
@@ -195,8 +204,18 @@ class WindowStream:
         if replay is not None:
             replay = check_replay(replay, self._packer.num_components, windows)
             self._new_packer().load_state_dict(replay["packer"])  # checked now, used later
+        taken = state.get("taken")
+        if taken is not None and not (
+            isinstance(taken, list)
+            and len(taken) == self._packer.num_components
+            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in taken)
+            and sum(taken) == windows
+        ):
+            msg = f"the window stream state's 'taken' is {shown(taken)}, not {windows} windows"
+            raise StateError(msg)
         self._windows = windows
         self._item, self._replay, self._replaying = None, replay, None
+        self._place.packer, self._place.taken = state["packer"], taken
 
     def _new_packer(self) -> Packer:
         packer = self._packer
@@ -220,11 +239,14 @@ class WindowStream:
                 self.stats.chunks_consumed += 1
                 self._start, self._start_packer, self._windows = item.start, item.packer, skip
                 self._item = item
+                taken = self._counts(item.windows[:skip])
+                self._place.packer, self._place.taken = item.packer, taken
                 with self._moved:
                     self._stream.load_state_dict(item.start)  # the job sees the consumed position
                     self._moved.notify_all()
                 for window in item.windows[skip:]:
                     self._windows += 1
+                    taken[window.component] += 1
                     yield window
                 skip = 0
         finally:
@@ -248,20 +270,24 @@ class WindowStream:
             raise StateError(msg)
         packer = self._new_packer()
         packer.load_state_dict(replay["packer"])
-        run = replay_chunk(
-            rest, replay, self._windows, packer, self.tokenizer.encode_batch, self.job.spec.seed
-        )
+        seed = self.job.spec.seed
+        run = replay_chunk(rest, replay, self._windows, packer, self.tokenizer.encode_batch, seed)
         self._replaying, self._replay, self._item = run, None, None
+        order = window_order(replay["counts"], seed, rest.chunk)[: self._windows]
+        taken = np.bincount(order, minlength=packer.num_components).tolist()
+        self._place.packer, self._place.taken = self._start_packer, taken
         for window in run.windows:
             if self._replaying is not run:  # a later iteration took over
                 return
             self._windows += 1
+            taken[window.component] += 1
             yield window
         if self._replaying is run:
             self._replaying = None
             self._start = ConsumerState(j=start["j"] + 1, offset=0)
             self._start_packer = packer.state_dict()
             self._windows = 0
+            self._place.packer, self._place.taken = self._start_packer, [0] * packer.num_components
 
     def _wait_for_consumer(self, j: int) -> bool:
         """Before the producer asks for chunk j, the first of a read group: wait until the
@@ -286,16 +312,35 @@ class WindowStream:
         packer = self._new_packer()
         packer.load_state_dict(packer_state)
         encode = self.tokenizer.encode_batch
+        consumer = self._stream.consumer
         for rest in cursor.rests(DocumentReader(self.tokenizer)):
             begin = cursor.state_dict()
             before = packer.state_dict()
-            windows, marks = pack_marked(rest, packer, encode)
+            handover = self.job.assignment.handover(consumer, begin["j"])
+            if handover is None:
+                windows, marks = pack_marked(rest, packer, encode)
+            elif begin["offset"] == 0:  # a chunk an elastic restore handed over
+                fingerprint = self.tokenizer.fingerprint
+                windows, marks = pack_handover(rest, handover, packer, encode, fingerprint), None
+            else:
+                msg = (
+                    "a chunk handed over by an elastic restore is resumed only from its start "
+                    "(a window stream state); restore the state saved with this stream"
+                )
+                raise StateError(msg)
             if len(windows) > 1:
                 order = self._interleaved(windows, rest.chunk).tolist()
                 windows = [windows[i] for i in order]
                 marks = [marks[i] for i in order] if marks is not None else None
             self.stats.chunks_produced += 1
             yield ChunkWindows(begin, before, windows, marks)
+
+    def _counts(self, windows: list[Window]) -> list[int]:
+        """Windows per component."""
+        counts = [0] * self._packer.num_components
+        for window in windows:
+            counts[window.component] += 1
+        return counts
 
     def _interleaved(self, windows: list[Window], chunk: int) -> np.ndarray:
         """The order of the chunk's windows, stratified across components; each component's

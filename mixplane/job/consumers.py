@@ -13,6 +13,13 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from mixplane.chunking.assign import Assignment, Topology
+from mixplane.client.handover import (
+    Handover,
+    WindowPlace,
+    check_handover,
+    check_position,
+    handed_over,
+)
 from mixplane.client.stream import ConsumerState
 from mixplane.errors import PlanError, StateError
 
@@ -65,17 +72,17 @@ class Consumers:
 
     def positions(self) -> dict[int, ConsumerState]:
         """Each consumer's position: the least advanced of its live ranks (ranks move in
-        lockstep), or the restored position of a consumer no rank has opened yet."""
+        lockstep), or the restored position of a consumer no rank has opened yet. A window
+        stream's place comes with it (``window``: what its stream still owes of the chunk)."""
         out = dict(self.restored)
         live: dict[int, list[ConsumerState]] = {}
         for (consumer, _rank), s in self.ranks.items():
-            live.setdefault(consumer, []).append(s)
+            live.setdefault(consumer, []).append(_with_window(s))
         for consumer, states in live.items():
             if self.local is None and len(states) < self.topology.ranks_per_group:
                 # a rank has not started yet (a limited job serves only the ranks it opens)
                 states = [*states, out.get(consumer, ConsumerState(j=0, offset=0))]
-            low = min(states, key=lambda s: (s["j"], s["offset"]))
-            out[consumer] = ConsumerState(j=low["j"], offset=low["offset"])
+            out[consumer] = min(states, key=_progress)
         if self.local is not None:
             out = {c: s for c, s in out.items() if c in self.local}
         return out
@@ -103,25 +110,19 @@ class Consumers:
         """The consumers' part of a job state."""
         return {
             "topology": self.topology.to_json(),
-            "frontier": self.assignment.frontier,
-            "carried": [[k, o] for k, o in self.assignment.carried],
-            "consumers": {
-                str(c): ConsumerState(j=s["j"], offset=s["offset"])
-                for c, s in sorted(self.positions().items())
-            },
+            **self.assignment.to_json(),  # frontier, carried (and handovers)
+            "consumers": {str(c): s for c, s in sorted(self.positions().items())},
             "scope": sorted(self.local) if self.local is not None else None,
         }
 
-    def load(self, state: Mapping[str, Any]) -> None:
+    def load(self, state: Mapping[str, Any], num_components: int) -> None:
         """Continue from a state's consumers part; the topology may differ (elastic restore:
         the unfinished chunks are dealt to the new consumers first)."""
         saved_topology = Topology(**state["topology"])
-        saved = Assignment(
-            topology=saved_topology,
-            frontier=state["frontier"],
-            carried=tuple((k, o) for k, o in state["carried"]),
-        )
-        consumers = {int(c): s for c, s in state["consumers"].items()}
+        saved = Assignment.from_json(saved_topology, state)
+        for _index, handover in saved.handovers:
+            check_handover(handover, num_components)
+        consumers = {int(c): _checked(s, num_components) for c, s in state["consumers"].items()}
         scope = state.get("scope")
         if scope is not None:
             if saved_topology != self.topology:
@@ -141,30 +142,61 @@ class Consumers:
         self.ranks = {}
         if saved_topology == self.topology:
             self.assignment = saved
-            self.restored = {
-                c: ConsumerState(j=s["j"], offset=s["offset"]) for c, s in consumers.items()
-            }
+            self.restored = consumers
             return
         self.assignment, self.restored = redeal(saved, consumers, self.topology)
+
+
+def _with_window(state: ConsumerState) -> ConsumerState:
+    """A copy of a live position, its window stream's place as a ``WindowPosition``."""
+    out = ConsumerState(j=state["j"], offset=state["offset"])
+    place = state.get("window")
+    position = place.position() if isinstance(place, WindowPlace) else place
+    if position is not None:
+        out["window"] = position
+    return out
+
+
+def _progress(state: ConsumerState) -> tuple[int, int, int]:
+    window = state.get("window")
+    return state["j"], state["offset"], sum(window["taken"]) if window is not None else 0
+
+
+def _checked(state: Any, num_components: int) -> ConsumerState:
+    """A consumer's position from a saved state (its window position checked for shape)."""
+    out = ConsumerState(j=state["j"], offset=state["offset"])
+    if state.get("window") is not None:
+        out["window"] = check_position(state["window"], num_components)
+    return out
 
 
 def redeal(
     saved: Assignment, consumers: dict[int, ConsumerState], topology: Topology
 ) -> tuple[Assignment, dict[int, ConsumerState]]:
-    """A new assignment segment for another topology: unfinished chunks are dealt first."""
+    """A new assignment segment for another topology: unfinished chunks are dealt first, the
+    chunk each window stream stood in with what that stream still owed (``client.handover``)."""
     current = {c: saved.chunk(c, s["j"]) for c, s in consumers.items()}
     for c in range(saved.topology.consumers):  # consumers that never started
         current.setdefault(c, saved.chunk(c, 0))
     frontier = max(saved.frontier, max(k for k, _ in current.values()) + 1)
-    unfinished: list[tuple[int, int]] = []
+    unfinished: list[tuple[int, int, Handover | None]] = []
     for c in range(saved.topology.consumers):
-        j = consumers[c]["j"] if c in consumers else 0
-        offset = consumers[c]["offset"] if c in consumers else 0
+        state = consumers.get(c, ConsumerState(j=0, offset=0))
+        j, offset, window = state["j"], state["offset"], state.get("window")
         k, start = saved.chunk(c, j)
         while k < frontier:
-            unfinished.append((k, start + offset))
-            offset = 0
+            handover = saved.handover(c, j)
+            if window is not None:  # the chunk its window stream stands in
+                handover = handed_over(window, handover)
+            unfinished.append((k, start + offset, handover))
+            offset, window = 0, None
             j += 1
             k, start = saved.chunk(c, j)
-    unfinished.sort()
-    return Assignment(topology=topology, frontier=frontier, carried=tuple(unfinished)), {}
+    unfinished.sort(key=lambda entry: entry[:2])
+    assignment = Assignment(
+        topology=topology,
+        frontier=frontier,
+        carried=tuple((k, o) for k, o, _ in unfinished),
+        handovers=tuple((i, h) for i, (_, _, h) in enumerate(unfinished) if h is not None),
+    )
+    return assignment, {}

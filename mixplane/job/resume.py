@@ -42,6 +42,7 @@ def state_of(
         consumers=served["consumers"],
         scope=served["scope"],
         sizing=dict(components.sizing),
+        **({"handovers": served["handovers"]} if "handovers" in served else {}),  # type: ignore[typeddict-item]
     )
 
 
@@ -77,7 +78,7 @@ def load_state(
         raise StateError(msg)
     plan.load(state["planner"], state["mixture_log"], state["planned"])
     adaptation.load_state_dict(state["algorithm"])
-    consumers.load(state)
+    consumers.load(state, len(components.orders))
 
 
 def snapshot_of(

@@ -2,7 +2,10 @@
 
 A state is O(components + consumers): the planner state at the lowest chunk some consumer has
 not finished, the mixture log, the algorithm's state, the assignment segment, each consumer's
-position, and how each component's token sizes were made. JSON-able (``Job.state_dict``).
+position, and how each component's token sizes were made. JSON-able (``Job.state_dict``). A
+consumer streamed by a window stream in this process also has its place in its chunk (its
+packer's carry and the windows taken, O(components x seq_len): ``client.handover``), so an
+elastic restore hands its unyielded tokens on.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class JobState(TypedDict):
     consumers: dict[str, ConsumerState]
     scope: list[int] | None  # the consumers this state holds, when not all (a part of the job)
     sizing: NotRequired[dict[str, ComponentSizing]]  # token jobs: how each component is sized
+    # after an elastic restore of window streams: [index into carried, client.handover.Handover]
+    handovers: NotRequired[list[list[Any]]]
 
 
 def merge_states(states: Sequence[JobState]) -> JobState:
@@ -53,8 +58,8 @@ def merge_states(states: Sequence[JobState]) -> JobState:
         raise StateError(msg)
     first = states[0]
     for other in states[1:]:
-        for key in ("version", "spec", "query", "topology", "frontier", "carried"):
-            if other[key] != first[key]:  # type: ignore[literal-required]
+        for key in ("version", "spec", "query", "topology", "frontier", "carried", "handovers"):
+            if other.get(key) != first.get(key):
                 msg = f"the states to merge differ in {key!r}: they are not parts of one run"
                 raise StateError(msg)
     low = min(states, key=lambda s: s["planner"]["next_chunk"])
@@ -83,4 +88,5 @@ def merge_states(states: Sequence[JobState]) -> JobState:
         consumers=dict(sorted(consumers.items(), key=lambda kv: int(kv[0]))),
         scope=scope,
         **({"sizing": first["sizing"]} if "sizing" in first else {}),  # type: ignore[typeddict-item]
+        **({"handovers": first["handovers"]} if "handovers" in first else {}),  # type: ignore[typeddict-item]
     )

@@ -154,10 +154,7 @@ class ServerJob:
             "selectors": job.selectors,
             "num_components": job.num_components,
             "read_group": job.read_group,
-            "assignment": {
-                "frontier": job.assignment.frontier,
-                "carried": [list(c) for c in job.assignment.carried],
-            },
+            "assignment": job.assignment.to_json(),
             "sizing": job.sizing,
             "note": job.sizing_note,
         }

@@ -224,6 +224,27 @@ class Packer:
             return []
         return self._emit(component)
 
+    def extend(
+        self, tokens: np.ndarray | Sequence[int], component: int, starts: Sequence[int] = (0,)
+    ) -> list[Window]:
+        """Append a piece of a component's stream as it is (no BOS or EOS added): ``starts``
+        are the offsets in it where a document starts (0 should be one: the piece follows a
+        document's end). An elastic restore hands the rest of another consumer's stream on this
+        way (``client.handover``); return the windows it completes."""
+        if not 0 <= component < self.num_components:
+            msg = f"component {component} is out of range (num_components={self.num_components})"
+            raise PackingError(msg)
+        array = self._as_tokens(tokens)
+        if len(array) == 0:
+            return []
+        length = self._lengths[component]
+        self._starts[component].extend(length + int(s) for s in starts if 0 <= s < len(array))
+        self._pieces[component].append(array)
+        self._lengths[component] = length + len(array)
+        if self._lengths[component] < self.seq_len + 1:
+            return []
+        return self._emit(component)
+
     def _as_tokens(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
         if isinstance(ids, np.ndarray):
             if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):

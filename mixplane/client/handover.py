@@ -1,0 +1,208 @@
+"""An elastic restore of window streams, exact per token: each old consumer's unyielded stream
+is handed to the new consumer that gets its chunk.
+
+A window stream yields, per component, windows cut from one stream of tokens: its packer's carry
+at the start of the chunk rest it is in (``B``, at most ``seq_len`` tokens: the rest of
+documents from earlier chunks), then the rest's documents of that component (``D``, each with
+its EOS, and BOS when asked). After ``n`` windows of a component the first ``n * seq_len`` of
+those tokens were inputs; the rest were not. The window stream reports that place to its job
+(``WindowPlace``: ``B`` and the windows taken per component; ``WindowPosition`` in a job state),
+so a job state knows, per consumer, what its stream still owes.
+
+Restored under another topology (``job.consumers.redeal``), the chunk a consumer stood in is
+dealt on as usual (the same chunk rest) with a ``Handover``: per component, the *head* (the
+tokens of ``B`` not yet yielded, with their document starts) and how many tokens of ``D`` were
+yielded (``skips``). The new consumer's window stream packs that chunk as head, then ``D`` from
+``skips`` on (``pack_handover``; the document cut there is a segment of its own), after its own
+carry. So every token of the old run is an input exactly once over the two runs, and every
+document's tokens arrive in order (a document cut by the stop continues on the new consumer).
+A handed-over chunk stopped again is handed over again (``handed_over`` composes: the new head
+is the unyielded part of carry + head, at most one ``seq_len`` more per restore).
+
+Sizes: a position and a handover are O(components x seq_len) ints, like the packer state. A
+handed-over chunk is re-read and its text tokenized whole (as a resume without ``replay``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import numpy as np
+
+from mixplane.client.documents import Documents
+from mixplane.errors import StateError, shown
+from mixplane.tokens.packing import Packer, PackerState, Window
+
+
+class WindowPosition(TypedDict):
+    """Where a consumer's window stream stands inside its chunk rest (in a job state)."""
+
+    tokenizer: str  # fingerprint
+    packer: PackerState  # the packer at the rest's start (its carry)
+    taken: list[int]  # per component: windows of the rest yielded
+
+
+class Handover(TypedDict):
+    """What a consumer's stream still owes of a chunk rest, for the consumer it is dealt to."""
+
+    tokenizer: str  # fingerprint: the texts are tokenized again with the same tokenizer
+    eos_id: int
+    bos_id: int | None
+    tokens: list[list[int]]  # per component: the head, before the rest's documents
+    starts: list[list[int]]  # per component: where documents start in the head
+    skips: list[int]  # per component: tokens of the rest's documents already yielded
+
+
+@dataclass(slots=True)
+class WindowPlace:
+    """A window stream's live place, kept in its job's consumer position (``Stream.report``);
+    ``taken`` is None while unknown (a state loaded without it, not yet iterated)."""
+
+    tokenizer: str
+    packer: PackerState
+    taken: list[int] | None
+
+    def position(self) -> WindowPosition | None:
+        if self.taken is None:
+            return None
+        return WindowPosition(tokenizer=self.tokenizer, packer=self.packer, taken=list(self.taken))
+
+
+def handed_over(position: WindowPosition, previous: Handover | None) -> Handover:
+    """The handover of a chunk rest whose consumer stood at ``position`` (``previous``: the
+    handover that chunk rest was dealt with, if any)."""
+    packer = position["packer"]
+    length = packer["seq_len"]
+    tokens, starts, skips = [], [], []
+    for c, taken in enumerate(position["taken"]):
+        head, head_starts = list(packer["tokens"][c]), list(packer["starts"][c])
+        skip = 0
+        if previous is not None:
+            head_starts += [len(head) + s for s in previous["starts"][c]]
+            head += previous["tokens"][c]
+            skip = previous["skips"][c]
+        done = taken * length
+        if done < len(head):
+            tokens.append(head[done:])
+            starts.append([0, *(s - done for s in head_starts if s > done)])
+        else:
+            tokens.append([])
+            starts.append([])
+            skip += done - len(head)
+        skips.append(skip)
+    return Handover(
+        tokenizer=position["tokenizer"],
+        eos_id=packer["eos_id"],
+        bos_id=packer["bos_id"],
+        tokens=tokens,
+        starts=starts,
+        skips=skips,
+    )
+
+
+def _ints(values: Any, low: int = 0) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and low <= v < 2**62 for v in values
+    )
+
+
+def check_position(value: Any, num_components: int) -> WindowPosition:
+    """A consumer's ``window`` from a saved job state, checked for shape."""
+    packer = value.get("packer") if isinstance(value, dict) else None
+    if not (
+        isinstance(packer, dict)
+        and isinstance(value.get("tokenizer"), str)
+        and _ints(value.get("taken"))
+        and len(value["taken"]) == num_components
+        and isinstance(packer.get("seq_len"), int)
+        and packer["seq_len"] >= 1
+        and isinstance(packer.get("tokens"), list)
+        and isinstance(packer.get("starts"), list)
+        and len(packer["tokens"]) == len(packer["starts"]) == num_components
+        and all(_ints(t) for t in packer["tokens"])
+        and all(_ints(s) for s in packer["starts"])
+    ):
+        msg = (
+            f"a consumer's window position in the job state is corrupt ({shown(value)}); pass "
+            "a state saved by Job.state_dict()"
+        )
+        raise StateError(msg)
+    return value  # type: ignore[return-value]
+
+
+def check_handover(value: Any, num_components: int) -> Handover:
+    """A handover from a saved job state, checked for shape."""
+    keys = ("tokens", "starts", "skips")
+    if not (
+        isinstance(value, dict)
+        and isinstance(value.get("tokenizer"), str)
+        and isinstance(value.get("eos_id"), int)
+        and (value.get("bos_id") is None or isinstance(value.get("bos_id"), int))
+        and all(isinstance(value.get(k), list) and len(value[k]) == num_components for k in keys)
+        and _ints(value["skips"])
+        and all(
+            _ints(t) and _ints(s) for t, s in zip(value["tokens"], value["starts"], strict=True)
+        )
+    ):
+        msg = (
+            f"a handover in the job state is corrupt ({shown(value)}); pass a state saved by "
+            "Job.state_dict()"
+        )
+        raise StateError(msg)
+    return value  # type: ignore[return-value]
+
+
+def pack_handover(
+    rest: Documents,
+    handover: Handover,
+    packer: Packer,
+    encode: Callable[[Sequence[str]], list[list[int]]],
+    tokenizer: str,
+) -> list[Window]:
+    """The windows of a handed-over chunk rest (see the module), each component's in order."""
+    if handover["tokenizer"] != tokenizer or (handover["eos_id"], handover["bos_id"]) != (
+        packer.eos_id,
+        packer.bos_id,
+    ):
+        msg = (
+            "this chunk was handed over by an elastic restore from a stream with another "
+            f"tokenizer or other EOS/BOS (eos {handover['eos_id']}, bos {handover['bos_id']}); "
+            "stream it with the tokenizer and --bos setting it was saved with"
+        )
+        raise StateError(msg)
+    texts = [i for i in range(len(rest)) if not rest.token[i]]
+    strings = [str(rest.docs[i]) for i in texts]
+    tokenized = dict(zip(texts, encode(strings), strict=True)) if texts else {}
+    extra = 0 if packer.bos_id is None else 1
+    windows: list[Window] = []
+    for c in range(packer.num_components):
+        windows += packer.extend(handover["tokens"][c], c, handover["starts"][c])
+        skip = handover["skips"][c]
+        for i in np.flatnonzero(rest.components == c).tolist():
+            doc = tokenized.get(i, rest.docs[i])
+            n = len(doc)
+            if n == 0:
+                continue
+            ends = int(doc[-1]) == packer.eos_id
+            size = n + extra + (not ends)
+            if skip >= size:
+                skip -= size
+            elif skip == 0:
+                windows += packer.add(doc, c)  # type: ignore[arg-type]
+            else:
+                parts = [np.asarray(doc, dtype=np.int32)]
+                if extra:
+                    parts.insert(0, np.array([packer.bos_id], dtype=np.int32))
+                if not ends:
+                    parts.append(np.array([packer.eos_id], dtype=np.int32))
+                windows += packer.extend(np.concatenate(parts)[skip:], c)
+                skip = 0
+        if skip:
+            msg = (
+                f"a handed-over chunk has fewer tokens of component {c} than its handover "
+                "skips; restore with the job and catalog the state was saved with"
+            )
+            raise StateError(msg)
+    return windows
