@@ -137,10 +137,17 @@ def elastic_run(
 
 
 def check_exact(
-    home: Path, tok: Any, dataset: str, first: list[Any], rest: list[Any], after: Topology
+    home: Path,
+    tok: Any,
+    dataset: str,
+    first: list[Any],
+    rest: list[Any],
+    after: Topology,
+    universe: Counter[int] | None = None,
 ) -> None:
-    with Client.local(home) as client:
-        universe = corpus_ids(submit(client, dataset, tok, after), tok)
+    if universe is None:
+        with Client.local(home) as client:
+            universe = corpus_ids(submit(client, dataset, tok, after), tok)
     universe.pop(WORDS, None)
     seen = inputs(first) + inputs(rest)
     twice = {i: n for i, n in seen.items() if n > 1}
@@ -207,3 +214,39 @@ def test_a_handed_over_chunk_resumes_exactly_and_hands_over_again(
         third_job.load_state_dict(saved_job)
         third = take(streams(third_job, tok), None)
     check_exact(path, tok, "text", first, second + third, last)
+
+
+def test_a_state_saved_in_process_hands_over_through_the_server(
+    home: tuple[Path, Any], tmp_path: Path
+) -> None:
+    """The server restores an in-process state under another topology (``POST state``): its
+    clients' window streams get the handovers with the assignment and pack them."""
+    from tests.server.conftest import Server
+
+    path, tok = home
+    before, after = Topology(dp_groups=2), Topology(dp_groups=1)
+    with Client.local(path) as client:
+        job = submit(client, "tok", tok, before)
+        first = take(streams(job, tok), 37)
+        state = orjson.loads(orjson.dumps(job.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
+        universe = corpus_ids(submit(client, "tok", tok, after), tok)
+    server = Server(path)
+    try:
+        with Client.remote(server.url) as remote:
+            again = remote.submit(
+                "el",
+                where="dataset == 'tok'",
+                mixture={"domain=a": 0.5, "domain=b": 0.3, "domain=c": 0.2},
+                unit="tokens",
+                chunk_size=200,
+                seed=5,
+                tokenizer=tok,
+                topology=after,
+                on_exhausted="stop",
+            )
+            again.restore(state)
+            assert again.assignment.handovers  # the handovers came with the assignment
+            rest = take([WindowStream(again, tok, SEQ, prefetch=0)], None)
+    finally:
+        server.kill()
+    check_exact(path, tok, "tok", first, rest, after, universe)

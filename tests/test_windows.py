@@ -128,7 +128,9 @@ def test_prefetch_runs_ahead_but_boundedly(client: Client, tokenizer: Any) -> No
     assert stream.stats.chunks_produced == 1 + depth + 1
     # the job sees the consumer's position, not the producer's
     state = stream.job.state_dict()
-    assert state["consumers"]["0"] == stream.state_dict()["stream"]
+    consumer = state["consumers"]["0"]
+    assert {"j": consumer["j"], "offset": consumer["offset"]} == stream.state_dict()["stream"]
+    assert consumer["window"]["taken"] == stream.state_dict()["taken"]  # one window: the first
     it.close()  # type: ignore[attr-defined]
     assert not _prefetch_threads()
 
