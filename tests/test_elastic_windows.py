@@ -21,6 +21,7 @@ from mixplane.chunking import Topology
 from mixplane.client import Client
 from mixplane.client.documents import DocumentReader
 from mixplane.client.windows import WindowStream
+from mixplane.errors import StateError
 from mixplane.job import Job
 from tests.tokendata import tiny_tokenizer, write_megatron
 
@@ -250,3 +251,34 @@ def test_a_state_saved_in_process_hands_over_through_the_server(
     finally:
         server.kill()
     check_exact(path, tok, "tok", first, rest, after, universe)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda s: s["consumers"]["0"]["window"].update(taken=[1, 2]),
+        lambda s: s["consumers"]["0"]["window"]["packer"].update(tokens="x"),
+        lambda s: s["handovers"][0][1].update(starts=[[3, 1], [], []]),
+        lambda s: s["handovers"][0][1].update(skips=[-1, 0, 0]),
+        lambda s: s["handovers"][0][1]["tokens"][0].append(2**40),
+    ],
+)
+def test_corrupt_window_places_and_handovers_are_refused(
+    home: tuple[Path, Any], corrupt: Any
+) -> None:
+    path, tok = home
+    with Client.local(path) as client:
+        job = submit(client, "tok", tok, Topology(dp_groups=2))
+        take(streams(job, tok), 37)
+        once = submit(client, "tok", tok, Topology(dp_groups=1))
+        once.load_state_dict(job.state_dict())
+        (stream,) = streams(once, tok)
+        take([stream], 3)
+        state = orjson.loads(orjson.dumps(once.state_dict(), option=orjson.OPT_SERIALIZE_NUMPY))
+        assert "window" in state["consumers"]["0"] and state["handovers"]
+        corrupt(state)
+        fresh = submit(client, "tok", tok, Topology(dp_groups=2))
+        before = fresh.state_dict()
+        with pytest.raises(StateError, match="corrupt"):
+            fresh.load_state_dict(state)
+        assert fresh.state_dict() == before

@@ -102,10 +102,29 @@ def handed_over(position: WindowPosition, previous: Handover | None) -> Handover
     )
 
 
-def _ints(values: Any, low: int = 0) -> bool:
+def _ints(values: Any) -> bool:
     return isinstance(values, list) and all(
-        isinstance(v, int) and not isinstance(v, bool) and low <= v < 2**62 for v in values
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**62 for v in values
     )
+
+
+def _buffers(tokens: Any, starts: Any, num_components: int) -> bool:
+    """Per component, token ids and the increasing offsets of document starts among them."""
+    return (
+        isinstance(tokens, list)
+        and isinstance(starts, list)
+        and len(tokens) == len(starts) == num_components
+        and all(_ints(t) and all(i < 2**31 for i in t) for t in tokens)
+        and all(
+            _ints(s) and s == sorted(set(s)) and all(x < len(t) for x in s)
+            for t, s in zip(tokens, starts, strict=True)
+        )
+    )
+
+
+def _ids(value: Any, key: str, optional: bool = False) -> bool:
+    v = value.get(key)
+    return (optional and v is None) or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
 
 
 def check_position(value: Any, num_components: int) -> WindowPosition:
@@ -116,13 +135,11 @@ def check_position(value: Any, num_components: int) -> WindowPosition:
         and isinstance(value.get("tokenizer"), str)
         and _ints(value.get("taken"))
         and len(value["taken"]) == num_components
-        and isinstance(packer.get("seq_len"), int)
+        and _ids(packer, "seq_len")
         and packer["seq_len"] >= 1
-        and isinstance(packer.get("tokens"), list)
-        and isinstance(packer.get("starts"), list)
-        and len(packer["tokens"]) == len(packer["starts"]) == num_components
-        and all(_ints(t) for t in packer["tokens"])
-        and all(_ints(s) for s in packer["starts"])
+        and _ids(packer, "eos_id")
+        and _ids(packer, "bos_id", optional=True)
+        and _buffers(packer.get("tokens"), packer.get("starts"), num_components)
     ):
         msg = (
             f"a consumer's window position in the job state is corrupt ({shown(value)}); pass "
@@ -134,17 +151,14 @@ def check_position(value: Any, num_components: int) -> WindowPosition:
 
 def check_handover(value: Any, num_components: int) -> Handover:
     """A handover from a saved job state, checked for shape."""
-    keys = ("tokens", "starts", "skips")
     if not (
         isinstance(value, dict)
         and isinstance(value.get("tokenizer"), str)
-        and isinstance(value.get("eos_id"), int)
-        and (value.get("bos_id") is None or isinstance(value.get("bos_id"), int))
-        and all(isinstance(value.get(k), list) and len(value[k]) == num_components for k in keys)
-        and _ints(value["skips"])
-        and all(
-            _ints(t) and _ints(s) for t, s in zip(value["tokens"], value["starts"], strict=True)
-        )
+        and _ids(value, "eos_id")
+        and _ids(value, "bos_id", optional=True)
+        and _buffers(value.get("tokens"), value.get("starts"), num_components)
+        and _ints(value.get("skips"))
+        and len(value["skips"]) == num_components
     ):
         msg = (
             f"a handover in the job state is corrupt ({shown(value)}); pass a state saved by "
