@@ -342,13 +342,14 @@ def cut_documents(
     return out, tails
 
 
-def job_documents(job: Any, tok: Any) -> dict[str, list[int]]:
+def job_documents(job: Any, tok: Any) -> tuple[dict[str, list[int]], dict[str, np.ndarray]]:
     """Every document the job's chunks hold (any topology), as the windows carry it (its ids,
-    then the EOS unless its ids end with it): {digest: [count, tokens]}."""
+    then the EOS unless its ids end with it): {digest: [count, tokens]}, and {digest: ids}."""
     from mixplane.client.documents import DocumentReader
 
     specs = list(job.plan(1_000_000))
     out: dict[str, list[int]] = {}
+    ids_of: dict[str, np.ndarray] = {}
     for rest in DocumentReader(tok)(job.reader(), specs, SEED, shuffle=True):
         texts = [d for d in rest.docs if isinstance(d, str)]
         encoded = iter(tok.encode_batch(texts)) if texts else iter(())
@@ -358,9 +359,11 @@ def job_documents(job: Any, tok: Any) -> dict[str, list[int]]:
                 continue
             if ids[-1] != EOS:
                 ids = np.append(ids, np.int32(EOS))
-            entry = out.setdefault(_digest(ids), [0, len(ids)])
+            key = _digest(ids)
+            entry = out.setdefault(key, [0, len(ids)])
             entry[0] += 1
-    return out
+            ids_of[key] = ids
+    return out, ids_of
 
 
 def join_stop(
@@ -368,13 +371,13 @@ def join_stop(
     heads: list[tuple[Any, np.ndarray]],
     rest: dict[Any, list[np.ndarray]],
     universe: dict[str, list[int]],
-) -> tuple[dict[str, list[int]], int]:
+) -> tuple[dict[str, list[int]], list[np.ndarray]]:
     """The documents both parts delivered: the first part's complete ones, and the second
     part's, where a document an old rank began before the stop (its unfinished piece in
-    ``heads``) is joined with the piece of it a new rank delivered; and how many tokens were
-    delivered of documents left unfinished (the unjoined heads and the second part's ends)."""
+    ``heads``) is joined with the piece of it a new rank delivered; and the pieces delivered
+    of documents left unfinished (the unjoined heads and the second part's ends)."""
     docs, tails = cut_documents(rest)
-    unfinished = sum(len(t) for _, t in tails)
+    unfinished = [t for _, t in tails]
     delivered = {k: list(v) for k, v in first.items()}
     pieces: dict[Any, list[np.ndarray]] = {}
     for key, parts in rest.items():  # the second part's pieces per component, EOS-terminated
@@ -393,7 +396,7 @@ def join_stop(
                 entry[0] += 1
                 break
         else:
-            unfinished += len(head)
+            unfinished.append(head)
     for key, (count, length) in docs.items():
         if count > 0:
             entry = delivered.setdefault(key, [0, length])
@@ -453,7 +456,7 @@ def _mixplane_elastic(client: Any, spec: dict[str, Any], began: float) -> dict[s
             json.dumps(
                 {
                     "full": uninterrupted,
-                    "full_tail_tokens": sum(len(t) for _, t in full_tails),
+                    "full_tails": [t.tolist() for _, t in full_tails],
                     "first": done,
                     "heads": [[list(k), h.tolist()] for k, h in heads],
                     "windows": [full_windows, first],
@@ -475,11 +478,11 @@ def _mixplane_elastic(client: Any, spec: dict[str, Any], began: float) -> dict[s
 
     rest = _elastic_windows([Timed()] if after == 1 else streams, None, sequences, "rest")
     saved = json.loads(docs_file.read_text())
-    universe = job_documents(_mixplane_job(client, spec, "peers-elastic-all"), tok)
+    universe, ids_of = job_documents(_mixplane_job(client, spec, "peers-elastic-all"), tok)
     heads = [(tuple(k), np.asarray(h, dtype=np.int32)) for k, h in saved["heads"]]
     seen, unfinished = join_stop(saved["first"], heads, sequences, universe)
 
-    def per_chunk() -> tuple[dict[str, list[int]], int]:
+    def per_chunk() -> tuple[dict[str, list[int]], list[np.ndarray]]:
         state = json.loads(state_file.read_text())
         for consumer in state["consumers"].values():
             consumer.pop("window", None)
@@ -490,19 +493,31 @@ def _mixplane_elastic(client: Any, spec: dict[str, Any], began: float) -> dict[s
         _elastic_windows(streams, None, again, "rest")
         return join_stop(saved["first"], heads, again, universe)
 
-    def compare(delivered: dict[str, list[int]], unfinished: int) -> dict[str, int]:
+    def compare(delivered: dict[str, list[int]], unfinished: list[Any]) -> dict[str, int]:
         """Documents delivered more often than the job holds them, and those not delivered
         whole; ``undelivered_tokens``: the tokens never delivered (the lost documents' less
-        what was delivered of the unfinished ones)."""
+        the pieces delivered of unfinished ones: each piece is the start of a lost one)."""
         extra = [(c - universe.get(k, [0])[0], n) for k, (c, n) in delivered.items()]
-        missing = [(c - delivered.get(k, [0])[0], n) for k, (c, n) in universe.items()]
-        lost_tokens = sum(d * n for d, n in missing if d > 0)
+        lost = {k: c - delivered.get(k, [0])[0] for k, (c, _) in universe.items()}
+        lost = {k: d for k, d in lost.items() if d > 0}
+        lost_tokens = sum(d * universe[k][1] for k, d in lost.items())
+        for piece in map(np.asarray, unfinished):
+            for key, d in lost.items():
+                doc = ids_of[key]
+                if d > 0 and len(doc) > len(piece) and np.array_equal(doc[: len(piece)], piece):
+                    lost[key] -= 1
+                    lost_tokens -= len(piece)
+                    break
         return {
             "repeated_docs": sum(d for d, _ in extra if d > 0),
             "repeated_tokens": sum(d * n for d, n in extra if d > 0),
-            "lost_docs": sum(d for d, _ in missing if d > 0),
+            "lost_docs": sum(
+                c - delivered.get(k, [0])[0]
+                for k, (c, _) in universe.items()
+                if c > delivered.get(k, [0])[0]
+            ),
             "lost_tokens": lost_tokens,
-            "undelivered_tokens": lost_tokens - unfinished,
+            "undelivered_tokens": lost_tokens,
         }
 
     return {
@@ -514,7 +529,7 @@ def _mixplane_elastic(client: Any, spec: dict[str, Any], began: float) -> dict[s
         # what the final packers hold is never delivered (at most SEQ tokens per component and
         # rank): the uninterrupted run's figures are the reference for that end effect
         "rest_bound_tokens": SEQ * len(DOMAINS) * after,
-        "uninterrupted": compare(saved["full"], saved["full_tail_tokens"]),
+        "uninterrupted": compare(saved["full"], saved["full_tails"]),
         # the same restore without the window streams' places in the state: per chunk, as
         # mixplane restored before the handover (the baseline of this cell)
         "per_chunk": compare(*per_chunk()),
