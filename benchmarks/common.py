@@ -7,6 +7,8 @@ import datetime
 import gc
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,3 +66,33 @@ def print_summary(title: str, header: Sequence[str], rows: Sequence[Sequence[Any
     for *cells, met in rows:
         mark = "" if met is None else ("yes" if met else "**no**")
         print("| " + " | ".join(str(c) for c in cells) + f" | {mark} |")
+
+
+class Server:
+    """``mixplane --home HOME serve`` on loopback (any free port), in a child process."""
+
+    def __init__(self, home: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mixplane.cli", "--home", home, "serve", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if "listening on " in line:
+                self.url = line.split("listening on ")[1].split()[0]
+                return
+        msg = "the server did not start"
+        raise RuntimeError(msg)
+
+    def peak_rss_mb(self) -> float:
+        """The server process's peak RSS (VmHWM), MB."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1e3
+        return 0.0
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)

@@ -37,7 +37,12 @@ shares after ``--windows`` windows (worst error, pp), worst share deviation over
 consecutive windows, stop after ``--stop`` windows and resume in a new process (exact = the
 next ``--check`` windows' digests equal the uninterrupted run's; time to the first window),
 a mixture change at window ``--stop`` without restart (new weights 0.3/0.4/0.2/0.1; realized
-shares afterwards), peak RSS.
+shares afterwards), peak RSS. Elastic resume (mixplane in-process rows; the peers' cells say
+what their documentation says, unmeasured): 2 data-parallel ranks (two consumers in one process)
+stop after ``--stop`` windows in all, the job's state is restored in a new process into the job
+submitted with 1 rank; exact if the documents delivered before and after, together, are the
+uninterrupted 2-rank run's (each as often; the jobs end where the first domain runs out), and
+the time to the first window after the resume.
 
 Usage (from the repository root)::
 
@@ -239,7 +244,9 @@ def child_text_ceiling(spec: dict[str, Any], began: float) -> dict[str, Any]:
     return drive(spec, began, items()).result()
 
 
-def _mixplane_job(client: Any, spec: dict[str, Any], job_id: str, workers: int = 1) -> Any:
+def _mixplane_job(
+    client: Any, spec: dict[str, Any], job_id: str, workers: int = 1, dp_groups: int = 1
+) -> Any:
     from mixplane.chunking.assign import Topology
 
     return client.submit(
@@ -248,7 +255,10 @@ def _mixplane_job(client: Any, spec: dict[str, Any], job_id: str, workers: int =
         unit="tokens",
         seed=SEED,
         tokenizer="deepseek",
-        topology=Topology(workers=workers),
+        topology=Topology(workers=workers, dp_groups=dp_groups),
+        # the elastic runs end where the first domain runs out (the same chunk for any
+        # topology), so the uninterrupted and the resumed runs hold the same documents
+        **({"on_exhausted": "stop"} if spec["mode"].startswith("elastic") else {}),
         # the server keeps its jobs (durably, in its home) across restarts: every mode but a
         # resume starts the job anew; a resume attaches to the job the stop left there
         **({"replace": spec["mode"] != "resume"} if client.is_remote else {}),
@@ -268,6 +278,8 @@ def child_mixplane(spec: dict[str, Any], began: float) -> dict[str, Any]:
     with opened as client:
         if spec["mode"] == "workers":
             return _mixplane_workers(client, spec, began)
+        if spec["mode"].startswith("elastic"):
+            return _mixplane_elastic(client, spec, began)
         job = _mixplane_job(client, spec, f"peers-{spec['data']}")
         of_component = np.array([names.index(s.split("=")[1]) for s in job.selectors])
         stream = WindowStream(job, getattr(job, "tokenizer", None) or _mp_tok(), SEQ)
@@ -298,6 +310,116 @@ def child_mixplane(spec: dict[str, Any], began: float) -> dict[str, Any]:
             state = {"job": job.state_dict(), "stream": stream.state_dict()}
             state_file.write_text(json.dumps(state, default=_jsonable))
         return run.result(change=change_note, chunk_windows=500_000 / SEQ)
+
+
+ELASTIC_RANKS = (2, 1)  # data-parallel ranks before the stop and after the elastic resume
+
+
+def complete_documents(sequences: dict[Any, list[np.ndarray]]) -> dict[str, list[int]]:
+    """Documents (EOS-terminated) in each token sequence (one per consumer and component: the
+    inputs of its windows, which continue one another), each sequence starting at a document
+    start; the unfinished piece at a sequence's end is left out. {digest: [count, tokens]}."""
+    out: dict[str, list[int]] = {}
+    for parts in sequences.values():
+        ids = np.concatenate(parts)
+        start = 0
+        for end in np.flatnonzero(ids == EOS).tolist():
+            doc = ids[start : end + 1]
+            key = hashlib.blake2b(doc.tobytes(), digest_size=10).hexdigest()
+            entry = out.setdefault(key, [0, len(doc)])
+            entry[0] += 1
+            start = end + 1
+    return out
+
+
+def _elastic_windows(
+    streams: list[Any], limit: int | None, sequences: dict[Any, list[np.ndarray]], tag: str
+) -> int:
+    """Windows of the ranks' streams taken in turn (one each) up to ``limit`` in all (None: to
+    the end), recorded per (tag, rank, component); how many were taken."""
+    taken = 0
+    iterators = [iter(s) for s in streams]
+    live = list(range(len(streams)))
+    while live and (limit is None or taken < limit):
+        for r in list(live):
+            w = next(iterators[r], None)
+            if w is None:
+                live.remove(r)
+                continue
+            sequences.setdefault((tag, r, w.component), []).append(np.asarray(w.input_ids))
+            taken += 1
+            if limit is not None and taken >= limit:
+                break
+    return taken
+
+
+def _mixplane_elastic(client: Any, spec: dict[str, Any], began: float) -> dict[str, Any]:
+    """Elastic resume: ``elastic-stop`` streams the job (``on_exhausted="stop"``: it ends
+    where the first domain runs out) with 2 data-parallel ranks (two consumers in this
+    process, one window each in turn) to the end (the uninterrupted run),
+    then again for ``stop`` windows in all and saves the job's state; ``elastic-resume`` (a new
+    process) restores it into the job submitted with 1 rank (``Job.load_state_dict`` with
+    another topology) and streams to the end. Exact if the documents of both parts together
+    are those of the uninterrupted run, each as often."""
+    from mixplane.client.windows import WindowStream
+
+    before, after = ELASTIC_RANKS
+    name = f"elastic-{spec['row']}"
+    state_file = Path(spec["work"]) / f"{name}-state.json"
+    docs_file = Path(spec["work"]) / f"{name}-docs.json"
+    tok = _mp_tok()
+    sequences: dict[Any, list[np.ndarray]] = {}
+    if spec["mode"] == "elastic-stop":
+        full = _mixplane_job(client, spec, "peers-elastic-full", dp_groups=before)
+        streams = [WindowStream(full, tok, SEQ, dp_group=g) for g in range(before)]
+        full_windows = _elastic_windows(streams, None, sequences, "full")
+        uninterrupted = complete_documents(sequences)
+        sequences = {}
+        job = _mixplane_job(client, spec, "peers-elastic", dp_groups=before)
+        streams = [WindowStream(job, tok, SEQ, dp_group=g) for g in range(before)]
+        first = _elastic_windows(streams, spec["stop"], sequences, "first")
+        state_file.write_text(json.dumps(job.state_dict(), default=_jsonable))
+        docs_file.write_text(
+            json.dumps(
+                {
+                    "full": uninterrupted,
+                    "first": complete_documents(sequences),
+                    "windows": [full_windows, first],
+                }
+            )
+        )
+        return {"windows": first, "full_windows": full_windows}
+    job = _mixplane_job(client, spec, "peers-elastic", dp_groups=after)
+    job.load_state_dict(_tensors(json.loads(state_file.read_text())))
+    streams = [WindowStream(job, tok, SEQ, dp_group=g) for g in range(after)]
+    first_s: list[float] = []
+
+    class Timed:
+        def __iter__(self) -> Iterator[Any]:
+            for w in streams[0]:
+                if not first_s:
+                    first_s.append(time.perf_counter() - began)
+                yield w
+
+    rest = _elastic_windows([Timed()] if after == 1 else streams, None, sequences, "rest")
+    saved = json.loads(docs_file.read_text())
+    full, seen = saved["full"], dict(saved["first"])
+    for key, (count, length) in complete_documents(sequences).items():
+        seen[key] = [seen.get(key, [0, length])[0] + count, length]
+    extra = {k: (c - full.get(k, [0])[0], n) for k, (c, n) in seen.items()}
+    missing = {k: (c - seen.get(k, [0])[0], n) for k, (c, n) in full.items()}
+    return {
+        "ranks": list(ELASTIC_RANKS),
+        "first_s": first_s[0] if first_s else None,
+        "windows": [saved["windows"][1], rest],
+        "full_windows": saved["windows"][0],
+        "documents": sum(c for c, _ in full.values()),
+        "repeated_docs": sum(d for d, _ in extra.values() if d > 0),
+        "repeated_tokens": sum(d * n for d, n in extra.values() if d > 0),
+        "lost_docs": sum(d for d, _ in missing.values() if d > 0),
+        "lost_tokens": sum(d * n for d, n in missing.values() if d > 0),
+        "peak_rss_mb": peak_rss_mb(),
+    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -868,33 +990,6 @@ def pretokenize(
     return prefixes, means
 
 
-class Server:
-    def __init__(self, home: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mixplane.cli", "--home", home, "serve", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "listening on " in line:
-                self.url = line.split("listening on ")[1].split()[0]
-                return
-        msg = "the server did not start"
-        raise RuntimeError(msg)
-
-    def peak_rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1e3
-        return 0.0
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-
-
 def python_for(kind: str) -> str:
     if kind in ("tokens-streaming", "streaming-prepare"):
         return str(PEERS / "streaming" / "bin" / "python")
@@ -971,6 +1066,7 @@ def main() -> None:
         help="comma-separated row names (e.g. text-mixplane,tokens-megatron)",
     )
     parser.add_argument("--skip-workers", action="store_true")
+    parser.add_argument("--skip-elastic", action="store_true")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
@@ -1021,6 +1117,8 @@ def main() -> None:
 
 
 def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, Any]:
+    from common import Server  # benchmarks/ is on sys.path when run as a script
+
     from mixplane.client import Client
 
     setup: dict[str, dict[str, Any]] = {}
@@ -1112,12 +1210,15 @@ def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
         "rows": {},
     }
     modes = ["run", "stop", "resume", "change"] + ([] if args.skip_workers else ["workers"])
+    modes += [] if args.skip_elastic else ["elastic-stop", "elastic-resume"]
     for row in rows:
         out: dict[str, Any] = {}
         for mode in modes:
             if mode == "change" and not row.split("-")[1].startswith("mixplane"):
                 continue
             if mode in ("stop", "resume", "workers") and row.endswith("ceiling"):
+                continue
+            if mode.startswith("elastic") and row not in ELASTIC_MEASURED:
                 continue
             server = (
                 Server(spec["home_tokens"] if row.startswith("tokens") else spec["home_text"])
@@ -1162,6 +1263,37 @@ STATES_SHARES = {
 }
 
 
+#: rows whose elastic resume (2 ranks stopped, resumed with 1) the benchmark measures
+ELASTIC_MEASURED = ("text-mixplane", "tokens-mixplane")
+#: the others' elastic resume as their documentation and code say (not measured here)
+ELASTIC_DOCUMENTED = {
+    "text-mixplane-srv": "not measured (the server restores a job's state into a job submitted with another topology, docs/server.md)",
+    "text-hf": "not measured; no documented way: the IterableDataset state is per rank's shard (split_dataset_by_node)",
+    "text-nodes": "not measured; no documented way: each rank's Loader state is its own sampler's",
+    "tokens-mixplane-srv": "not measured (as text-mixplane-srv)",
+    "tokens-megatron": "not measured; by design: the consumed-samples index is global, the sampler slices it by the new DP size",
+    "tokens-litdata": "not measured; refused: load_state_dict raises when num_workers x world size differs (a force-override option warns of repeated or skipped items)",
+    "tokens-streaming": "not measured; documented ('elastic determinism': same num_canonical_nodes and global batch size)",
+}
+
+
+def elastic_cell(row: str, out: dict[str, Any]) -> str:
+    if row.endswith("ceiling"):
+        return "-"
+    if row not in ELASTIC_MEASURED or "elastic-resume" not in out:
+        return ELASTIC_DOCUMENTED.get(row, "not measured")
+    e, stop = out["elastic-resume"], out.get("elastic-stop", {})
+    if "error" in e or "error" in stop:
+        return "error: " + (stop.get("error") or e.get("error") or "")[:80]
+    exact = "yes" if e["repeated_docs"] == 0 and e["lost_docs"] == 0 else "no"
+    return (
+        f"{exact}: {e['ranks'][0]} ranks stopped at {e['windows'][0]:,} windows, resumed with "
+        f"{e['ranks'][1]}: of {e['documents']:,} documents {e['repeated_docs']:,} repeated "
+        f"({e['repeated_tokens']:,} tokens), {e['lost_docs']:,} lost ({e['lost_tokens']:,} "
+        f"tokens); first window {_fmt(e.get('first_s'))} s"
+    )
+
+
 def steady(run: dict[str, Any]) -> float | None:
     """M tokens/s after the first window (the end-to-end time less the first window's)."""
     n, rate, first = run.get("windows") or 0, run.get("tokens_per_s"), run.get("first_s")
@@ -1182,9 +1314,9 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"\n## Peers ({results['size']}: {results['text_mb']:.0f} MB text, {results['tokens'] / 1e6:.1f} M tokens; {spec['windows']:,} windows of {SEQ} per run)\n"
     )
     print(
-        "| row | set-up s (disk MB) | M tok/s, 1 proc: end to end / after the first window | first window s | M tok/CPU-s, 1 proc (end to end) | M tok/s, 2 workers (same) | states token shares | token share error pp | worst 32-window span pp | resume exact | first window after resume s | mixture change at 1,000 | peak RSS MB |"
+        "| row | set-up s (disk MB) | M tok/s, 1 proc: end to end / after the first window | first window s | M tok/CPU-s, 1 proc (end to end) | M tok/s, 2 workers (same) | states token shares | token share error pp | worst 32-window span pp | resume exact | first window after resume s | elastic resume (2 ranks -> 1) | mixture change at 1,000 | peak RSS MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row, out in results["rows"].items():
         run = out.get("run", {})
         if "error" in run:
@@ -1247,7 +1379,7 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f" (+server {run['server_rss_mb']:.0f})" if "server_rss_mb" in run else ""
         )
         print(
-            f"| {row} | {set_cell} | {one} | {_fmt(run.get('first_s'))} | {one_cpu} | {two} | {STATES_SHARES.get(row, '-')} | {_fmt(err)} | {_fmt(span)} | {exact} | {first} | {change_cell} | {rss_cell} |"
+            f"| {row} | {set_cell} | {one} | {_fmt(run.get('first_s'))} | {one_cpu} | {two} | {STATES_SHARES.get(row, '-')} | {_fmt(err)} | {_fmt(span)} | {exact} | {first} | {elastic_cell(row, out)} | {change_cell} | {rss_cell} |"
         )
     pre = results["setup"]["pretokenize"]
     print(

@@ -493,29 +493,6 @@ def run_child(kind: str, spec: dict[str, Any], core: int, python: str | Path = s
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-class Server:
-    """``mixplane --home HOME serve`` on loopback (any free port), on the other CPUs."""
-
-    def __init__(self, home: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mixplane.cli", "--home", home, "serve", "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "listening on " in line:
-                self.url = line.split("listening on ")[1].split()[0]
-                return
-        msg = "the server did not start"
-        raise RuntimeError(msg)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-
-
 def litdata_python() -> Path:
     """The LitData venv's python, made on first use (litdata and this project's CPU torch)."""
     python = LITDATA_VENV / "bin" / "python"
@@ -551,7 +528,7 @@ def main() -> None:
         child_main(*args.child)
         return
     sys.path.insert(0, str(HERE))
-    from common import load, print_summary, scratch
+    from common import Server, load, print_summary, scratch
 
     core = sorted(os.sched_getaffinity(0))[-1]
     lit = None if args.skip_litdata else litdata_python()

@@ -5,8 +5,9 @@ data state of its last trained batch in Lightning's checkpoints, per-domain loss
 Run: ``.venv/bin/python examples/lightning_trainer.py`` (about a minute on 2 cores). It trains a
 tiny causal LM for 8 steps uninterrupted, then 4 steps, stops, resumes Lightning's checkpoint in
 new processes and trains the rest, and checks every rank's batches and losses against the
-uninterrupted run (``trainer_harness.prove``). Prints the share of the training loop spent
-waiting for data and whether the resume matched.
+uninterrupted run (``trainer_harness.prove``); then 4 steps with both processes in one DP group
+(``dp_groups=1``), whose ranks must get the same batches. Prints the share of the training loop
+spent waiting for data and whether the resume matched.
 
 The part a user writes is ``run`` below: ``MixplaneDataModule`` (a ``TokenWindowDataset`` per
 rank), ``MixplaneCallback`` with a ``LossFeedback``, and a ``training_step`` that returns the
@@ -117,11 +118,13 @@ def run(job: Any, options: argparse.Namespace, folder: str, *, restore: bool) ->
 
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mixplane-lightning-") as tmp:
-        result = prove(Path(__file__).resolve(), Path(tmp), [])
+        result = prove(Path(__file__).resolve(), Path(tmp), [], same_group=True)
     assert result["matched"] and result["same_weights"], "the resume did not match"
     assert result["control_differs"], "resuming without the data state should differ"
     assert result["adapted"], "ADO did not change the weights"
     assert result["disjoint"], "the two DP ranks read the same windows"
+    steps = [[s["hash"] for s in rank["steps"]] for rank in result["group"]]
+    assert steps[0] and steps[0] == steps[1], "the ranks of one DP group got different batches"
 
 
 if __name__ == "__main__":

@@ -1,14 +1,18 @@
 """OLMo-core's ``Trainer`` on a mixplane job: its smallest model on the CPU (gloo), 1 and 2 ranks.
 
-For each number of ranks it trains ``--steps`` steps uninterrupted; then half of them, stops the
-processes, and resumes from OLMo-core's own checkpoint (model, optimizer and each rank's
-``train/rank<R>.pt`` with the loader state) in new processes for the rest. It checks that every
-rank trained on the same batches (token hashes) with the same losses after the resume as the
-uninterrupted run, that the two DP ranks read disjoint windows, and that ADO's weights moved by
-the train module's per-domain loss (1 rank: the job runs in-process with feedback; 2 ranks: a
-static mixture; ADO in several in-process ranks is tested in test_inprocess_adaptive.py). A negative
-control resumes without the data state (the loader starts its stream over) and must differ.
-Each run prints the share of step time spent waiting for the next batch.
+An ADO job runs in-process in every rank: this process submits it and saves one snapshot, each
+rank opens the job from it, and ``MixplaneFeedback`` feeds it the train module's per-domain loss
+(with several ranks, ``LossFeedback`` all-reduces it and every rank applies the same numbers from
+the same chunk, so all ranks keep one plan). For each number of ranks it trains ``--steps`` steps
+uninterrupted; then half of them, stops the processes, and resumes from OLMo-core's own
+checkpoint (model, optimizer and each rank's ``train/rank<R>.pt`` with the loader state, the job's
+state included) in new processes for the rest. It checks that every rank trained on the same
+batches (token hashes) with the same losses, ADO weights and mixture log after the resume as the
+uninterrupted run (chunks planned with changed weights are read after the resume), that ADO's
+weights moved, that all ranks hold the same weights and mixture log at every step, and that the
+DP ranks read disjoint windows. A negative control resumes without the data state (the loader
+starts its stream over) and must differ. Each run prints the share of step time spent waiting
+for the next batch.
 
 Run: ``.venv/bin/python examples/olmo_core_trainer.py [--ranks 1 2] [--steps 12]``
 (needs ``pip install 'mixplane[olmo]'``).
@@ -21,7 +25,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import random
 import shutil
 import socket
 import sys
@@ -30,16 +33,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from mixplane.chunking import Topology
 from mixplane.client import Client
-from mixplane.tokens.tokenizer import load_tokenizer, train_bpe
+from mixplane.client.snapshot import JobSnapshot
+from mixplane.job import Job
+from mixplane.tokens.tokenizer import load_tokenizer
 
 SEQ = 32  # tokens per window
 WINDOWS = 4  # windows per rank per step
-LANGUAGES = {"en": "the of and to in is was for", "de": "der die und das ist nicht mit",
-             "fr": "le la les et est pas une dans"}  # fmt: skip
 ADO = {"start_step": 3, "refit_interval": 2, "ignore_steps": 0, "subsample": 1,
        "savgol_window": 3, "savgol_order": 1, "seq_len": SEQ}  # fmt: skip
 MIXTURE = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
@@ -47,22 +48,9 @@ MIXTURE = {"language=en": 0.5, "language=de": 0.3, "language=fr": 0.2}
 
 def write_corpus(root: Path) -> tuple[Path, Path]:
     """A JSONL corpus of three languages and a 300-token BPE trained on it."""
-    rng = random.Random(0)
-    path = root / "corpus.jsonl"
-    texts = []
-    with path.open("wb") as f:
-        for i in range(900):
-            language = ("en", "de", "fr")[i % 3]
-            words = LANGUAGES[language].split()
-            text = f"{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(10, 80)))
-            texts.append(text)
-            f.write(orjson.dumps({"text": text, "meta": {"language": language}}) + b"\n")
-    tokenizer = train_bpe(texts[:300], vocab_size=300)
-    tokenizer.save(root / "tokenizer.json")
-    with Client.local(root / "home") as client:
-        client.catalog.register(
-            "corpus", path, properties={"language": "meta.language"}, progress=False
-        )
+    from trainer_harness import write_language_corpus
+
+    write_language_corpus(root, root / "tokenizer.json")
     return root / "home", root / "tokenizer.json"
 
 
@@ -91,10 +79,7 @@ def rank_main(config: dict[str, Any]) -> None:
     prepare_training_environment(seed=0, backend="gloo" if world > 1 else None)
     rank, world = get_rank(), get_world_size()
     tokenizer = load_tokenizer(config["tokenizer"])
-    client = Client.local(config["home"], read_only=True)
-    job = client.submit(
-        "olmo", topology=Topology(dp_groups=world), tokenizer=tokenizer, **config["job"]
-    )
+    job = Job.from_snapshot(JobSnapshot.load(config["snapshot"]), tokenizer)  # same on every rank
 
     class Forgetful(MixplaneDataLoader):  # type: ignore[misc]
         """The negative control: a loader that keeps no data position in the checkpoint."""
@@ -128,8 +113,9 @@ def rank_main(config: dict[str, Any]) -> None:
     )
 
     class Record(Callback):  # type: ignore[misc]
-        """Per step: the batch's token hash, this rank's loss, the job's weights, and the time
-        from asking the loader for a batch to getting it (waiting) vs. the whole step."""
+        """Per step: the batch's token hash, this rank's loss, the job's weights and mixture log
+        (a digest), the chunk being read and its mixture version, and the time from asking the loader for a batch to getting it (waiting) vs.
+        the whole step."""
 
         def __init__(self) -> None:
             super().__init__()
@@ -157,13 +143,20 @@ def rank_main(config: dict[str, Any]) -> None:
         def post_step(self) -> None:
             self.row["time"] = time.perf_counter() - self.asked
             self.row["weights"] = [float(w) for w in job.weights]
+            log = json.dumps(job.mixture_log, sort_keys=True).encode()
+            self.row["log"] = [len(job.mixture_log), hashlib.sha256(log).hexdigest()[:16]]
+            consumer = job.topology.consumer(rank, 0)
+            index, _ = job.assignment.chunk(consumer, job.progress().positions[consumer]["j"])
+            chunk = job.chunk(index)
+            self.row["chunk"] = [index, chunk.mixture_version if chunk is not None else None]
             self.row["params"] = sum(float(p.detach().double().sum()) for p in model.parameters())
             with self.out.open("a") as f:
                 f.write(json.dumps(self.row) + "\n")
 
-    callbacks: dict[str, Callback] = {"record": Record()}
-    if world == 1:  # 2 ranks run a static mixture here (see the module)
-        callbacks["mixplane_feedback"] = MixplaneFeedback(job)
+    callbacks: dict[str, Callback] = {
+        "record": Record(),
+        "mixplane_feedback": MixplaneFeedback(job),
+    }
     callbacks["checkpointer"] = CheckpointerCallback(
         save_interval=config["save_at"] or 10**6, pre_train_checkpoint=False, save_async=False
     )
@@ -175,7 +168,6 @@ def rank_main(config: dict[str, Any]) -> None:
         callbacks=callbacks,
     ).build(module, loader)
     trainer.fit()
-    client.close()
 
 
 # ---------------------------------------------------------------- the runs (this process)
@@ -238,12 +230,22 @@ def run(
     root: Path, ranks: int, steps: int, *, dp: str = "ddp", control: bool = True
 ) -> dict[str, Any]:
     """Uninterrupted, interrupted + resumed, and the negative control, for ``ranks`` ranks."""
-    home, tokenizer = root / "home", root / "tokenizer.json"
-    adaptive = ranks == 1
-    job: dict[str, Any] = {"mixture": MIXTURE, "unit": "tokens", "chunk_size": 256, "seed": 0}
-    if adaptive:
-        job.update(algorithm="ado", algorithm_options=ADO)
-    base = {"home": str(home), "tokenizer": str(tokenizer), "job": job, "dp": dp}
+    tokenizer = root / "tokenizer.json"
+    snapshot = root / f"{ranks}-job"
+    with Client.local(root / "home") as client:  # one job, one snapshot: every rank opens it
+        job = client.submit(
+            "olmo",
+            mixture=MIXTURE,
+            unit="tokens",
+            chunk_size=128,
+            seed=0,
+            algorithm="ado",
+            algorithm_options=ADO,
+            topology=Topology(dp_groups=ranks),
+            tokenizer=load_tokenizer(str(tokenizer)),
+        )
+        job.snapshot().save(snapshot)
+    base = {"tokenizer": str(tokenizer), "snapshot": str(snapshot), "dp": dp}
 
     def config(
         name: str, steps: int, *, data_state: bool = True, save_at: int = 0
@@ -277,6 +279,7 @@ def run(
     matched = column(resumed, "hash") == column(full, "hash")
     losses = column(resumed, "loss") == column(full, "loss")
     weights = column(resumed, "weights") == column(full, "weights")
+    logs = column(resumed, "log") == column(full, "log")
     differs = forgetful is not None and column(forgetful, "hash") != column(full, "hash")
     steady = [row for rank_rows in full for row in rank_rows[1:]]
     waiting = sum(row["wait"] for row in steady) / sum(row["time"] for row in steady)
@@ -286,6 +289,19 @@ def run(
         "resume_matched": matched,
         "losses_matched": losses,
         "weights_matched": weights,
+        "log_matched": logs,
+        # every rank holds the same weights and mixture log after every step
+        "ranks_agree": all(
+            column(runs, key)[r] == column(runs, key)[0]
+            for runs in (full, resumed)
+            for key in ("weights", "log")
+            for r in range(ranks)
+        ),
+        "changes": full[0][-1]["log"][0] - 1,  # mixture changes the feedback made
+        # after the resume every rank trained on a chunk planned with a changed mixture
+        "adapted_read": all(
+            (row["chunk"][1] or 0) > 0 for rank_rows in resumed for row in rank_rows[-1:]
+        ),
         "control_differs": differs,
         "waiting": waiting,
         "weights_first": full[0][0]["weights"],
@@ -293,9 +309,9 @@ def run(
         "full": full,
         "resumed": resumed,
     }
-    if ranks == 2:  # disjoint windows across the two DP ranks
+    if ranks > 1:  # disjoint windows across the DP ranks
         seen = [{w for row in rank_rows for w in row["windows"]} for rank_rows in full]
-        report["dp_disjoint"] = not (seen[0] & seen[1])
+        report["dp_disjoint"] = sum(map(len, seen)) == len(set().union(*seen))
     return report
 
 
@@ -324,17 +340,24 @@ def main() -> None:
                 f"without data state: {'differs' if report['control_differs'] else 'SAME/not run'}; "
                 f"waiting for data: {report['waiting']:.1%} of step time"
             )
-            if ranks == 2:
+            first, last = (
+                [round(w, 3) for w in report[key]] for key in ("weights_first", "weights_last")
+            )
+            print(
+                f"  ADO weights {first} -> {last} ({report['changes']} mixture changes); "
+                f"same weights and mixture log on every rank at every step: "
+                f"{report['ranks_agree']}; last step's chunk has a changed mixture on every "
+                f"rank: {report['adapted_read']}"
+            )
+            if ranks > 1:
                 print(f"  dp ranks read disjoint windows: {report['dp_disjoint']}")
-            else:
-                print(f"  ADO weights {report['weights_first']} -> {report['weights_last']}")
             assert report["resume_matched"] and report["losses_matched"], report
-            assert report["weights_matched"], report
+            assert report["weights_matched"] and report["log_matched"], report
+            assert report["ranks_agree"] and report["adapted_read"], report
             assert report["control_differs"] or ranks != args.ranks[0]
-            if ranks == 2:
+            assert report["weights_first"] != report["weights_last"]
+            if ranks > 1:
                 assert report["dp_disjoint"]
-            else:
-                assert report["weights_first"] != report["weights_last"]
 
 
 if __name__ == "__main__":

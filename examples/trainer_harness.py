@@ -63,6 +63,35 @@ def write_corpus(root: Path, docs: int = 900) -> Path:
     return path
 
 
+LANGUAGES = {"en": "the of and to in is was for", "de": "der die und das ist nicht mit",
+             "fr": "le la les et est pas une dans"}  # fmt: skip
+
+
+def write_language_corpus(root: Path, tokenizer_path: Path) -> Any:
+    """900 JSONL documents of three languages (``root/corpus.jsonl``, random words of each)
+    registered as ``corpus`` (property ``language``) in the catalog at ``root/home``, and a
+    300-token BPE trained on the first 300, saved at ``tokenizer_path`` and returned (the
+    OLMo-core and torchtitan examples)."""
+    rng = random.Random(0)
+    path = root / "corpus.jsonl"
+    texts = []
+    with path.open("wb") as f:
+        for i in range(900):
+            language = ("en", "de", "fr")[i % 3]
+            words = LANGUAGES[language].split()
+            text = f"{i} " + " ".join(rng.choice(words) for _ in range(rng.randint(10, 80)))
+            texts.append(text)
+            f.write(orjson.dumps({"text": text, "meta": {"language": language}}) + b"\n")
+    tokenizer = train_bpe(texts[:300], vocab_size=300)
+    tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(tokenizer_path)
+    with Client.local(root / "home") as client:
+        client.catalog.register(
+            "corpus", path, properties={"language": "meta.language"}, progress=False
+        )
+    return tokenizer
+
+
 @dataclass
 class Setup:
     root: Path
@@ -85,12 +114,13 @@ def prepare(root: Path) -> Setup:
 
 
 class Server:
-    """``mixplane --home HOME serve --port 0`` on loopback."""
+    """``mixplane --home HOME serve --port 0`` on loopback (run by ``python``: another venv's
+    interpreter where this one lacks the server extra)."""
 
-    def __init__(self, home: Path) -> None:
+    def __init__(self, home: Path, python: str = sys.executable) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("MIXPLANE_HOME", "MIXPLANE_SERVER")}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mixplane.cli", "--home", str(home), "serve", "--port", "0"],
+            [python, "-m", "mixplane.cli", "--home", str(home), "serve", "--port", "0"],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -219,9 +249,13 @@ def write_records(out: Path, rank: int, record: dict[str, Any]) -> None:
     (out / f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def prove(script: Path, root: Path, common: list[str]) -> dict[str, Any]:
+def prove(
+    script: Path, root: Path, common: list[str], *, same_group: bool = False
+) -> dict[str, Any]:
     """The protocol (see the module); prints the data-wait fraction and whether the resume
-    matched; returns every run's records for tests."""
+    matched; returns every run's records for tests. ``same_group``: also train ``STEPS // 2``
+    steps with both processes in one DP group (``dp_groups=1``, ``ranks_per_group=2``: the
+    tensor-parallel case), whose ranks must get identical batches."""
     setup = prepare(root)
     server = Server(setup.home)
     try:
@@ -262,7 +296,21 @@ def prove(script: Path, root: Path, common: list[str]) -> dict[str, Any]:
             control_dir,
         )
         control = [{"steps": r["control_steps"]} for r in rest]
-        final = {j: job_weights(server.url, j) for j in ("full", "split")}
+        group: list[dict[str, Any]] = []
+        if same_group:
+            weights0["group"] = submit(server.url, "group", setup.tokenizer, dp_groups=1)
+            group = launch(
+                script,
+                root / "group",
+                *base,
+                "--job",
+                "group",
+                "--dir",
+                str(root / "ck-group"),
+                "--steps",
+                str(half),
+            )
+        final = {j: job_weights(server.url, j) for j in weights0 if j != "control"}
     finally:
         server.stop()
 
@@ -279,6 +327,13 @@ def prove(script: Path, root: Path, common: list[str]) -> dict[str, Any]:
         for r in range(NPROC)
     )
     adapted = final["full"][1] > 0 and final["full"][0] != weights0["full"]
+    if group:  # one DP group: both ranks trained on the same batches, step by step
+        hashes_in_group = [[s["hash"] for s in group[r]["steps"]] for r in range(NPROC)]
+        identical = len(hashes_in_group[0]) == half and hashes_in_group[0] == hashes_in_group[1]
+        print(
+            f"one DP group of {NPROC} ranks ({half} steps): identical batches on every rank: "
+            f"{identical}; ADO changes {final['group'][1]}"
+        )
     same_weights = final["split"][0] == final["full"][0]
     waits = [full[r]["wait"] for r in range(NPROC)]
     print(
@@ -311,6 +366,7 @@ def prove(script: Path, root: Path, common: list[str]) -> dict[str, Any]:
         "adapted": adapted,
         "final": final,
         "weights0": weights0,
+        "group": group,
     }
 
 

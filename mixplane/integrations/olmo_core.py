@@ -19,8 +19,11 @@ Feedback: ``DomainLossTrainModule`` is OLMo-core's ``TransformerTrainModule`` th
 ``domain_ids`` out of each micro-batch before the model sees them and keeps the per-token
 cross-entropy of the step (from the logits the forward already computes; one extra
 ``[tokens, vocab]`` log-softmax, no second forward). ``MixplaneFeedback`` (an OLMo-core
-``Callback``) hands them after each optimizer step to ``LossFeedback``: summed per component,
-all-reduced over the trainer's DP process group, sent by one rank to ``job.feedback``. It sends
+``Callback``) hands them after each backward pass to ``LossFeedback``: summed per component,
+all-reduced over the trainer's DP process group and sent by one rank to ``job.feedback`` (a job
+on the server, or one rank); an adaptive ``Job`` that every rank runs in-process (each opened
+from the same snapshot) gets the same numbers on every rank, applied from the same chunk, so the
+ranks keep one plan (the DP group must hold every rank: one rank per DP group). It sends
 in ``pre_optim_step``: in ``post_train_batch`` the checkpointer runs first (higher priority) and
 a checkpoint of that step would miss the step's feedback (the resumed mixture would differ).
 """
@@ -232,7 +235,8 @@ class DomainLossTrainModule(TransformerTrainModule):  # type: ignore[misc]
 
 class MixplaneFeedback(Callback):  # type: ignore[misc]
     """Sends each step's per-component loss of a ``DomainLossTrainModule`` to the job
-    (``LossFeedback`` over the trainer's DP process group; one sender)."""
+    (``LossFeedback`` over the trainer's DP process group: one sender, or every rank for an
+    in-process adaptive job on several ranks; see the module)."""
 
     def __init__(self, job: Job | RemoteJob) -> None:
         super().__init__()

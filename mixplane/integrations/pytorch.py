@@ -6,7 +6,11 @@ from ``torch.distributed`` (or ``rank`` / ``world_size``, ``dp_size`` / ``ranks_
 DataLoader worker from ``get_worker_info()``. Each item is a dict of tensors for one window:
 ``input_ids``, ``labels``, ``domain_ids``, ``position_ids`` (int64, ``seq_len`` each),
 ``cu_seqlens`` (int32, document starts and ``seq_len``) and ``component``. ``collate_windows``
-stacks them into a batch (``cu_seqlens`` of the whole batch, flash-attention style).
+stacks them into a batch (``cu_seqlens`` of the whole batch, flash-attention style). The items of
+a block of ``batch_size`` windows are rows of one buffer (in shared memory in a DataLoader
+worker), so a batch is views of it, not a copy, and a worker's batch reaches the main process as
+one shared-memory segment (``SharedBatch``) instead of one per tensor (issue 16: 1.4-2.2x with 2
+workers, docs/benchmarks.md).
 
 Workers: declare them in the job's topology (``Topology(workers=W)``) and give the DataLoader
 ``num_workers=W``; every worker process runs the job from a snapshot taken when the dataset is
@@ -23,7 +27,7 @@ with workers; the state is plain JSON-able data (no pickle needed to checkpoint 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,28 +58,187 @@ STATE_VERSION = 1
 FIELDS = ("input_ids", "labels", "domain_ids", "position_ids")
 
 
+BLOCK_WINDOWS = 64  # windows per item buffer when the dataset has no batch_size
+INLINE_BYTES = 65_536  # a batch's tensors up to this size travel inside the pickle
+
+
 def window_tensors(window: Window) -> dict[str, torch.Tensor]:
     """One window as tensors (token fields int64, as embeddings and losses take them)."""
-    out = {name: torch.from_numpy(getattr(window, name).astype(np.int64)) for name in FIELDS}
-    out["cu_seqlens"] = torch.from_numpy(np.ascontiguousarray(window.cu_seqlens, dtype=np.int32))
-    out["component"] = torch.tensor(window.component, dtype=torch.int64)
-    return out
+    return next(window_items([window], 1))
+
+
+def window_items(
+    windows: Iterable[Window], block: int, *, shared: bool = False
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The windows as items whose token fields and ``component`` are rows of one int64 buffer
+    per ``block`` windows (``[4, block, seq_len]`` then ``[block]``; in shared memory when
+    ``shared``): one copy per field, and ``collate_windows`` takes consecutive rows of one
+    buffer as views instead of copying them again. ``cu_seqlens`` shares the window's array."""
+    fields = len(FIELDS)
+    row = block
+    for window in windows:
+        if row == block:
+            length = len(window.input_ids)
+            flat = _buffer(8 * block * (fields * length + 1), shared=shared).view(torch.int64)
+            tokens = flat[: fields * block * length].view(fields, block, length)
+            components = flat[fields * block * length :]
+            array, of_rows, row = tokens.numpy(), components.numpy(), 0
+        for f, name in enumerate(FIELDS):
+            array[f, row] = getattr(window, name)
+        of_rows[row] = window.component
+        out = dict(zip(FIELDS, tokens[:, row].unbind(0), strict=True))
+        out["cu_seqlens"] = torch.from_numpy(
+            np.ascontiguousarray(window.cu_seqlens, dtype=np.int32)
+        )
+        out["component"] = components[row]
+        row += 1
+        yield out
 
 
 def collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
     """Stack windows into a batch: ``[B, seq_len]`` token fields, ``component`` ``[B]``, and
     ``cu_seqlens`` over the flattened batch (each window's document starts shifted by its
-    offset, then ``B * seq_len``) with ``max_seqlen``, for variable-length attention."""
+    offset, then ``B * seq_len``) with ``max_seqlen``, for variable-length attention.
+
+    The token fields and ``component`` are views of one buffer: the items' own buffer when
+    they are its consecutive rows (``TokenWindowDataset``'s items, batches aligned with its
+    blocks: no copy), else a new one they are copied into. In a DataLoader worker process the
+    buffer is in shared memory and the batch (a ``SharedBatch``) travels to the main process as
+    that one segment plus the small tensors inside the pickle (one file descriptor passed, not
+    one per tensor: the per-tensor hand-over dominated the cost with workers); the main process
+    receives a plain dict, as in-process."""
     if not batch:
         msg = "collate_windows got an empty batch"
         raise PlanError(msg)
-    out: dict[str, Any] = {name: torch.stack([b[name] for b in batch]) for name in FIELDS}
-    length = out["input_ids"].shape[1]
-    starts = [b["cu_seqlens"][:-1] + i * length for i, b in enumerate(batch)]
-    cu = torch.cat([*starts, torch.tensor([len(batch) * length], dtype=torch.int32)])
-    out["cu_seqlens"] = cu.to(torch.int32)
-    out["max_seqlen"] = int((cu[1:] - cu[:-1]).max())
-    out["component"] = torch.stack([b["component"] for b in batch])
+    size = len(batch)
+    length = int(batch[0]["input_ids"].shape[0])
+    shared = get_worker_info() is not None
+    found = rows_of_one_buffer(batch)
+    if found is None:
+        buffer, views = _copied(batch, shared=shared)
+    else:
+        buffer, views = found
+    parts = [b["cu_seqlens"].numpy() for b in batch]
+    cu = np.empty(sum(len(c) - 1 for c in parts) + 1, dtype=np.int32)
+    at = 0
+    for i, c in enumerate(parts):
+        cu[at : at + len(c) - 1] = c[:-1] + i * length
+        at += len(c) - 1
+    cu[at] = size * length
+    out: dict[str, Any] = {name: views[name] for name in FIELDS}
+    out["cu_seqlens"] = torch.from_numpy(cu)
+    out["max_seqlen"] = int(np.diff(cu).max())
+    out["component"] = views["component"]
+    return SharedBatch(out, buffer, views) if shared else out
+
+
+def rows_of_one_buffer(
+    batch: Sequence[dict[str, torch.Tensor]],
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    """(the buffer, the batch's fields as views of it) when every field of the items lies in
+    consecutive rows of the first item's buffer (addresses, dtypes and shapes checked), else
+    None."""
+    storage = batch[0]["input_ids"].untyped_storage()
+    start = storage.data_ptr()
+    end = start + storage.nbytes()
+    buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
+    views = {}
+    for name in (*FIELDS, "component"):
+        first = batch[0][name]
+        step = first.numel() * first.element_size()
+        at = first.data_ptr()
+        if not start <= at <= end - step * len(batch):
+            return None
+        for i, item in enumerate(batch):
+            t = item[name]
+            same = t.dtype == first.dtype and t.shape == first.shape and t.is_contiguous()
+            if not same or t.data_ptr() != at + i * step:
+                return None
+        rows = buffer[at - start : at - start + step * len(batch)]
+        views[name] = rows.view(first.dtype).view(len(batch), *first.shape)
+    return buffer, views
+
+
+def _copied(
+    batch: Sequence[dict[str, torch.Tensor]], *, shared: bool
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A new buffer (in shared memory when ``shared``) with the items' fields stacked in it."""
+    names = (*FIELDS, "component")
+    places = []
+    offset = 0
+    for name in names:
+        first = batch[0][name]
+        places.append((offset, first.dtype, (len(batch), *first.shape)))
+        offset += (len(batch) * first.numel() * first.element_size() + 7) // 8 * 8
+    buffer = _buffer(offset, shared=shared)
+    views = {}
+    for name, (at, dtype, shape) in zip(names, places, strict=True):
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        views[name] = buffer[at : at + nbytes].view(dtype).view(shape)
+        torch.stack([b[name] for b in batch], out=views[name])
+    return buffer, views
+
+
+def _buffer(nbytes: int, *, shared: bool) -> torch.Tensor:
+    """A uint8 buffer; in shared memory when ``shared`` (as ``default_collate`` allocates in a
+    DataLoader worker, so sending it copies nothing)."""
+    if not shared:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(nbytes)  # type: ignore[no-untyped-call]
+    return torch.empty(0, dtype=torch.uint8).set_(storage)
+
+
+class SharedBatch(dict[str, Any]):
+    """A batch from ``collate_windows`` in a DataLoader worker: a dict whose big tensors are
+    views of one shared-memory buffer. Pickled as the buffer, each view's place in it, small
+    tensors as arrays and the other entries as usual (a key added after collating travels
+    too; one holding the same tensor as a field, like ``shift_labels``, stays that tensor), so
+    the DataLoader passes one shared-memory segment per batch; it unpickles to a plain dict."""
+
+    def __init__(
+        self, items: dict[str, Any], buffer: torch.Tensor, views: dict[str, torch.Tensor]
+    ) -> None:
+        super().__init__(items)
+        self.buffer, self.views = buffer, views
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        of_view = {id(t): name for name, t in self.views.items()}
+        base = self.buffer.data_ptr()
+        places = {
+            name: (t.data_ptr() - base, t.dtype, tuple(t.shape)) for name, t in self.views.items()
+        }
+        keys: list[tuple[str, str, Any]] = []
+        for key, value in self.items():
+            if id(value) in of_view:
+                keys.append((key, "view", of_view[id(value)]))
+            elif isinstance(value, torch.Tensor) and _inline(value):
+                keys.append((key, "inline", value.numpy()))
+            else:
+                keys.append((key, "value", value))
+        return (_unpack_batch, (self.buffer, places, keys))
+
+
+def _inline(value: torch.Tensor) -> bool:
+    return value.device.type == "cpu" and not value.requires_grad and value.nbytes <= INLINE_BYTES
+
+
+def _unpack_batch(
+    buffer: torch.Tensor,
+    places: dict[str, tuple[int, torch.dtype, tuple[int, ...]]],
+    keys: list[tuple[str, str, Any]],
+) -> dict[str, Any]:
+    """A ``SharedBatch`` as a plain dict in the receiving process."""
+    views: dict[str, torch.Tensor] = {}
+    out: dict[str, Any] = {}
+    for key, kind, value in keys:
+        if kind == "view":
+            if value not in views:
+                at, dtype, shape = places[value]
+                nbytes = int(np.prod(shape)) * dtype.itemsize
+                views[value] = buffer[at : at + nbytes].view(dtype).view(shape)
+            out[key] = views[value]
+        else:
+            out[key] = torch.from_numpy(value) if kind == "inline" else value
     return out
 
 
@@ -259,7 +422,14 @@ class TokenWindowDataset(IterableDataset[dict[str, torch.Tensor]]):
             windows.load_state_dict(self._pending["windows"])
             self._pending = None
         self._live = windows
-        return (window_tensors(w) for w in windows)
+        block = self.batch_size if self.batch_size > 1 else BLOCK_WINDOWS
+        return window_items(windows, block, shared=get_worker_info() is not None)
+
+    @property
+    def planner(self) -> Job | RemoteJob | None:
+        """The job this process's windows are planned by, once iterating (the live job, one
+        run from the snapshot, or the server's): where this rank's loss feedback goes."""
+        return self._live.job if self._live is not None else None
 
     def state_dict(self) -> dict[str, Any]:
         """Where this rank (or DataLoader worker) stands: JSON-able."""

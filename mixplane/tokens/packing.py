@@ -368,14 +368,7 @@ class Packer:
             else:
                 tokens.append(list(buffer[0]))
                 starts.append(list(buffer[1]))
-        return PackerState(
-            version=STATE_VERSION,
-            seq_len=self.seq_len,
-            eos_id=self.eos_id,
-            bos_id=self.bos_id,
-            tokens=tokens,
-            starts=starts,
-        )
+        return self._state(tokens, starts)
 
     def state_dict(self) -> PackerState:
         """The buffered tokens of each component (at most ``seq_len`` each); JSON-able."""
@@ -383,13 +376,16 @@ class Packer:
             np.concatenate(p, dtype=np.int32, casting="unsafe").tolist() if p else []
             for p in self._pieces
         ]
+        return self._state(tokens, [list(s) for s in self._starts])
+
+    def _state(self, tokens: list[list[int]], starts: list[list[int]]) -> PackerState:
         return PackerState(
             version=STATE_VERSION,
             seq_len=self.seq_len,
             eos_id=self.eos_id,
             bos_id=self.bos_id,
             tokens=tokens,
-            starts=[list(s) for s in self._starts],
+            starts=starts,
         )
 
     def load_state_dict(self, state: PackerState) -> None:

@@ -24,6 +24,7 @@ from mixplane.client import Client  # noqa: E402
 from mixplane.client.rank import resolve_layout  # noqa: E402
 from mixplane.errors import PlanError, StateError  # noqa: E402
 from mixplane.integrations.pytorch import (  # noqa: E402
+    FIELDS,
     TokenWindowDataset,
     collate_windows,
     domain_loss_sums,
@@ -82,6 +83,62 @@ def test_items_are_tensors_and_batches_are_collated(client: Client, tokenizer: A
     flat = batch["position_ids"].reshape(-1)
     assert (flat[cu[:-1].long()] == 0).all()  # positions restart at every segment
     assert batch["max_seqlen"] == int((cu[1:] - cu[:-1]).max())
+
+
+def stacked(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch by plain stacking: each field stacked, document starts shifted per window."""
+    out = {name: torch.stack([i[name] for i in items]) for name in FIELDS}
+    out["component"] = torch.stack([i["component"] for i in items])
+    starts = [i["cu_seqlens"][:-1] + k * SEQ for k, i in enumerate(items)]
+    out["cu_seqlens"] = torch.cat([*starts, torch.tensor([len(items) * SEQ], dtype=torch.int32)])
+    out["max_seqlen"] = int(out["cu_seqlens"].diff().max())
+    return out
+
+
+def assert_same_batch(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert type(got) is dict and list(got) == [*FIELDS, "cu_seqlens", "max_seqlen", "component"]
+    assert set(got) == set(want)
+    for key, value in want.items():
+        if isinstance(value, torch.Tensor):
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            assert torch.equal(got[key], value), key
+        else:
+            assert got[key] == value, key
+
+
+def test_batches_equal_the_stacked_items_however_they_are_made(
+    client: Client, tokenizer: Any
+) -> None:
+    """Issue 16: a batch is views of one buffer (the items' own when they are its consecutive
+    rows, else a copy); both equal plain stacking, also for items that share no buffer."""
+    items = list(itertools.islice(TokenWindowDataset(submit(client), tokenizer, SEQ), 12))
+    assert all(i["input_ids"].dtype == torch.int64 for i in items)
+    assert_same_batch(collate_windows(items[:BATCH]), stacked(items[:BATCH]))  # rows, no copy
+    apart = [{k: v.clone() for k, v in i.items()} for i in items[3:10:2]]  # a copy
+    assert_same_batch(collate_windows(apart), stacked(apart))
+    assert_same_batch(collate_windows(items[5:6]), stacked(items[5:6]))
+
+
+def collate_with_shift_labels(items: list[dict[str, Any]]) -> dict[str, Any]:
+    out = collate_windows(items)
+    out["shift_labels"] = out["labels"]
+    return out
+
+
+def test_a_batch_from_a_worker_arrives_as_a_plain_dict(client: Client, tokenizer: Any) -> None:
+    """Issue 16: a worker's batch travels as one shared-memory buffer (a ``SharedBatch``) and
+    arrives as the plain dict the in-process collate gives; a key added after collating
+    travels too, the same tensor as the field it names."""
+    dataset = TokenWindowDataset(submit(client), tokenizer, SEQ, batch_size=BATCH)
+    in_process = TokenWindowDataset(submit(client), tokenizer, SEQ, batch_size=BATCH)
+    items = list(itertools.islice(in_process, 8 * BATCH))  # the same order (module docstring)
+    loader = DataLoader(
+        dataset, batch_size=BATCH, num_workers=2, collate_fn=collate_with_shift_labels
+    )
+    got = list(itertools.islice(iter(loader), 8))
+    for n, batch in enumerate(got):
+        assert batch.pop("shift_labels") is batch["labels"]
+        assert_same_batch(batch, stacked(items[n * BATCH : (n + 1) * BATCH]))
 
 
 # -- workers ---------------------------------------------------------------------------------

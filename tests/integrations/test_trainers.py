@@ -5,7 +5,10 @@ uninterrupted; train 4, stop the processes, resume the framework's own checkpoin
 processes and train the rest; resume again without the data state (negative control). The
 batches of every rank and step (token hashes) and the losses after the resume equal the
 uninterrupted run's, the control's differ, feedback moved the ADO weights to the same place in
-both runs, and the two DP ranks (``dp_groups=2``) read disjoint windows.
+both runs, and the two DP ranks (``dp_groups=2``) read disjoint windows. Lightning also trains
+with both processes in one DP group (``dp_groups=1``, ``ranks_per_group=2``): every step's batch
+is the same on both ranks, and their feedback (all-reduced, divided by the ranks per group, one
+sender) moves ADO.
 """
 
 from __future__ import annotations
@@ -43,12 +46,21 @@ def check(result: dict[str, Any]) -> None:
     assert changes > 0 and weights != result["weights0"]["full"]  # feedback moved ADO
     assert result["final"]["split"] == result["final"]["full"]  # and to the same place
     assert result["disjoint"]
+    if result["group"]:  # one DP group of 2 ranks, inside the running trainer
+        steps = [[s["hash"] for s in r["steps"]] for r in result["group"]]
+        assert len(steps[0]) == trainer_harness.STEPS // 2
+        assert steps[0] == steps[1], "the ranks of one DP group got different batches"
+        weights, changes = result["final"]["group"]
+        assert changes > 0 and weights != result["weights0"]["group"]
 
 
 @pytest.mark.parametrize("script", ["hf_trainer.py", "lightning_trainer.py"])
 def test_trainer_resumes_every_rank_exactly(script: str, tmp_path: Path) -> None:
     pytest.importorskip("transformers" if script.startswith("hf") else "lightning")
-    check(trainer_harness.prove(EXAMPLES / script, tmp_path, []))
+    same_group = script.startswith("lightning")  # one trainer is enough (one more launch)
+    result = trainer_harness.prove(EXAMPLES / script, tmp_path, [], same_group=same_group)
+    check(result)
+    assert bool(result["group"]) == same_group
 
 
 def test_ranks_of_one_group_read_the_same_batches(tmp_path: Path) -> None:
