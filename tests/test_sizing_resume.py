@@ -144,3 +144,31 @@ def test_a_job_that_waits_to_measure_still_checks_its_mixture_when_submitted(
     with pytest.raises(MixtureError, match="language=xx"):
         submit(client, tokenizer, mixture={"language=en": 0.5, "language=xx": 0.5})
     assert tokenizer.counted == 0
+
+
+def test_a_refused_sizing_leaves_a_planned_job_as_it_was(
+    client: Client, tokenizer: Counting
+) -> None:
+    """A job planned already that refuses a state whose sizing cannot be built keeps its own
+    sizing (found by tests/fuzz/test_states.py, seed 13: the refused sizing stayed the one to
+    size with when next needed, so putting the job back raised again)."""
+    job_state, state = saved_after(client, tokenizer, 30)
+    clean = submit(client, tokenizer)
+    stream = WindowStream(clean, tokenizer, SEQ, prefetch=0)
+    clean.load_state_dict(copy.deepcopy(job_state))
+    stream.load_state_dict(copy.deepcopy(state))
+    expected = [item(w) for w in itertools.islice(stream, 5)]
+    key = next(iter(job_state["sizing"]))
+    for corrupt in ({"a": {"b": {}}}, {"source": "sampled", "bytes_per_token": -1.0}):
+        bad = copy.deepcopy(job_state)
+        bad["sizing"][key] = corrupt
+        job = submit(client, tokenizer)
+        stream = WindowStream(job, tokenizer, SEQ, prefetch=0)
+        list(itertools.islice(stream, 3))  # planned, sized, consumed
+        before = job.state_dict()
+        with pytest.raises(StateError):
+            job.load_state_dict(bad)
+        assert job.state_dict() == before
+        job.load_state_dict(copy.deepcopy(job_state))
+        stream.load_state_dict(copy.deepcopy(state))
+        assert [item(w) for w in itertools.islice(stream, 5)] == expected

@@ -34,6 +34,17 @@ from mixplane.tokens.tokenizer import Tokenizer
 
 PURPOSE_RATIO = 4  # generator purpose of the samples a bytes-per-token ratio is measured on
 RATIO_SAMPLES = 64  # samples of a component a ratio is measured on
+#: what ``Components.build`` and ``add`` replace (``restore`` puts it back when it fails)
+BUILT = (
+    "given_sizing",
+    "_sizing",
+    "results",
+    "result",
+    "_orders",
+    "_counts",
+    "_lengths",
+    "pending",
+)
 
 
 class Components:
@@ -188,14 +199,23 @@ class Components:
         the orders each extension added (in order), or None when nothing was rebuilt."""
         saved_sizing = state.get("sizing")
         resized = resize and saved_sizing is not None and saved_sizing != self.sizing
-        if resized:
-            self.given_sizing = dict(saved_sizing or {})
-        if not (state["extensions"] or self.extensions or resized):
+        extensions = state["extensions"]
+        if not (extensions or self.extensions or resized):
             return None
-        added = sorted({f for ext in state["extensions"] for f in ext["files"]})
-        self.build(exclude_files=added)
-        orders = [self.add(self.query(include_files=ext["files"])) for ext in state["extensions"]]
-        self.extensions = [dict(e) for e in state["extensions"]]
+        kept = {name: getattr(self, name) for name in BUILT}
+        try:
+            if resized:
+                self.given_sizing = dict(saved_sizing or {})
+            added = sorted({f for ext in extensions for f in ext["files"]})
+            self.build(exclude_files=added)
+            orders = [self.add(self.query(include_files=ext["files"])) for ext in extensions]
+        except BaseException:
+            # a state that cannot be built (a corrupt sizing, files it names): the components
+            # stay as built, so that what is sized when first needed is sized as before
+            for name, value in kept.items():
+                setattr(self, name, value)
+            raise
+        self.extensions = [dict(e) for e in extensions]
         return orders
 
     def files(self) -> list[int]:
