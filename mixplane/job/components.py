@@ -4,13 +4,17 @@ Built from an open catalog, or from a ``JobSnapshot`` (another process, no catal
 the same queries (the snapshot holds the results, token sizes and pointers the catalog gave). A
 component's token sizes follow one rule wherever the job runs (``_token_sizes``); how each was
 sized is kept (``sizing``) and saved in the job's state, so every process and every restore
-plans with the same numbers. Extensions (files registered after the job started) add
+plans with the same numbers. A bytes-per-token ratio measured with the tokenizer (64 samples a
+component: for the peers corpus ~460,000 tokens, 1-2 s with the tokenizer's parse) is measured
+when the orders are first needed, not when the job is made (``pending``): a restore takes the
+ratios its state records instead (``take_sizing``), as it always planned with them. Extensions (files registered after the job started) add
 components; they are recorded so a restore rebuilds the same ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -30,6 +34,17 @@ from mixplane.tokens.tokenizer import Tokenizer
 
 PURPOSE_RATIO = 4  # generator purpose of the samples a bytes-per-token ratio is measured on
 RATIO_SAMPLES = 64  # samples of a component a ratio is measured on
+#: what ``Components.build`` and ``add`` replace (``restore`` puts it back when it fails)
+BUILT = (
+    "given_sizing",
+    "_sizing",
+    "results",
+    "result",
+    "_orders",
+    "_counts",
+    "_lengths",
+    "pending",
+)
 
 
 class Components:
@@ -59,33 +74,85 @@ class Components:
         for phase in self.phases:
             self.by += [p for p in phase.mixture.properties if p not in self.by]
         #: how each component's token sizes were made (token jobs), by component key; given
-        #: (``sizing=``, a saved state, a snapshot) or measured once when the job is made
-        self.sizing: dict[str, ComponentSizing] = {}
+        #: (``sizing=``, a saved state, a snapshot) or measured once, when first needed
+        self._sizing: dict[str, ComponentSizing] = {}
         #: sizing given (by component key), or "fixed": every component at the spec's ratio
         self.given_sizing: dict[str, ComponentSizing] | Literal["fixed"] = (
             sizing if sizing == "fixed" else dict(sizing or {})
         )
         self.results: list[QueryResult] = []
         self.result: QueryResult
-        self.orders: list[ComponentOrder] = []
+        self._orders: list[ComponentOrder] | None = None
+        self._lock = threading.Lock()  # sizing the orders (a reader may ask without the job's)
+        #: catalog answers per component (by its runs, held in ``results``) of this build:
+        #: token counts, byte lengths
+        self._counts: dict[int, np.ndarray | None] = {}
+        self._lengths: dict[int, np.ndarray] = {}
+        #: whether sizing the orders needs a ratio measured with the tokenizer (not done yet)
+        self.pending = False
         self.extensions: list[dict[str, Any]] = []
 
     def build(self, *, exclude_files: Sequence[int] = ()) -> None:
-        """The job's own components (files added by extensions left out), sized afresh."""
-        self.sizing = {}
+        """The job's own components (files added by extensions left out), sized afresh: now,
+        unless a component needs a ratio measured with the tokenizer (``pending``; then when
+        the orders are first needed). What cannot be sized raises here either way."""
+        self._sizing = {}
+        self._counts, self._lengths = {}, {}
         self.results = [self.query(exclude_files=exclude_files)]
         self._check_tokens(self.results[0])
         self.result = combine(self.results)
-        self.orders = [self._order(c.selector, c.runs, 0) for c in self.result.components]
+        self._orders = None
+        own = self.result.components
+        tokens = self.spec.unit == "tokens"
+        sized = [self._sizes(c.selector, c.runs, measure=False) if tokens else None for c in own]
+        self.pending = tokens and any(s is None for s in sized)
+        if not self.pending:
+            self._orders = [
+                self._order(c.selector, c.runs, 0, s) for c, s in zip(own, sized, strict=True)
+            ]
+
+    @property
+    def orders(self) -> list[ComponentOrder]:
+        """Each component's seeded order with its token sizes (sized on first use)."""
+        orders = self._orders
+        if orders is None:
+            with self._lock:
+                if self._orders is None:
+                    self._sizing = {}
+                    own = self.results[0].components
+                    self._orders = [self._order(c.selector, c.runs, 0) for c in own]
+                    self.pending = False
+                orders = self._orders
+        return orders
+
+    @property
+    def sizing(self) -> dict[str, ComponentSizing]:
+        """How each component's token sizes were made, by key (sizes the orders if need be)."""
+        _ = self.orders
+        return self._sizing
+
+    @property
+    def count(self) -> int:
+        """How many components (without sizing them)."""
+        return len(self.result.components)
+
+    def take_sizing(self, sizing: Mapping[str, ComponentSizing]) -> None:
+        """Size as a saved state did, before anything was measured: the components it names
+        at its sizing, the others as ``build`` would. A restore plans with the state's sizing
+        in any case (``restore``); taking it first spares measuring ratios it already holds.
+        A job sized already, or given ``sizing="fixed"``, is left as it is."""
+        if self._orders is None and self.given_sizing != "fixed":
+            self.given_sizing = dict(sizing)
 
     def add(self, result: QueryResult) -> list[ComponentOrder]:
         """Append an extension's components; returns their orders."""
         generation = len(self.results)
         self._check_tokens(result)
+        own = self.orders  # the job's own components sized first
         self.results.append(result)
         self.result = combine(self.results)
         orders = [self._order(c.selector, c.runs, generation) for c in result.components]
-        self.orders += orders
+        own += orders
         return orders
 
     def _check_tokens(self, result: QueryResult) -> None:
@@ -132,14 +199,23 @@ class Components:
         the orders each extension added (in order), or None when nothing was rebuilt."""
         saved_sizing = state.get("sizing")
         resized = resize and saved_sizing is not None and saved_sizing != self.sizing
-        if resized:
-            self.given_sizing = dict(saved_sizing or {})
-        if not (state["extensions"] or self.extensions or resized):
+        extensions = state["extensions"]
+        if not (extensions or self.extensions or resized):
             return None
-        added = sorted({f for ext in state["extensions"] for f in ext["files"]})
-        self.build(exclude_files=added)
-        orders = [self.add(self.query(include_files=ext["files"])) for ext in state["extensions"]]
-        self.extensions = [dict(e) for e in state["extensions"]]
+        kept = {name: getattr(self, name) for name in BUILT}
+        try:
+            if resized:
+                self.given_sizing = dict(saved_sizing or {})
+            added = sorted({f for ext in extensions for f in ext["files"]})
+            self.build(exclude_files=added)
+            orders = [self.add(self.query(include_files=ext["files"])) for ext in extensions]
+        except BaseException:
+            # a state that cannot be built (a corrupt sizing, files it names): the components
+            # stay as built, so that what is sized when first needed is sized as before
+            for name, value in kept.items():
+                setattr(self, name, value)
+            raise
+        self.extensions = [dict(e) for e in extensions]
         return orders
 
     def files(self) -> list[int]:
@@ -209,9 +285,18 @@ class Components:
             raise PlanError(msg)
         return self._catalog
 
-    def _order(self, selector: str, runs: Any, generation: int) -> ComponentOrder:
+    def _order(
+        self,
+        selector: str,
+        runs: Any,
+        generation: int,
+        sized: tuple[ComponentSizing, np.ndarray] | None = None,
+    ) -> ComponentOrder:
         key = selector if generation == 0 else f"{selector}#{generation}"
-        sizes = self._token_sizes(key, runs) if self.spec.unit == "tokens" else None
+        sizes = None
+        if self.spec.unit == "tokens":
+            sizing, sizes = sized or self._token_sizes(key, runs)
+            self._sizing[key] = sizing
         kind: OrderKind = "shuffled" if self.spec.order == "shuffled" else "as-stored"
         return ComponentOrder(
             key=key,
@@ -224,14 +309,22 @@ class Components:
             sizes=sizes,
         )
 
-    def _token_sizes(self, key: str, runs: Any) -> np.ndarray:
-        """Per-sample tokens, by one rule wherever the job runs (in-process, on the server, in
-        a snapshot): the sizing the job was given or saved with; else exact counts for the
-        job's tokenizer where the catalog has them; else byte lengths over a bytes-per-token
-        ratio measured with the tokenizer on a seeded sample of the component
-        (``RATIO_SAMPLES``); else, for a job that names no tokenizer, over ``bytes_per_token``.
-        A job that names a tokenizer it was not given and has no counts for is refused: a
-        fixed ratio would silently plan other data than where the tokenizer is known."""
+    def _token_sizes(self, key: str, runs: Any) -> tuple[ComponentSizing, np.ndarray]:
+        sized = self._sizes(key, runs, measure=True)
+        assert sized is not None
+        return sized
+
+    def _sizes(
+        self, key: str, runs: Any, *, measure: bool
+    ) -> tuple[ComponentSizing, np.ndarray] | None:
+        """How a component is sized and its per-sample tokens, by one rule wherever the job
+        runs (in-process, on the server, in a snapshot): the sizing the job was given or saved
+        with; else exact counts for the job's tokenizer where the catalog has them; else byte
+        lengths over a bytes-per-token ratio measured with the tokenizer on a seeded sample of
+        the component (``RATIO_SAMPLES``; None when that is needed and not ``measure``); else,
+        for a job that names no tokenizer, over ``bytes_per_token``. A job that names a
+        tokenizer it was not given and has no counts for is refused: a fixed ratio would
+        silently plan other data than where the tokenizer is known."""
         if self.snapshot is not None:
             sizes = self.snapshot.sizes.get(key)
             if sizes is None:
@@ -239,25 +332,22 @@ class Components:
                 raise StateError(msg)
             saved = self.snapshot.state.get("sizing") or {}
             source = self.snapshot.token_source.get(key, "bytes")
-            self.sizing[key] = saved.get(key) or ComponentSizing(
+            sizing = saved.get(key) or ComponentSizing(
                 source=source,  # type: ignore[typeddict-item]
                 bytes_per_token=None if source == "exact" else self.spec.bytes_per_token,
             )
-            return sizes
-        catalog = self.catalog()
+            return sizing, sizes
         given = (
             ComponentSizing(source="bytes", bytes_per_token=self.spec.bytes_per_token)
             if self.given_sizing == "fixed"
             else self.given_sizing.get(key)
         )
         if given is not None:
-            self.sizing[key] = given
-            return self._sized(key, runs, given)
+            return given, self._sized(key, runs, given)
         if self.spec.tokenizer is not None:
-            exact = catalog.sample_tokens(runs, self.spec.tokenizer)
+            exact = self._exact(runs)
             if exact is not None:
-                self.sizing[key] = ComponentSizing(source="exact", bytes_per_token=None)
-                return np.maximum(exact, 1)
+                return ComponentSizing(source="exact", bytes_per_token=None), np.maximum(exact, 1)
             if self.tokenizer is None:
                 msg = (
                     f"cannot size job {self.spec.job_id!r} in tokens: the catalog has no token "
@@ -267,29 +357,38 @@ class Components:
                 )
                 raise PlanError(msg)
         sizing = ComponentSizing(source="bytes", bytes_per_token=self.spec.bytes_per_token)
-        raw = catalog.sample_bytes(runs)
+        raw = self._bytes(runs)
         if self.tokenizer is not None and len(raw):
+            if not measure:
+                return None
             rng = generator(self.spec.seed, PURPOSE_RATIO, key_of(key))
             picks = np.sort(rng.choice(len(raw), size=min(RATIO_SAMPLES, len(raw)), replace=False))
-            texts = catalog.sample_texts(runs, picks)
+            texts = self.catalog().sample_texts(runs, picks)
             tokens = int(self.tokenizer.count_batch(texts).sum())
             nbytes = sum(len(t.encode()) for t in texts)
             if tokens > 0 and nbytes > 0:
                 sizing = ComponentSizing(source="sampled", bytes_per_token=nbytes / tokens)
-        self.sizing[key] = sizing
-        return self._sized(key, runs, sizing, raw)
+        return sizing, self._sized(key, runs, sizing)
 
-    def _sized(
-        self, key: str, runs: Any, sizing: ComponentSizing, raw: np.ndarray | None = None
-    ) -> np.ndarray:
+    def _exact(self, runs: Any) -> np.ndarray | None:
+        """The catalog's token counts of the job's tokenizer for a component's runs (asked
+        once a build; by the runs, not the key: phases' components may share a selector)."""
+        if id(runs) not in self._counts:
+            tokenizer = self.spec.tokenizer
+            found = self.catalog().sample_tokens(runs, tokenizer) if tokenizer is not None else None
+            self._counts[id(runs)] = found
+        return self._counts[id(runs)]
+
+    def _bytes(self, runs: Any) -> np.ndarray:
+        """The byte lengths of a component's runs' samples (asked once a build)."""
+        if id(runs) not in self._lengths:
+            self._lengths[id(runs)] = self.catalog().sample_bytes(runs)
+        return self._lengths[id(runs)]
+
+    def _sized(self, key: str, runs: Any, sizing: ComponentSizing) -> np.ndarray:
         """Per-sample tokens of a component by a given sizing."""
-        catalog = self.catalog()
         if sizing["source"] == "exact":
-            exact = (
-                catalog.sample_tokens(runs, self.spec.tokenizer)
-                if self.spec.tokenizer is not None
-                else None
-            )
+            exact = self._exact(runs)
             if exact is None:
                 msg = (
                     f"job {self.spec.job_id!r} was sized with exact token counts for component "
@@ -302,9 +401,7 @@ class Components:
         if ratio is None or not ratio > 0:
             msg = f"invalid sizing for component {key!r}: {sizing!r}"
             raise StateError(msg)
-        if raw is None:
-            raw = catalog.sample_bytes(runs)
-        return np.maximum(np.ceil(raw / ratio), 1).astype(np.int64)
+        return np.maximum(np.ceil(self._bytes(runs) / ratio), 1).astype(np.int64)
 
     @property
     def token_source(self) -> dict[str, str]:
@@ -335,9 +432,10 @@ class Components:
             dtype=np.float64,
         )
 
-    def weights(self, phase: int) -> np.ndarray:
-        """The phase's mixture resolved over the components that pass its filter."""
-        natural = self.natural()
+    def weights(self, phase: int, *, natural: np.ndarray | None = None) -> np.ndarray:
+        """The phase's mixture resolved over the components that pass its filter (``natural``:
+        other sizes than the components', e.g. to check the mixture before sizing)."""
+        natural = self.natural() if natural is None else natural
         if len(self.phases) > 1:
             natural *= np.array([c.memberships[phase] for c in self.result.components], dtype=bool)
         return self.phases[phase].mixture.resolve(self.result, natural)

@@ -43,12 +43,12 @@ from mixplane.client.reader import Reader
 from mixplane.client.snapshot import JobSnapshot
 from mixplane.client.stream import ConsumerState, Stream
 from mixplane.errors import MALFORMED, PlanError, StateError, shown
-from mixplane.job.adaptation import Adaptation, FeedbackResult, Replay
+from mixplane.job.adaptation import FeedbackResult, Replay
 from mixplane.job.components import Components
 from mixplane.job.consumers import Consumers
 from mixplane.job.explain import explain
-from mixplane.job.plan import Plan
-from mixplane.job.resume import load_state, snapshot_of, state_of
+from mixplane.job.plan import Planned, Planning
+from mixplane.job.resume import load_state, presize, snapshot_of, state_of, undo_of
 from mixplane.job.spec import JobSpec
 from mixplane.job.state import ComponentSizing, JobState
 from mixplane.job.warn import warn_once
@@ -114,7 +114,7 @@ class Progress(NamedTuple):
     assignment: Assignment
 
 
-class Job:
+class Job(Planned):
     """A job over an open catalog, or over a ``JobSnapshot`` (no catalog: another process).
 
     ``local`` limits the consumers (dp_group, worker) this process serves; chunks are then
@@ -146,10 +146,8 @@ class Job:
             spec, catalog=catalog, snapshot=snapshot, tokenizer=tokenizer, sizing=sizing
         )
         self._components.build()
-        self._plan = Plan(spec, self._components)
-        self._adaptation = Adaptation(
-            spec.algorithm, dict(spec.algorithm_options), self._plan.latest_weights()
-        )
+        self._planning = Planning(self._components, self._lock)  # made when first needed
+        self._algorithm = self._planning.adaptation
         self._reader: Reader | None = None
 
     # -- what the job is ---------------------------------------------------------------------
@@ -159,12 +157,11 @@ class Job:
     token_source: Part[dict[str, str]] = Part("_components")
     sizing_note: Part[str | None] = Part("_components")
     extensions: Part[list[dict[str, Any]]] = Part("_components")
-    algorithm: Part[MixingAlgorithm | None] = Part("_adaptation")
     mixture_log: Part[list[dict[str, Any]]] = Part("_plan")
     assignment: Part[Assignment] = Part("_consumers")
     local: Part[frozenset[int] | None] = Part("_consumers")
-    feedback_log: Part[Sequence[tuple[int, np.ndarray, np.ndarray]]] = Part("_adaptation", "log")
-    feedback_received: Part[int] = Part("_adaptation", "received")
+    feedback_log: Part[Sequence[tuple[int, np.ndarray, np.ndarray]]] = Part("_algorithm", "log")
+    feedback_received: Part[int] = Part("_algorithm", "received")
 
     @property
     def sizing(self) -> dict[str, ComponentSizing]:
@@ -173,7 +170,7 @@ class Job:
 
     @property
     def num_components(self) -> int:
-        return len(self._components.orders)
+        return self._components.count
 
     @property
     def selectors(self) -> list[str]:
@@ -201,18 +198,17 @@ class Job:
         tokenizer if it is a token budget made without one (fixed ratio) and nothing has been
         planned, consumed or changed yet. Returns whether the job is sized with
         ``tokenizer`` now; otherwise a ``SizingWarning`` says why and what to do."""
+        if self.spec.unit == "tokens" and self.spec.tokenizer == tokenizer.fingerprint:
+            return True  # sized with it already (or to be, when first needed)
         untouched = (
-            self._plan.next_chunk == 0
+            self._planning.untouched()
             and not self._consumers.ranks
             and not self._consumers.restored
-            and len(self.mixture_log) == 1
         )
         if not self._components.use_tokenizer(tokenizer, untouched=untouched):
             return self.spec.tokenizer == tokenizer.fingerprint and self.spec.unit == "tokens"
-        self.spec = self._plan.spec = self._components.spec
-        weights = self._plan.reset()
-        self.mixture_log[0]["weights"] = weights.tolist()
-        self._adaptation.reset(weights)
+        self.spec = self._components.spec
+        self._planning.resized()
         return True
 
     # -- mixture changes ---------------------------------------------------------------------
@@ -445,19 +441,21 @@ class Job:
 
     def load_state_dict(self, state: JobState) -> None:
         """Continue from a saved state; the topology may differ (elastic restore). A state
-        that does not fit or is corrupt raises ``StateError`` and leaves the job as it was."""
-        with self._adaptation.lock, self._lock:
-            before = self._state_dict()
+        that does not fit or is corrupt raises ``StateError`` and leaves the job as it was.
+        A job not planned yet takes the state's sizing (``resume.presize``)."""
+        with self._algorithm.lock, self._lock:
+            parts = (self._components, self._planning, self._consumers)
+            undo = undo_of(self._state_dict, self._load_state_dict, *parts)
             try:
                 if not isinstance(state, Mapping):
                     msg = f"a job state is a JSON object (Job.state_dict()), not {type(state).__name__}"
                     raise StateError(msg)
                 self._load_state_dict(state)
             except StateError:
-                self._load_state_dict(before)
+                undo()
                 raise
             except (*MALFORMED, PlanError) as exc:
-                self._load_state_dict(before)
+                undo()
                 msg = (
                     f"the job state is corrupt ({type(exc).__name__}: {shown(str(exc))}); pass a "
                     "state saved by Job.state_dict() for this job"
@@ -465,6 +463,8 @@ class Job:
                 raise StateError(msg) from None
 
     def _load_state_dict(self, state: JobState) -> None:
+        if self._planning.made is None and self._snapshot is None:
+            presize(state, self.spec, self._components)
         load_state(
             state,
             self.spec,

@@ -12,15 +12,18 @@ live run did. Planning costs about 0.1-0.4 ms a chunk (``benchmarks/plan.py``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
+from mixplane.adapt.base import MixingAlgorithm
 from mixplane.chunking.order import ComponentOrder
 from mixplane.chunking.planner import Planner, PlannerState
 from mixplane.chunking.spec import ChunkSpec
 from mixplane.errors import PlanError
+from mixplane.job.adaptation import Adaptation
 from mixplane.job.components import Components
 from mixplane.job.spec import JobSpec
 
@@ -280,3 +283,77 @@ class Plan:
         self.applied_through = start
         self.planned = int(planned)
         self.last = None
+
+
+class Planning:
+    """A job's plan, and its adaptation's algorithm started from the plan's weights, made
+    when first needed when the job's sizing waits for ratios measured with the tokenizer
+    (``Components.pending``): a restore brings the ratios its state recorded instead (issue
+    16: measuring took 1.6 s of a 3.7 s resume, plus parsing the tokenizer). The mixture and
+    the algorithm's options are checked at once all the same (with the sample counts for the
+    sizes: the same components are empty). Other jobs are planned at once, as before."""
+
+    def __init__(self, components: Components, lock: threading.RLock) -> None:
+        self.components = components
+        self.lock = lock  # the job's
+        self.made: Plan | None = None
+        spec = components.spec
+        if components.pending:
+            counts = [c.samples for c in components.result.components]
+            weights = components.weights(0, natural=np.array(counts, dtype=np.float64))
+        else:
+            self.made = Plan(spec, components)
+            weights = self.made.latest_weights()
+        self.adaptation = Adaptation(spec.algorithm, dict(spec.algorithm_options), weights)
+
+    def plan(self) -> Plan:
+        """The plan (made now, with the algorithm started afresh from its weights, if not)."""
+        plan = self.made
+        if plan is None:
+            with self.lock:
+                plan = self.made
+                if plan is None:
+                    plan = Plan(self.components.spec, self.components)
+                    self.adaptation.reset(plan.latest_weights())
+                    self.made = plan
+        return plan
+
+    def untouched(self) -> bool:
+        """Nothing planned or changed yet (the plan not made, or made and not used)."""
+        plan = self.made
+        return plan is None or (plan.next_chunk == 0 and len(plan.mixture_log) == 1)
+
+    def resized(self) -> None:
+        """The components were sized again (``Job.use_tokenizer``): a plan made starts over
+        from them, and the algorithm from its weights (one not made is made from them)."""
+        plan = self.made
+        if plan is not None:
+            plan.spec = self.components.spec
+            weights = plan.reset()
+            plan.mixture_log[0]["weights"] = weights.tolist()
+            self.adaptation.reset(weights)
+
+
+class Planned:
+    """A job's access to its plan and algorithm, made when first needed (``Planning``)."""
+
+    _planning: Planning
+    _algorithm: Adaptation
+
+    @property
+    def _plan(self) -> Plan:
+        return self._planning.plan()
+
+    @property
+    def _adaptation(self) -> Adaptation:
+        self._planning.plan()  # the algorithm starts from the plan's weights
+        return self._algorithm
+
+    @property
+    def algorithm(self) -> MixingAlgorithm | None:
+        return self._adaptation.algorithm
+
+    def prepare(self) -> Self:
+        """Size and plan now, not when first needed (``Planning``; a server's submit does)."""
+        self._planning.plan()
+        return self

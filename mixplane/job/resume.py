@@ -9,13 +9,15 @@ back when a part refuses, so a refused state leaves the job as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mixplane.chunking.assign import Topology
 from mixplane.client.snapshot import JobSnapshot
 from mixplane.errors import StateError
 from mixplane.job.adaptation import Adaptation
 from mixplane.job.components import Components
 from mixplane.job.consumers import Consumers
-from mixplane.job.plan import Plan
+from mixplane.job.plan import Plan, Planning
 from mixplane.job.spec import JobSpec
 from mixplane.job.state import JOB_STATE_VERSION, JobState
 
@@ -44,6 +46,44 @@ def state_of(
         sizing=dict(components.sizing),
         **({"handovers": served["handovers"]} if "handovers" in served else {}),  # type: ignore[typeddict-item]
     )
+
+
+def presize(state: JobState, spec: JobSpec, components: Components) -> None:
+    """Before a job not planned yet loads ``state``: size its components as the state
+    records (``Components.take_sizing``), if it is a state of this job (version and job
+    definition; ``load_state`` checks the rest and refuses what does not fit)."""
+    sizing = state.get("sizing")
+    if (
+        state.get("version") == JOB_STATE_VERSION
+        and state.get("spec") == spec.fingerprint()
+        and isinstance(sizing, dict)
+    ):
+        components.take_sizing(sizing)
+
+
+def undo_of(
+    state: Callable[[], JobState],
+    load: Callable[[JobState], None],
+    components: Components,
+    planning: Planning,
+    consumers: Consumers,
+) -> Callable[[], None]:
+    """What puts a job back as it is now when a state it loads is refused: its state (now)
+    loaded back; for a job not planned yet, unplanned again, sized as it was given and its
+    consumers where they are."""
+    if planning.made is not None:
+        before = state()
+        return lambda: load(before)
+    given, positions = components.given_sizing, consumers.state()
+
+    def unplan() -> None:
+        planning.made = None
+        components.given_sizing = given
+        components.extensions = []
+        components.build()
+        consumers.load(positions)
+
+    return unplan
 
 
 def load_state(

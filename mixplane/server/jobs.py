@@ -161,7 +161,7 @@ class JobStore:
                 )
                 raise JobConflictError(msg)
             sizer = self._tokenizer(tokenizer) if tokenizer is not None else None
-            job = _build(lambda: Job(catalog, spec, topology, sizer))
+            job = _build(lambda: Job(catalog, spec, topology, sizer).prepare())
             if existing is not None:
                 self._remove(existing)
             created = ServerJob(
