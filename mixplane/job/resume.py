@@ -81,7 +81,7 @@ def undo_of(
         components.given_sizing = given
         components.extensions = []
         components.build()
-        consumers.load(positions)
+        consumers.load(positions, len(components.orders))
 
     return unplan
 
