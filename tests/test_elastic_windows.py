@@ -20,6 +20,7 @@ import pytest
 from mixplane.chunking import Topology
 from mixplane.client import Client
 from mixplane.client.documents import DocumentReader
+from mixplane.client.handover import handed_over
 from mixplane.client.windows import WindowStream
 from mixplane.errors import StateError
 from mixplane.job import Job
@@ -88,10 +89,12 @@ def take(windows: list[WindowStream], limit: int | None) -> list[Any]:
     live = list(range(len(its)))
     while live and (limit is None or len(out) < limit):
         for i in list(live):
+            if limit is not None and len(out) >= limit:
+                break
             w = next(its[i], None)
             if w is None:
                 live.remove(i)
-            elif limit is None or len(out) < limit:
+            else:
                 out.append(w)
     return out
 
@@ -123,7 +126,7 @@ def elastic_run(
     after: Topology,
     stop: int,
     strip: bool = False,
-) -> tuple[list[Any], list[Any], Job]:
+) -> tuple[list[Any], list[Any], set[int]]:
     with Client.local(home) as client:
         job = submit(client, dataset, tok, before)
         first = take(streams(job, tok), stop)
@@ -134,7 +137,7 @@ def elastic_run(
         again = submit(client, dataset, tok, after)
         again.load_state_dict(state)
         rest = take(streams(again, tok), None)
-        return first, rest, again
+        return first, rest, owed_ids(again, tok)
 
 
 def check_exact(
@@ -144,6 +147,7 @@ def check_exact(
     first: list[Any],
     rest: list[Any],
     after: Topology,
+    owed: set[int] | None,
     universe: Counter[int] | None = None,
 ) -> None:
     if universe is None:
@@ -157,6 +161,35 @@ def check_exact(
     missing = set(universe) - set(seen)
     # what is never yielded is each final stream's packer rest: at most SEQ per component
     assert len(missing) <= SEQ * len(DOMAINS) * after.consumers
+    if owed is not None:  # exactly the rest the final streams' places say they owe
+        assert missing == owed
+
+
+def owed_ids(job: Job, tok: Any) -> set[int]:
+    """The ids the job's window streams still owe where they stand (at the end: what their
+    packers hold), from their places in the job's state: the head, then the documents of
+    their chunk rest from the handover's skip on (``client.handover``)."""
+    out: set[int] = set()
+    shuffle = job.spec.order == "shuffled"
+    for consumer, position in job.state_dict()["consumers"].items():
+        c, j = int(consumer), position["j"]
+        handover = handed_over(position["window"], job.assignment.handover(c, j))
+        k, start = job.assignment.chunk(c, j)
+        spec = job.chunk(k)
+        rest = None
+        if spec is not None:
+            (rest,) = DocumentReader(tok)(job.reader(), [spec], job.spec.seed, shuffle=shuffle)
+            rest = rest[start + position["offset"] :]
+        for component in range(job.num_components):
+            out.update(handover["tokens"][component])
+            stream: list[int] = []
+            for i in np.flatnonzero(rest.components == component) if rest else []:
+                doc = rest.docs[i]  # type: ignore[union-attr]
+                ids = tok.encode_batch([doc])[0] if isinstance(doc, str) else doc.tolist()
+                stream += [*ids, WORDS] if ids and ids[-1] != WORDS else ids
+            out.update(stream[handover["skips"][component] :])
+    out.discard(WORDS)
+    return out
 
 
 CASES = [
@@ -172,9 +205,9 @@ def test_elastic_restore_yields_every_token_once(
     home: tuple[Path, Any], dataset: str, before: Topology, after: Topology, stop: int
 ) -> None:
     path, tok = home
-    first, rest, _ = elastic_run(path, tok, dataset, before, after, stop)
+    first, rest, owed = elastic_run(path, tok, dataset, before, after, stop)
     assert len(first) == stop and rest
-    check_exact(path, tok, dataset, first, rest, after)
+    check_exact(path, tok, dataset, first, rest, after, owed)
 
 
 def test_without_the_window_places_tokens_come_twice(home: tuple[Path, Any]) -> None:
@@ -182,9 +215,9 @@ def test_without_the_window_places_tokens_come_twice(home: tuple[Path, Any]) -> 
     windows of the chunks in progress again, and the check sees it."""
     path, tok = home
     before, after = Topology(dp_groups=2), Topology(dp_groups=1)
-    first, rest, _ = elastic_run(path, tok, "tok", before, after, 37, strip=True)
+    first, rest, owed = elastic_run(path, tok, "tok", before, after, 37, strip=True)
     with pytest.raises(AssertionError, match="yielded twice"):
-        check_exact(path, tok, "tok", first, rest, after)
+        check_exact(path, tok, "tok", first, rest, after, owed)
 
 
 def test_a_handed_over_chunk_resumes_exactly_and_hands_over_again(
@@ -214,7 +247,8 @@ def test_a_handed_over_chunk_resumes_exactly_and_hands_over_again(
         third_job = submit(client, "text", tok, last)
         third_job.load_state_dict(saved_job)
         third = take(streams(third_job, tok), None)
-    check_exact(path, tok, "text", first, second + third, last)
+        owed = owed_ids(third_job, tok)
+    check_exact(path, tok, "text", first, second + third, last, owed)
 
 
 def test_a_state_saved_in_process_hands_over_through_the_server(
@@ -250,7 +284,7 @@ def test_a_state_saved_in_process_hands_over_through_the_server(
             rest = take([WindowStream(again, tok, SEQ, prefetch=0)], None)
     finally:
         server.kill()
-    check_exact(path, tok, "tok", first, rest, after, universe)
+    check_exact(path, tok, "tok", first, rest, after, None, universe)
 
 
 @pytest.mark.parametrize(

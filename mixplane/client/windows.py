@@ -216,6 +216,7 @@ class WindowStream:
         self._windows = windows
         self._item, self._replay, self._replaying = None, replay, None
         self._place.packer, self._place.taken = state["packer"], taken
+        self._stream.report(self._place)  # the job's state loaded first may have replaced it
 
     def _new_packer(self) -> Packer:
         packer = self._packer

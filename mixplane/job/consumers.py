@@ -139,12 +139,17 @@ class Consumers:
                     "the states of all parts first (mixplane.job.merge_states)"
                 )
                 raise StateError(msg)
-        self.ranks = {}
         if saved_topology == self.topology:
-            self.assignment = saved
-            self.restored = consumers
-            return
-        self.assignment, self.restored = redeal(saved, consumers, self.topology)
+            self.assignment, self.restored = saved, consumers
+        else:
+            self.assignment, self.restored = redeal(saved, consumers, self.topology)
+        for (consumer, _rank), live in self.ranks.items():  # streams opened before: moved
+            moved = self.restored.get(consumer, ConsumerState(j=0, offset=0))
+            live["j"], live["offset"] = moved["j"], moved["offset"]
+            if "window" in moved:  # until the window stream loads its own state and reports
+                live["window"] = moved["window"]
+            else:
+                live.pop("window", None)
 
 
 def _with_window(state: ConsumerState) -> ConsumerState:

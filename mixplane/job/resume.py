@@ -81,7 +81,7 @@ def undo_of(
         components.given_sizing = given
         components.extensions = []
         components.build()
-        consumers.load(positions, len(components.orders))
+        consumers.load(positions, components.count)
 
     return unplan
 
@@ -118,7 +118,7 @@ def load_state(
         raise StateError(msg)
     plan.load(state["planner"], state["mixture_log"], state["planned"])
     adaptation.load_state_dict(state["algorithm"])
-    consumers.load(state, len(components.orders))
+    consumers.load(state, components.count)
 
 
 def snapshot_of(
