@@ -19,6 +19,12 @@ component, in slices; without it (a chunk holding stored token ids, or a state s
 way the window stream continues exactly. Load the job's state first (``Job.load_state_dict``),
 then the window stream's.
 
+Elastic restore (``client.handover``): the stream keeps its place in its job's consumer
+position (the packer state at the chunk rest's start and the windows of it yielded per
+component, ``taken``), so the job's state says what the stream still owes; a chunk rest an
+elastic restore dealt on with a handover is packed as the handover says (the old stream's
+unyielded carry, then its documents from the first token not yet yielded).
+
 Prefetch: with ``prefetch=n`` (default ``PREFETCH_CHUNKS``) a background thread reads, tokenizes
 and packs up to n chunks ahead of the consumer (a bounded queue: memory is about n chunks of
 windows), so training never waits on data while the loader is faster. The producer has its own
