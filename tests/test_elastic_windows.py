@@ -59,7 +59,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     return root / "home", tok
 
 
-def submit(client: Client, dataset: str, tok: Any, topology: Topology) -> Job:
+def submit(client: Any, dataset: str, tok: Any, topology: Topology) -> Job:
+    """The job, in-process (``Client.local``) or on a server (``Client.remote``)."""
     return client.submit(
         "el",
         where=f"dataset == '{dataset}'",
@@ -268,17 +269,7 @@ def test_a_state_saved_in_process_hands_over_through_the_server(
     server = Server(path)
     try:
         with Client.remote(server.url) as remote:
-            again = remote.submit(
-                "el",
-                where="dataset == 'tok'",
-                mixture={"domain=a": 0.5, "domain=b": 0.3, "domain=c": 0.2},
-                unit="tokens",
-                chunk_size=200,
-                seed=5,
-                tokenizer=tok,
-                topology=after,
-                on_exhausted="stop",
-            )
+            again = submit(remote, "tok", tok, after)
             again.restore(state)
             assert again.assignment.handovers  # the handovers came with the assignment
             rest = take([WindowStream(again, tok, SEQ, prefetch=0)], None)
