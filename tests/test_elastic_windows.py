@@ -8,6 +8,7 @@ place in the corpus: a token yielded twice, or lost, is seen as such.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections import Counter
 from pathlib import Path
@@ -23,7 +24,7 @@ from mixplane.client.documents import DocumentReader
 from mixplane.client.handover import handed_over
 from mixplane.client.windows import WindowStream
 from mixplane.errors import StateError
-from mixplane.job import Job
+from mixplane.job import Job, place_windows
 from tests.tokendata import tiny_tokenizer, write_megatron
 
 SEQ = 16
@@ -59,7 +60,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     return root / "home", tok
 
 
-def submit(client: Any, dataset: str, tok: Any, topology: Topology) -> Job:
+def submit(client: Any, dataset: str, tok: Any, topology: Topology, **extra: Any) -> Job:
     """The job, in-process (``Client.local``) or on a server (``Client.remote``)."""
     return client.submit(
         "el",
@@ -71,6 +72,7 @@ def submit(client: Any, dataset: str, tok: Any, topology: Topology) -> Job:
         tokenizer=tok,
         topology=topology,
         on_exhausted="stop",
+        **extra,
     )
 
 
@@ -307,3 +309,57 @@ def test_corrupt_window_places_and_handovers_are_refused(
         with pytest.raises(StateError, match="corrupt"):
             fresh.load_state_dict(state)
         assert fresh.state_dict() == before
+
+
+def test_a_server_job_restores_elastically_with_its_streams_places(
+    home: tuple[Path, Any],
+) -> None:
+    """A server's state knows the chunks only (its clients pack the windows): with the window
+    streams' places added (``place_windows``) its elastic restore is exact; without them it is
+    per chunk, and the check sees tokens twice."""
+    from tests.server.conftest import Server
+
+    path, tok = home
+    before, after = Topology(dp_groups=2), Topology(dp_groups=1)
+    with Client.local(path) as client:
+        universe = corpus_ids(submit(client, "tok", tok, after), tok)
+    server = Server(path)
+    try:
+        with Client.remote(server.url) as remote:
+            job = submit(remote, "tok", tok, before)
+            ranks = streams(job, tok)
+            first = take(ranks, 37)
+            checkpoint = job.checkpoint()
+            assert all("window" not in c for c in checkpoint["consumers"].values())
+            places = {(g, 0): s.state_dict() for g, s in enumerate(ranks)}
+            rests = {}
+            for label, state in (
+                ("placed", place_windows(checkpoint, places)),
+                ("plain", checkpoint),
+            ):
+                again = submit(remote, "tok", tok, after, replace=True)
+                again.restore(state)
+                rests[label] = take(streams(again, tok), None)
+    finally:
+        server.kill()
+    check_exact(path, tok, "tok", first, rests["placed"], after, None, universe)
+    with pytest.raises(AssertionError, match="yielded twice"):
+        check_exact(path, tok, "tok", first, rests["plain"], after, None, universe)
+
+
+def test_place_windows_refuses_streams_older_than_the_job_state(home: tuple[Path, Any]) -> None:
+    path, tok = home
+    with Client.local(path) as client:
+        job = submit(client, "tok", tok, Topology(dp_groups=2))
+        ranks = streams(job, tok)
+        take(ranks, 37)
+        state = job.state_dict()
+        place = ranks[0].state_dict()
+        assert place_windows(state, {(0, 0): place})["consumers"]["0"]["window"]["taken"]
+        later = copy.deepcopy(state)
+        later["planner"]["next_chunk"] = 99
+        with pytest.raises(StateError, match="take it at the same step or earlier"):
+            place_windows(later, {(0, 0): place})
+        old = {k: v for k, v in place.items() if k != "taken"}
+        with pytest.raises(StateError, match="older mixplane"):
+            place_windows(state, {(0, 0): old})

@@ -21,7 +21,13 @@ if TYPE_CHECKING:
         legacy_read_ahead,
         make_spec,
     )
-    from mixplane.job.state import JOB_STATE_VERSION, ComponentSizing, JobState, merge_states
+    from mixplane.job.state import (
+        JOB_STATE_VERSION,
+        ComponentSizing,
+        JobState,
+        merge_states,
+        place_windows,
+    )
     from mixplane.job.warn import warn_once
     from mixplane.mixture.schedule import OnExhausted, Phase, ScheduleUnit
 
@@ -49,6 +55,7 @@ _WHERE = {
     "legacy_read_ahead": "mixplane.job.spec",
     "make_spec": "mixplane.job.spec",
     "merge_states": "mixplane.job.state",
+    "place_windows": "mixplane.job.state",
     "warn_once": "mixplane.job.warn",
 }
 
@@ -82,5 +89,6 @@ __all__ = [
     "legacy_read_ahead",
     "make_spec",
     "merge_states",
+    "place_windows",
     "warn_once",
 ]

@@ -10,10 +10,10 @@ elastic restore hands its unyielded tokens on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NotRequired, TypedDict
 
-from mixplane.chunking.assign import Topology
+from mixplane.chunking.assign import Assignment, Topology
 from mixplane.chunking.planner import PlannerState
 from mixplane.client.stream import ConsumerState
 from mixplane.errors import StateError
@@ -90,3 +90,45 @@ def merge_states(states: Sequence[JobState]) -> JobState:
         **({"sizing": first["sizing"]} if "sizing" in first else {}),  # type: ignore[typeddict-item]
         **({"handovers": first["handovers"]} if "handovers" in first else {}),  # type: ignore[typeddict-item]
     )
+
+
+def place_windows(
+    state: JobState, windows: Mapping[tuple[int, int], Mapping[str, Any]]
+) -> JobState:
+    """``state`` with the place of each window stream given by (dp_group, worker): its
+    ``WindowStream.state_dict()``, saved at the same step as ``state`` or later. A server's
+    state (``RemoteJob.checkpoint()``) knows each consumer's chunk only, since its clients pack
+    the windows; with the streams' places an elastic restore of it hands the chunks in progress
+    over exactly (``client.handover``), as an in-process job's own state does."""
+    topology = Topology(**state["topology"])
+    assignment = Assignment.from_json(topology, state)
+    consumers: dict[str, Any] = {k: dict(v) for k, v in state["consumers"].items()}
+    for (group, worker), window in windows.items():
+        consumer = topology.consumer(group, worker)
+        stream, taken = window.get("stream"), window.get("taken")
+        if not isinstance(stream, dict) or taken is None:
+            msg = (
+                f"the window stream state of dp_group {group}, worker {worker} has no "
+                "'stream' or 'taken' (saved by an older mixplane?); pass WindowStream.state_dict()"
+            )
+            raise StateError(msg)
+        chunk = assignment.chunk(consumer, stream["j"])[0]
+        if chunk < state["planner"]["next_chunk"]:
+            msg = (
+                f"the window stream of dp_group {group}, worker {worker} stands in chunk {chunk}, "
+                f"before the job state's planner (chunk {state['planner']['next_chunk']}): the "
+                "job state was taken after the stream's; take it at the same step or earlier"
+            )
+            raise StateError(msg)
+        consumers[str(consumer)] = {
+            "j": stream["j"],
+            "offset": stream["offset"],
+            "window": {
+                "tokenizer": window["tokenizer"],
+                "packer": window["packer"],
+                "taken": taken,
+            },
+        }
+    out = dict(state)
+    out["consumers"] = dict(sorted(consumers.items(), key=lambda kv: int(kv[0])))
+    return out  # type: ignore[return-value]
