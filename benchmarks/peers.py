@@ -1390,7 +1390,7 @@ STATES_SHARES = {
 ELASTIC_MEASURED = ("text-mixplane", "tokens-mixplane")
 #: the others' elastic resume as their documentation and code say (not measured here)
 ELASTIC_DOCUMENTED = {
-    "text-mixplane-srv": "not measured (the server restores a job's state into a job submitted with another topology, docs/server.md)",
+    "text-mixplane-srv": "not measured here; the server's state with the ranks' window places added (mixplane.job.place_windows) restores exactly under another topology, without them per chunk (tests/test_elastic_windows.py)",
     "text-hf": "not measured; no documented way: the IterableDataset state is per rank's shard (split_dataset_by_node)",
     "text-nodes": "not measured; no documented way: each rank's Loader state is its own sampler's",
     "tokens-mixplane-srv": "not measured (as text-mixplane-srv)",
