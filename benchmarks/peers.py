@@ -272,6 +272,8 @@ def child_mixplane(spec: dict[str, Any], began: float) -> dict[str, Any]:
     from mixplane.client.windows import WindowStream
 
     home = spec["home_tokens"] if spec["data"] == "tokens" else spec["home_text"]
+    if spec["row"] == "text-mixplane-counted":
+        home = spec["home_text_counted"]
     server = spec.get("server")
     opened = Client.remote(server) if server else Client.local(home, read_only=True)
     names = list(DOMAINS)
@@ -989,6 +991,7 @@ CHILDREN = {
     "text-ceiling": child_text_ceiling,
     "text-mixplane": child_mixplane,
     "text-mixplane-srv": child_mixplane,
+    "text-mixplane-counted": child_mixplane,
     "text-hf": child_hf,
     "text-nodes": child_nodes,
     "tokens-ceiling": child_tokens_ceiling,
@@ -1004,6 +1007,7 @@ CHILDREN = {
 
 PREIMPORT = {
     "text-mixplane": ["mixplane.client", "mixplane.client.windows", "mixplane.tokens"],
+    "text-mixplane-counted": ["mixplane.client", "mixplane.client.windows", "mixplane.tokens"],
     "tokens-mixplane": ["mixplane.client", "mixplane.client.windows", "mixplane.tokens"],
     "text-hf": ["datasets", "torch", "tokenizers"],
     "text-nodes": ["torchdata.nodes", "tokenizers"],
@@ -1282,6 +1286,7 @@ def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
         "check": args.check,
         "home_text": str(work / "home-text"),
         "home_tokens": str(work / "home-tokens"),
+        "home_text_counted": str(work / "home-text-counted"),
     }
     print(
         f"{windows:,} windows ({windows * SEQ / 1e6:.1f} M tokens) per run; stop/resume/change at {args.stop}"
@@ -1297,6 +1302,19 @@ def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
             "disk_mb": _du(Path(spec["home_text"])),
         }
         setup["text-mixplane-srv"] = setup["text-mixplane"]
+    if "text-mixplane-counted" in rows:  # registered, then counted with the job's tokenizer
+        from mixplane.tokens import load_tokenizer
+
+        t0 = time.perf_counter()
+        with Client.local(spec["home_text_counted"]) as client:
+            client.catalog.register(
+                "corpus", spec["text_files"], properties={"domain": "domain"}, progress=False
+            )
+            client.catalog.count_tokens(load_tokenizer("deepseek"), progress=False)
+        setup["text-mixplane-counted"] = {
+            "setup_s": time.perf_counter() - t0,
+            "disk_mb": _du(Path(spec["home_text_counted"])),
+        }
     if any(r.startswith("tokens-mixplane") for r in rows):
         t0 = time.perf_counter()
         with Client.local(spec["home_tokens"]) as client:
@@ -1376,6 +1394,7 @@ def run_all(args: argparse.Namespace, rows: list[str], work: Path) -> dict[str, 
 STATES_SHARES = {
     "text-mixplane": "yes (unit tokens)",
     "text-mixplane-srv": "yes (unit tokens)",
+    "text-mixplane-counted": "yes (unit tokens; exact counts from count_tokens at set-up)",
     "text-hf": "no: example probabilities (given share / mean doc tokens)",
     "text-nodes": "no: item weights (given share / mean doc tokens)",
     "tokens-mixplane": "yes (unit tokens)",
