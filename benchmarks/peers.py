@@ -138,23 +138,23 @@ class Packer:
             self.ids = np.asarray(state["ids"], np.int32)
             self.doms = np.asarray(state["doms"], np.int8)
 
-    def add(self, docs: list[tuple[list[int], int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def add(self, docs: list[tuple[list[int], int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Append ``docs``; the windows they complete, cut one at a time: the state after a
+        window is taken holds everything not taken yet (a caller that stops in the middle of
+        a long document's windows resumes with the rest of them)."""
         parts, doms = [self.ids], [self.doms]
         for ids, dom in docs:
             parts.append(np.asarray(ids, np.int32))
             parts.append(np.array([EOS], np.int32))
             doms.append(np.full(len(ids) + 1, dom, np.int8))
-        ids_all, doms_all = np.concatenate(parts), np.concatenate(doms)
-        k = max(0, (len(ids_all) - 1) // SEQ)
-        out = [
-            (
-                ids_all[i * SEQ : (i + 1) * SEQ + 1],
-                np.bincount(doms_all[i * SEQ : (i + 1) * SEQ], minlength=4),
-            )
-            for i in range(k)
-        ]
-        self.ids, self.doms = ids_all[k * SEQ :], doms_all[k * SEQ :]
-        return out
+        self.ids, self.doms = np.concatenate(parts), np.concatenate(doms)
+        return self._cut()
+
+    def _cut(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        while len(self.ids) >= SEQ + 1:
+            window, counts = self.ids[: SEQ + 1], np.bincount(self.doms[:SEQ], minlength=4)
+            self.ids, self.doms = self.ids[SEQ:], self.doms[SEQ:]
+            yield window, counts
 
     def state(self) -> dict[str, Any]:
         return {"ids": self.ids.tolist(), "doms": self.doms.tolist()}
