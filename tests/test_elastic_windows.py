@@ -271,7 +271,7 @@ def test_a_state_saved_in_process_hands_over_through_the_server(
     server = Server(path)
     try:
         with Client.remote(server.url) as remote:
-            again = submit(remote, "tok", tok, after)
+            again = submit(remote, "tok", tok, after, replace=True)
             again.restore(state)
             assert again.assignment.handovers  # the handovers came with the assignment
             rest = take([WindowStream(again, tok, SEQ, prefetch=0)], None)
@@ -326,7 +326,7 @@ def test_a_server_job_restores_elastically_with_its_streams_places(
     server = Server(path)
     try:
         with Client.remote(server.url) as remote:
-            job = submit(remote, "tok", tok, before)
+            job = submit(remote, "tok", tok, before, replace=True)  # the home keeps jobs
             ranks = streams(job, tok)
             first = take(ranks, 37)
             checkpoint = job.checkpoint()

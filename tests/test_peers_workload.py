@@ -34,7 +34,7 @@ def test_domain_bytes_follow_the_token_shares(tmp_path: Path) -> None:
 def test_packer_windows_overlap_by_one_and_count_domains() -> None:
     packer = peers.Packer()
     docs = [([5] * 1500, 0), ([7] * 1500, 2), ([9] * 3000, 1)]
-    windows = packer.add(docs)
+    windows = list(packer.add(docs))
     stream = np.concatenate([np.r_[np.asarray(ids), peers.EOS] for ids, _ in docs])
     assert len(windows) == (len(stream) - 1) // peers.SEQ
     for i, (ids, counts) in enumerate(windows):
@@ -42,3 +42,10 @@ def test_packer_windows_overlap_by_one_and_count_domains() -> None:
         assert counts.sum() == peers.SEQ
     assert windows[0][1].tolist() == [1501, 0, 547, 0]
     assert len(packer.ids) == len(stream) - len(windows) * peers.SEQ
+
+    # a caller that stops after one window resumes with the rest of them (the state holds them)
+    stopped = peers.Packer()
+    first = next(iter(stopped.add(docs)))
+    resumed = peers.Packer(stopped.state())
+    rest = list(resumed.add([]))
+    assert [w[0].tolist() for w in [first, *rest]] == [w[0].tolist() for w in windows]
