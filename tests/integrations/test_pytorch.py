@@ -389,3 +389,50 @@ def test_gloo_feedback_is_reduced_and_sent_once(
     assert np.allclose(sums, np.add(r0["local"][0], r1["local"][0]))
     assert np.allclose(counts, np.add(r0["local"][1], r1["local"][1]))
     assert sum(counts) == 2 * 6 * SEQ
+
+
+def test_worker_states_merged_restore_elastically_as_the_job_in_process_does(
+    client: Client, tokenizer: Any
+) -> None:
+    """DataLoader workers: each worker's dataset state holds its job part with its window
+    stream's place; merged (``merge_states``) and restored with one worker, the windows are
+    those of the same restore taken from one in-process job that streamed the same windows
+    (exact per token, ``tests/test_elastic_windows.py``)."""
+    from mixplane.client.windows import WindowStream
+    from mixplane.job import merge_states
+
+    def job(workers: int) -> Job:
+        return submit(client, Topology(workers=workers), on_exhausted="stop")
+
+    loader = loader_for(
+        TokenWindowDataset(job(2), tokenizer, SEQ, batch_size=BATCH), 2, stateful=True
+    )
+    it = iter(loader)
+    taken = 7  # batches: 4 from worker 0, 3 from worker 1 (the DataLoader takes them in turn)
+    for _ in range(taken):
+        next(it)
+    state = loader.state_dict()
+    del it
+    parts: list[Any] = []
+
+    def find(value: Any) -> None:  # each worker's dataset state, wherever the loader keeps it
+        if isinstance(value, dict):
+            if isinstance(value.get("windows"), dict) and "job" in value["windows"]:
+                parts.append(value["windows"]["job"])
+            for v in value.values():
+                find(v)
+
+    find(state)
+    assert len(parts) == 2 and all("window" in c for p in parts for c in p["consumers"].values())
+
+    def rest(saved: Any) -> list[bytes]:
+        again = job(1)
+        again.load_state_dict(saved)
+        return [w.input_ids.tobytes() for w in WindowStream(again, tokenizer, SEQ, prefetch=0)]
+
+    in_process = job(2)
+    streams = [WindowStream(in_process, tokenizer, SEQ, worker=w, prefetch=0) for w in (0, 1)]
+    for w, batches_of_worker in ((0, 4), (1, 3)):
+        list(itertools.islice(iter(streams[w]), batches_of_worker * BATCH))
+    expected = rest(in_process.state_dict())
+    assert expected and rest(merge_states(parts)) == expected
