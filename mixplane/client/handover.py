@@ -6,7 +6,7 @@ at the start of the chunk rest it is in (``B``, at most ``seq_len`` tokens: the 
 documents from earlier chunks), then the rest's documents of that component (``D``, each with
 its EOS, and BOS when asked). After ``n`` windows of a component the first ``n * seq_len`` of
 those tokens were inputs; the rest were not. The window stream reports that place to its job
-(``WindowPlace``: ``B`` and the windows taken per component; ``WindowPosition`` in a job state),
+(``Placed``: ``B`` and the windows taken per component; ``WindowPosition`` in a job state),
 so a job state knows, per consumer, what its stream still owes.
 
 Restored under another topology (``job.consumers.redeal``), the chunk a consumer stood in is
@@ -26,8 +26,7 @@ handed-over chunk is re-read and its text tokenized whole (as a resume without `
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 
@@ -55,19 +54,20 @@ class Handover(TypedDict):
     skips: list[int]  # per component: tokens of the rest's documents already yielded
 
 
-@dataclass(slots=True)
-class WindowPlace:
-    """A window stream's live place, kept in its job's consumer position (``Stream.report``);
-    ``taken`` is None while unknown (a state loaded without it, not yet iterated)."""
+@runtime_checkable
+class Placed(Protocol):
+    """What a job's consumer position keeps of a live window stream (``Stream.report``): its
+    place now, or None while unknown (a state loaded without ``taken``, not yet iterated)."""
 
-    tokenizer: str
-    packer: PackerState
-    taken: list[int] | None
+    def position(self) -> WindowPosition | None: ...
 
-    def position(self) -> WindowPosition | None:
-        if self.taken is None:
-            return None
-        return WindowPosition(tokenizer=self.tokenizer, packer=self.packer, taken=list(self.taken))
+
+def check_taken(taken: Any, num_components: int, windows: int) -> list[int]:
+    """A window stream state's ``taken``: per component, windows of the chunk yielded."""
+    if not (_ints(taken) and len(taken) == num_components and sum(taken) == windows):
+        msg = f"the window stream state's 'taken' is {shown(taken)}, not {windows} windows"
+        raise StateError(msg)
+    return taken  # type: ignore[no-any-return]
 
 
 def handed_over(position: WindowPosition, previous: Handover | None) -> Handover:

@@ -44,7 +44,7 @@ class ChunkReader(Protocol[_Rest]):
 class ConsumerState(TypedDict):
     j: int  # index into the consumer's chunk sequence
     offset: int  # samples already read from that chunk
-    # a window stream's place inside that chunk rest: live, a ``client.handover.WindowPlace``;
+    # a window stream's place inside that chunk rest: live, a ``client.handover.Placed``;
     # in a job state, its ``WindowPosition`` (what an elastic restore hands over)
     window: NotRequired[Any]
 
@@ -121,7 +121,7 @@ class Stream:
         self._state["j"], self._state["offset"] = int(state["j"]), int(state["offset"])
 
     def report(self, place: Any) -> None:
-        """Keep a window stream's live place (``client.handover.WindowPlace``) with this
+        """Keep a window stream's live place (``client.handover.Placed``) with this
         rank's position: the job's state then says what the stream still owes of its chunk."""
         self._state["window"] = place
 

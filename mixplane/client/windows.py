@@ -49,7 +49,7 @@ from typing import Any, NamedTuple, NotRequired, TypedDict
 import numpy as np
 
 from mixplane.client.documents import DocumentReader, Mark, pack_marked
-from mixplane.client.handover import WindowPlace, pack_handover
+from mixplane.client.handover import WindowPosition, check_taken, pack_handover
 from mixplane.client.replay import (
     Replay,
     ReplayState,
@@ -136,11 +136,10 @@ class WindowStream:
         self._start: ConsumerState = self._stream.state_dict()
         self._start_packer: PackerState = self._packer.state_dict()
         self._windows = 0
-        # the place the job's state reports (an elastic restore hands the rest on from it)
-        self._place = WindowPlace(
-            tokenizer.fingerprint, self._start_packer, [0] * job.num_components
-        )
-        self._stream.report(self._place)
+        # windows of the current chunk yielded per component: with ``_start_packer``, the
+        # place the job's state reports (``position``; an elastic restore hands the rest on)
+        self._taken: list[int] | None = [0] * job.num_components
+        self._stream.report(self)
         self._item: ChunkWindows | None = None  # the chunk being consumed
         self._replay: ReplayState | None = None  # loaded, to resume the chunk from
         self._replaying: Replay | None = None  # the chunk being resumed
@@ -161,9 +160,18 @@ class WindowStream:
         replay = self._replay_state()
         if replay is not None:
             state["replay"] = replay
-        if self._place.taken is not None:
-            state["taken"] = list(self._place.taken)
+        if self._taken is not None:
+            state["taken"] = list(self._taken)
         return state
+
+    def position(self) -> WindowPosition | None:
+        """Where the stream stands in its chunk rest (``client.handover``); None while the
+        windows taken per component are unknown (a state loaded without them)."""
+        if self._taken is None:
+            return None
+        return WindowPosition(
+            tokenizer=self.tokenizer.fingerprint, packer=self._start_packer, taken=list(self._taken)
+        )
 
     def _replay_state(self) -> ReplayState | None:
         if self._replaying is not None:
@@ -211,18 +219,12 @@ class WindowStream:
             replay = check_replay(replay, self._packer.num_components, windows)
             self._new_packer().load_state_dict(replay["packer"])  # checked now, used later
         taken = state.get("taken")
-        if taken is not None and not (
-            isinstance(taken, list)
-            and len(taken) == self._packer.num_components
-            and all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in taken)
-            and sum(taken) == windows
-        ):
-            msg = f"the window stream state's 'taken' is {shown(taken)}, not {windows} windows"
-            raise StateError(msg)
+        if taken is not None:
+            taken = list(check_taken(taken, self._packer.num_components, windows))
         self._windows = windows
         self._item, self._replay, self._replaying = None, replay, None
-        self._place.packer, self._place.taken = state["packer"], taken
-        self._stream.report(self._place)  # the job's state loaded first may have replaced it
+        self._taken = taken
+        self._stream.report(self)  # the job's state loaded first may have replaced it
 
     def _new_packer(self) -> Packer:
         packer = self._packer
@@ -246,8 +248,7 @@ class WindowStream:
                 self.stats.chunks_consumed += 1
                 self._start, self._start_packer, self._windows = item.start, item.packer, skip
                 self._item = item
-                taken = self._counts(item.windows[:skip])
-                self._place.packer, self._place.taken = item.packer, taken
+                taken = self._taken = self._counts(item.windows[:skip])
                 with self._moved:
                     self._stream.load_state_dict(item.start)  # the job sees the consumed position
                     self._moved.notify_all()
@@ -281,8 +282,7 @@ class WindowStream:
         run = replay_chunk(rest, replay, self._windows, packer, self.tokenizer.encode_batch, seed)
         self._replaying, self._replay, self._item = run, None, None
         order = window_order(replay["counts"], seed, rest.chunk)[: self._windows]
-        taken = np.bincount(order, minlength=packer.num_components).tolist()
-        self._place.packer, self._place.taken = self._start_packer, taken
+        taken = self._taken = np.bincount(order, minlength=packer.num_components).tolist()
         for window in run.windows:
             if self._replaying is not run:  # a later iteration took over
                 return
@@ -294,7 +294,7 @@ class WindowStream:
             self._start = ConsumerState(j=start["j"] + 1, offset=0)
             self._start_packer = packer.state_dict()
             self._windows = 0
-            self._place.packer, self._place.taken = self._start_packer, [0] * packer.num_components
+            self._taken = [0] * packer.num_components
 
     def _wait_for_consumer(self, j: int) -> bool:
         """Before the producer asks for chunk j, the first of a read group: wait until the

@@ -15,7 +15,7 @@ from typing import Any
 from mixplane.chunking.assign import Assignment, Topology
 from mixplane.client.handover import (
     Handover,
-    WindowPlace,
+    Placed,
     check_handover,
     check_position,
     handed_over,
@@ -156,7 +156,7 @@ def _with_window(state: ConsumerState) -> ConsumerState:
     """A copy of a live position, its window stream's place as a ``WindowPosition``."""
     out = ConsumerState(j=state["j"], offset=state["offset"])
     place = state.get("window")
-    position = place.position() if isinstance(place, WindowPlace) else place
+    position = place.position() if isinstance(place, Placed) else place
     if position is not None:
         out["window"] = position
     return out
