@@ -157,12 +157,7 @@ class Packer:
     def add(self, ids: np.ndarray | Sequence[int], component: int) -> list[Window]:
         """Append one document to its component; return the windows it completes (often none,
         several for a long document)."""
-        if not 0 <= component < self.num_components:
-            msg = (
-                f"component {component} is out of range; this packer has "
-                f"num_components={self.num_components}"
-            )
-            raise PackingError(msg)
+        self._check_component(component)
         tokens = self._as_tokens(ids)
         if len(tokens) == 0:
             return []
@@ -190,12 +185,7 @@ class Packer:
         same as ``add`` for each). Arrays are trusted to hold ids in [0, 2**31) (the reader's,
         checked at registration) and parked without a copy; lists are checked as by ``add``.
         ``ends[i]``: document i already ends with the EOS (found by the caller, vectorized)."""
-        if not 0 <= component < self.num_components:
-            msg = (
-                f"component {component} is out of range; this packer has "
-                f"num_components={self.num_components}"
-            )
-            raise PackingError(msg)
+        self._check_component(component)
         pieces = self._pieces[component]
         starts = self._starts[component]
         length = self._lengths[component]
@@ -231,9 +221,7 @@ class Packer:
         are the offsets in it where a document starts (0 should be one: the piece follows a
         document's end). An elastic restore hands the rest of another consumer's stream on this
         way (``client.handover``); return the windows it completes."""
-        if not 0 <= component < self.num_components:
-            msg = f"component {component} is out of range (num_components={self.num_components})"
-            raise PackingError(msg)
+        self._check_component(component)
         array = self._as_tokens(tokens)
         if len(array) == 0:
             return []
@@ -244,6 +232,14 @@ class Packer:
         if self._lengths[component] < self.seq_len + 1:
             return []
         return self._emit(component)
+
+    def _check_component(self, component: int) -> None:
+        if not 0 <= component < self.num_components:
+            msg = (
+                f"component {component} is out of range; this packer has "
+                f"num_components={self.num_components}"
+            )
+            raise PackingError(msg)
 
     def _as_tokens(self, ids: np.ndarray | Sequence[int]) -> np.ndarray:
         if isinstance(ids, np.ndarray):
