@@ -147,7 +147,6 @@ class Job(Planned):
         )
         self._components.build()
         self._planning = Planning(self._components, self._lock)  # made when first needed
-        self._algorithm = self._planning.adaptation
         self._reader: Reader | None = None
 
     # -- what the job is ---------------------------------------------------------------------

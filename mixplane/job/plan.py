@@ -338,7 +338,11 @@ class Planned:
     """A job's access to its plan and algorithm, made when first needed (``Planning``)."""
 
     _planning: Planning
-    _algorithm: Adaptation
+
+    @property
+    def _algorithm(self) -> Adaptation:
+        """The adaptation as it is (its lock, its log), without making the plan."""
+        return self._planning.adaptation
 
     @property
     def _plan(self) -> Plan:
@@ -347,7 +351,7 @@ class Planned:
     @property
     def _adaptation(self) -> Adaptation:
         self._planning.plan()  # the algorithm starts from the plan's weights
-        return self._algorithm
+        return self._planning.adaptation
 
     @property
     def algorithm(self) -> MixingAlgorithm | None:
