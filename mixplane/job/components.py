@@ -7,8 +7,9 @@ sized is kept (``sizing``) and saved in the job's state, so every process and ev
 plans with the same numbers. A bytes-per-token ratio measured with the tokenizer (64 samples a
 component: for the peers corpus ~460,000 tokens, 1-2 s with the tokenizer's parse) is measured
 when the orders are first needed, not when the job is made (``pending``): a restore takes the
-ratios its state records instead (``take_sizing``), as it always planned with them. Extensions (files registered after the job started) add
-components; they are recorded so a restore rebuilds the same ones.
+ratios its state records instead (``take_sizing``), as it always planned with them. Extensions
+(files registered after the job started) add components; they are recorded so a restore
+rebuilds the same ones.
 """
 
 from __future__ import annotations
