@@ -508,7 +508,9 @@ class LossFeedback:
       hold every rank of the job (``group=None``; a data-parallel group does when the job has
       one rank per DP group), and the job has no schedule (a phase start is logged when a rank
       plans it, which differs between ranks); otherwise run the job on the server
-      (``Client.remote``). Cost: one more all-reduce of K + 3 numbers a step.
+      (``Client.remote``). Cost: one more all-reduce (MAX) of 2K + 5 numbers a step (the
+      change point, and the mixture's log length, latest chunk and K weights with their
+      negatives).
     """
 
     def __init__(
@@ -523,17 +525,19 @@ class LossFeedback:
         self.ranks_per_group = ranks_per_group or job.topology.ranks_per_group
         self.distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         world = torch.distributed.get_world_size(group) if self.distributed else 1
-        #: every rank applies the feedback to its own in-process job (see the class)
         topology = job.topology
         ranks = topology.dp_groups * topology.ranks_per_group
-        self.every_rank = (
-            isinstance(job, Job)
+        #: the in-process job every rank applies the feedback to (see the class), else None
+        self._own = (
+            job
+            if isinstance(job, Job)
             and job.algorithm is not None
             and self.distributed
             and (world > 1 or ranks > 1)
+            else None
         )
         self._checked = False
-        if isinstance(job, Job) and self.every_rank:
+        if self._own is not None:
             if world != ranks:
                 msg = (
                     f"an in-process adaptive job takes the feedback of all its ranks: the group "
@@ -571,9 +575,9 @@ class LossFeedback:
             sums, counts = both[0], both[1]
             sender = torch.distributed.get_rank(self.group) == 0
         loss_sum, token_count = sums.cpu().numpy(), counts.cpu().numpy()
-        if isinstance(self.job, Job) and self.every_rank:
-            at = self._agree(self.job)
-            return self.job.feedback(step, loss_sum, token_count, at=at)
+        if self._own is not None:
+            at = self._agree(self._own)
+            return self._own.feedback(step, loss_sum, token_count, at=at)
         if not sender:
             return None
         return self.job.feedback(step, loss_sum, token_count)
