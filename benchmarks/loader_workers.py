@@ -41,7 +41,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,44 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import pretokenized
 from benchmarks.common import load, scratch
 from mixplane.errors import PlanError
-from mixplane.integrations.pytorch import FIELDS, INLINE_BYTES, rows_of_one_buffer
-from mixplane.tokens.packing import Window
+from mixplane.integrations.pytorch import FIELDS, INLINE_BYTES, rows_of_one_buffer, window_items
 
 SEQ = 2048
 _INT32 = np.iinfo(np.int32)
 
 
 # -- the candidate: a worker's batch sent compact, rebuilt in the main process ----------------
-
-
-def compact_window_items(
-    windows: Iterable[Window], block: int, *, worker: bool = False
-) -> Iterator[dict[str, torch.Tensor]]:
-    """The windows as items whose token fields and ``component`` are rows of one int64 buffer
-    per ``block`` windows (``[4, block, seq_len]`` then ``[block]``): one copy per field, and
-    ``compact_collate_windows`` takes consecutive rows of one buffer as views instead of copying them
-    again. In a DataLoader ``worker`` every item has a buffer of its own (see the module).
-    ``cu_seqlens`` shares the window's array."""
-    fields = len(FIELDS)
-    block = 1 if worker else block
-    row = block
-    for window in windows:
-        if row == block:
-            length = len(window.input_ids)
-            flat = torch.empty(block * (fields * length + 1), dtype=torch.int64)
-            tokens = flat[: fields * block * length].view(fields, block, length)
-            components = flat[fields * block * length :]
-            array, of_rows, row = tokens.numpy(), components.numpy(), 0
-        for f, name in enumerate(FIELDS):
-            array[f, row] = getattr(window, name)
-        of_rows[row] = window.component
-        out = dict(zip(FIELDS, tokens[:, row].unbind(0), strict=True))
-        out["cu_seqlens"] = torch.from_numpy(
-            np.ascontiguousarray(window.cu_seqlens, dtype=np.int32)
-        )
-        out["component"] = components[row]
-        row += 1
-        yield out
 
 
 def compact_collate_windows(batch: Sequence[dict[str, torch.Tensor]]) -> dict[str, Any]:
@@ -259,7 +228,7 @@ def compact_unpack_compact(
     keys: list[tuple[str, str, Any]],
 ) -> dict[str, Any]:
     """A compact ``CompactSharedBatch`` as a plain dict: the four int64 fields rebuilt in one buffer
-    (the layout of ``compact_window_items``' blocks)."""
+    (the layout of ``window_items``' blocks)."""
     ids = ids.numpy() if isinstance(ids, torch.Tensor) else ids
     rows, length = ids.shape[0], ids.shape[1] - 1
     flat = torch.empty(len(FIELDS) * rows * length + rows, dtype=torch.int64)
@@ -309,7 +278,8 @@ def dataset(snapshot: Any, tok: Any, batch: int, path: str) -> Any:
     class Compact(TokenWindowDataset):
         def __iter__(self) -> Iterator[dict[str, Any]]:
             windows = self._windows()
-            return compact_window_items(windows, batch, worker=get_worker_info() is not None)
+            # in a worker every item owns its memory (see the module): blocks of one window
+            return window_items(windows, 1 if get_worker_info() is not None else batch)
 
     kind = Compact if path == "compact" else TokenWindowDataset
     return kind(snapshot, tok, SEQ, rank=0, world_size=1, batch_size=batch)
@@ -355,14 +325,14 @@ def worker_side(batch: int, windows: list[Any], path: str) -> float:
     the code takes its worker branches."""
     from multiprocessing.reduction import ForkingPickler
 
-    from mixplane.integrations.pytorch import collate_windows, window_items
+    from mixplane.integrations.pytorch import collate_windows
 
     def measure(_: Any) -> Any:
         if path == "segment":
             items = window_items(windows, batch, shared=True)
             collate: Any = collate_windows
         else:
-            items = compact_window_items(windows, batch, worker=True)
+            items = window_items(windows, 1)  # as in a worker: private, one window each
             collate = compact_collate_windows
         started, compact, n = time.perf_counter(), 0.0, 0
         while group := [item for _, item in zip(range(batch), items, strict=False)]:
