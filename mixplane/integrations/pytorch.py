@@ -555,6 +555,12 @@ class LossFeedback:
                 )
                 raise PlanError(msg)
 
+    @property
+    def in_process(self) -> bool:
+        """Every rank applies the feedback to its own in-process job (see the class): the
+        ranks agree inside the call, no message is in flight afterwards."""
+        return self._own is not None
+
     def __call__(
         self,
         step: int,

@@ -354,8 +354,9 @@ class MixplaneLoss(BaseLoss):  # type: ignore[misc]
         loss, domains, mask = (torch.cat(parts) for parts in zip(*kept, strict=True))
         loader.feedback_steps += 1
         self.feedback(loader.feedback_steps, loss, domains, mask)
-        if distributed:  # a new mixture applies from the consumed frontier: no rank reads on
-            torch.distributed.barrier()  # while the message is in flight
+        if distributed and not self.feedback.in_process:  # one rank sent to the server: a new
+            torch.distributed.barrier()  # mixture applies from the consumed frontier, so no
+            # rank reads on while the message is in flight (in-process ranks agree in the call)
 
     def device(self) -> torch.device:
         return self.kept[0][0].device if self.kept else torch.device("cpu")

@@ -73,15 +73,14 @@ def run_example(tmp_path: Path, *args: str) -> tuple[str, list[dict[str, Any]]]:
 def test_torchtitan_train_resumes_exactly_on_a_mixplane_job(tmp_path: Path) -> None:
     stdout, (one,) = run_example(tmp_path, "--ranks", "1")
     assert "resume matched" in stdout
-    for report in (one,):
-        assert report["resumed_matched"], "a rank's batches after the resume differ"
-        assert report["losses_matched"], "losses after the resume differ"
-        losses = report["losses"]["resumed"]
-        assert len(losses) == report["ranks"] and all(len(rank) == 3 for rank in losses)
-        fed = report["feedback"]
-        assert fed["steps"] == [1, 2, 3, 4, 5, 6] and fed["resumed_steps"] == [4, 5, 6]
-        assert fed["same_loss"], "the paired loss changed the loss value"
-        assert fed["log_matched"], "the resumed run's weights or mixture log differ"
+    assert one["resumed_matched"], "a rank's batches after the resume differ"
+    assert one["losses_matched"], "losses after the resume differ"
+    losses = one["losses"]["resumed"]
+    assert len(losses) == one["ranks"] and all(len(rank) == 3 for rank in losses)
+    fed = one["feedback"]
+    assert fed["steps"] == [1, 2, 3, 4, 5, 6] and fed["resumed_steps"] == [4, 5, 6]
+    assert fed["same_loss"], "the paired loss changed the loss value"
+    assert fed["log_matched"], "the resumed run's weights or mixture log differ"
     assert one["control_differs"], "resuming without the data state gave the same batches"
     ado = one["feedback"]
     assert ado["changes"] > 0 and ado["weights"] != ado["weights0"], "feedback did not move ADO"
