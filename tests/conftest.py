@@ -33,6 +33,22 @@ def corpus_tokenizer(catalog: Catalog, samples: int = 200) -> HFTokenizer:
     return train_bpe(texts, vocab_size=300)
 
 
+def register_language_corpus(client: Client, root: Path) -> HFTokenizer:
+    """``write_corpus`` under ``root/data`` registered as dataset 'corpus' (language, source),
+    and ``corpus_tokenizer`` of it saved to ``root/tokenizer.json``: that file, loaded."""
+    from mixplane.tokens import load_tokenizer
+
+    write_corpus(root / "data")
+    client.catalog.register(
+        "corpus",
+        root / "data",
+        properties={"language": "meta.language", "source": "meta.source"},
+        progress=False,
+    )
+    corpus_tokenizer(client.catalog).save(root / "tokenizer.json")
+    return load_tokenizer(str(root / "tokenizer.json"))  # type: ignore[return-value]
+
+
 def write_corpus(root: Path, *, files: int = 3, per_file: int = 400, seed: int = 0) -> list[Path]:
     """JSONL files whose records carry language, source, quality and a unique id."""
     rng = random.Random(seed)

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 from mixplane.client import Client
-from mixplane.tokens import load_tokenizer
-from tests.conftest import corpus_tokenizer, write_corpus
+from tests.conftest import register_language_corpus
 from tests.integrations.closed_loop import Trainer, train
 from tests.integrations.server import Server
 
@@ -54,17 +53,10 @@ def submit(client: Any, job_id: str, tokenizer: Any, **kw: Any) -> Any:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Any]]:
     root = tmp_path_factory.mktemp("durable")
-    write_corpus(root / "data")
     home = root / "home"
     with Client.local(home) as client:
-        client.catalog.register(
-            "corpus",
-            root / "data",
-            properties={"language": "meta.language", "source": "meta.source"},
-            progress=False,
-        )
-        corpus_tokenizer(client.catalog).save(root / "tokenizer.json")
-    yield home, load_tokenizer(str(root / "tokenizer.json"))
+        tokenizer = register_language_corpus(client, root)
+    yield home, tokenizer
 
 
 def fresh_home(corpus: tuple[Path, Any], tmp_path: Path) -> Path:

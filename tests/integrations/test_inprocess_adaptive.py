@@ -36,8 +36,7 @@ from mixplane.client.windows import WindowStream  # noqa: E402
 from mixplane.errors import PlanError  # noqa: E402
 from mixplane.integrations.pytorch import domain_loss_sums  # noqa: E402
 from mixplane.job import Job  # noqa: E402
-from mixplane.tokens import load_tokenizer  # noqa: E402
-from tests.conftest import corpus_tokenizer, write_corpus  # noqa: E402
+from tests.conftest import register_language_corpus  # noqa: E402
 from tests.integrations.adaptive_proc import (  # noqa: E402
     BATCH,
     SEQ,
@@ -63,16 +62,8 @@ ADO = {
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Any]]:
     """A snapshot of an ADO job over two DP groups, and its tokenizer."""
     root = tmp_path_factory.mktemp("inprocess-adaptive")
-    write_corpus(root / "data")
     with Client.local(root / "home") as client:
-        client.catalog.register(
-            "corpus",
-            root / "data",
-            properties={"language": "meta.language", "source": "meta.source"},
-            progress=False,
-        )
-        corpus_tokenizer(client.catalog).save(root / "tokenizer.json")
-        tokenizer = load_tokenizer(str(root / "tokenizer.json"))
+        tokenizer = register_language_corpus(client, root)
         job = client.submit(
             "run",
             mixture=MIX,

@@ -19,8 +19,7 @@ import pytest
 from mixplane.chunking import Topology
 from mixplane.client import Client
 from mixplane.client.windows import WindowStream
-from mixplane.tokens import load_tokenizer
-from tests.conftest import corpus_tokenizer, write_corpus
+from tests.conftest import register_language_corpus
 from tests.integrations.server import Server
 
 pytestmark = pytest.mark.integration
@@ -56,17 +55,10 @@ def every_rank(job: Any, tokenizer: Any) -> dict[tuple[int, int], list[str]]:
 
 @pytest.fixture
 def corpus(tmp_path: Path) -> tuple[Path, Any]:
-    write_corpus(tmp_path / "data")
     home = tmp_path / "home"
     with Client.local(home) as client:
-        client.catalog.register(
-            "corpus",
-            tmp_path / "data",
-            properties={"language": "meta.language", "source": "meta.source"},
-            progress=False,
-        )
-        corpus_tokenizer(client.catalog).save(tmp_path / "tokenizer.json")
-    return home, load_tokenizer(str(tmp_path / "tokenizer.json"))
+        tokenizer = register_language_corpus(client, tmp_path)
+    return home, tokenizer
 
 
 def test_windows_equal_in_process_and_through_the_server_with_either_sizing(
